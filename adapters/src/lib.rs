@@ -1,0 +1,1 @@
+//! execnet (being written).

@@ -1,0 +1,1 @@
+//! execnet-bootstrap (being written).

@@ -1,0 +1,1 @@
+//! execnet-core (being written).
