@@ -1,0 +1,2 @@
+//! Frames: the 9-byte header, the kinds, and the incremental deframer
+//! (protocol.md §2, §3).
