@@ -1,0 +1,1247 @@
+# execnet worker, wire protocol version 1 (see docs/protocol.md, normative).
+#
+# Stdlib only; runs unchanged on CPython 3.6-3.13 and PyPy3. The host starts
+#   python -u -c "import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read(N)))"
+# and writes this file, zlib-compressed (N bytes), to stdin, followed at once by
+# frames. Sections: codec, framing, channels, gateway (execution, main loop).
+# Env EXECNET_DEBUG=1 traces to stderr, EXECNET_DEBUG=/path appends to a file.
+import os
+import struct
+import sys
+import threading
+import time
+from collections import deque
+
+# ------------------------------------------------------------------ codec
+# CBOR (RFC 8949) restricted to the value model of protocol.md section 7.1.
+
+
+class DumpError(TypeError):
+    """A value cannot be sent over a channel (nothing was sent)."""
+
+
+class LoadError(ValueError):
+    """A received item is not a well-formed value (protocol violation)."""
+
+
+class Unrepresentable(ValueError):
+    """A well-formed value that Python cannot represent (unhashable key)."""
+
+
+MAX_DEPTH = 200
+_SMALL = [bytes((i,)) for i in range(256)]
+_P1 = struct.Struct(">BB").pack
+_P2 = struct.Struct(">BH").pack
+_P4 = struct.Struct(">BI").pack
+_P8 = struct.Struct(">BQ").pack
+_PD = struct.Struct(">Bd").pack
+_U2 = struct.Struct(">H").unpack_from
+_U4 = struct.Struct(">I").unpack_from
+_U8 = struct.Struct(">Q").unpack_from
+_UH = struct.Struct(">e").unpack_from
+_UF = struct.Struct(">f").unpack_from
+_UD = struct.Struct(">d").unpack_from
+_NAN = b"\xfb\x7f\xf8\x00\x00\x00\x00\x00\x00"
+_I64 = 0x7FFFFFFFFFFFFFFF
+T_TUPLE, T_FROZENSET, T_COMPLEX, T_CHANNEL, T_SET = 40001, 40002, 40003, 40004, 258
+
+
+def _head(m, n):
+    if n < 24:
+        return _SMALL[m | n]
+    if n < 0x100:
+        return _P1(m | 24, n)
+    if n < 0x10000:
+        return _P2(m | 25, n)
+    if n < 0x100000000:
+        return _P4(m | 26, n)
+    return _P8(m | 27, n)
+
+
+def _e_none(v, o, d):
+    o.append(b"\xf6")
+
+
+def _e_bool(v, o, d):
+    o.append(b"\xf5" if v else b"\xf4")
+
+
+def _e_int(v, o, d):
+    if 0 <= v < 24:
+        o.append(_SMALL[v])
+    elif v >= 0:
+        if v <= _I64:
+            o.append(_head(0, v))
+        else:
+            b = int(v).to_bytes((v.bit_length() + 7) // 8, "big")
+            o += (b"\xc2", _head(0x40, len(b)), b)
+    else:
+        n = -1 - v
+        if n <= _I64:
+            o.append(_head(0x20, n))
+        else:
+            b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+            o += (b"\xc3", _head(0x40, len(b)), b)
+
+
+def _e_float(v, o, d):
+    o.append(_PD(0xFB, v) if v == v else _NAN)
+
+
+def _e_complex(v, o, d):
+    r, i = v.real, v.imag
+    o += (b"\xd9\x9c\x43\x82", _PD(0xFB, r) if r == r else _NAN, _PD(0xFB, i) if i == i else _NAN)
+
+
+def _e_str(v, o, d):
+    b = v.encode("utf-8")
+    o += (_head(0x60, len(b)), b)
+
+
+def _e_bytes(v, o, d):
+    o += (_head(0x40, len(v)), v)
+
+
+def _e_view(v, o, d):
+    v = v.cast("B") if v.c_contiguous else memoryview(v.tobytes())
+    o += (_head(0x40, len(v)), v)
+
+
+def _e_seq(v, o, d, m=0x80):
+    if d >= MAX_DEPTH:
+        raise DumpError("value nested deeper than %d levels" % MAX_DEPTH)
+    o.append(_head(m, len(v)))
+    d += 1
+    for x in v:
+        f = _ENC.get(type(x)) or _lookup(x)
+        f(x, o, d)
+
+
+def _e_tuple(v, o, d):
+    o.append(b"\xd9\x9c\x41")
+    _e_seq(v, o, d + 1)
+
+
+def _e_set(v, o, d):
+    o.append(b"\xd9\x01\x02")
+    _e_seq(v, o, d + 1)
+
+
+def _e_frozenset(v, o, d):
+    o.append(b"\xd9\x9c\x42")
+    _e_seq(v, o, d + 1)
+
+
+def _e_dict(v, o, d):
+    if d >= MAX_DEPTH:
+        raise DumpError("value nested deeper than %d levels" % MAX_DEPTH)
+    o.append(_head(0xA0, len(v)))
+    d += 1
+    g = _ENC.get
+    for k, x in v.items():
+        f = g(type(k)) or _lookup(k)
+        f(k, o, d)
+        f = g(type(x)) or _lookup(x)
+        f(x, o, d)
+
+
+def _e_channel(v, o, d):
+    o += (b"\xd9\x9c\x44", _head(0, v.id))
+
+
+def _lookup(v):
+    for t, f in _BASES:
+        if isinstance(v, t):
+            _ENC[type(v)] = f
+            return f
+    raise DumpError(
+        "cannot send a value of type %r over a channel (supported: None, bool, int, "
+        "float, complex, bytes, str, list, tuple, dict, set, frozenset, Channel)"
+        % type(v).__name__
+    )
+
+
+def dumps(v):
+    """Encode one value to CBOR bytes; raises DumpError for unsupported types."""
+    o = []
+    (_ENC.get(type(v)) or _lookup(v))(v, o, 0)
+    return b"".join(o)
+
+
+def _arg(b, p):
+    a = b[p] & 31
+    if a < 24:
+        return a, p + 1
+    if a == 24:
+        return b[p + 1], p + 2
+    if a == 25:
+        return _U2(b, p + 1)[0], p + 3
+    if a == 26:
+        return _U4(b, p + 1)[0], p + 5
+    if a == 27:
+        return _U8(b, p + 1)[0], p + 9
+    raise LoadError("indefinite length or reserved head 0x%02x" % b[p])
+
+
+def _d_uint(b, p, d, x):
+    return _arg(b, p)
+
+
+def _d_nint(b, p, d, x):
+    n, p = _arg(b, p)
+    return -1 - n, p
+
+
+def _d_bytes(b, p, d, x):
+    n, p = _arg(b, p)
+    e = p + n
+    if e > len(b):
+        raise LoadError("truncated byte string")
+    return bytes(b[p:e]), e
+
+
+def _d_str(b, p, d, x):
+    n, p = _arg(b, p)
+    e = p + n
+    if e > len(b):
+        raise LoadError("truncated text string")
+    return b[p:e].decode("utf-8"), e
+
+
+def _d_items(b, p, d, x):
+    n, p = _arg(b, p)
+    if n > len(b) - p:
+        raise LoadError("truncated array")
+    d += 1
+    if d > MAX_DEPTH:
+        raise LoadError("nesting deeper than %d" % MAX_DEPTH)
+    r = []
+    a = r.append
+    for _ in range(n):
+        v, p = _DEC[b[p]](b, p, d, x)
+        a(v)
+    return r, p
+
+
+def _d_map(b, p, d, x):
+    n, p = _arg(b, p)
+    if n * 2 > len(b) - p:
+        raise LoadError("truncated map")
+    d += 1
+    if d > MAX_DEPTH:
+        raise LoadError("nesting deeper than %d" % MAX_DEPTH)
+    r = {}
+    for _ in range(n):
+        k, p = _DEC[b[p]](b, p, d, x)
+        v, p = _DEC[b[p]](b, p, d, x)
+        try:
+            r[k] = v
+        except TypeError:
+            x.append("dict key of type %r" % type(k).__name__)
+    return r, p
+
+
+def _mkset(t, items, x):
+    try:
+        return t(items)
+    except TypeError:
+        for i in items:
+            try:
+                hash(i)
+            except TypeError:
+                x.append("%s member of type %r" % (t.__name__, type(i).__name__))
+                break
+
+
+def _d_tag(b, p, d, x):
+    t, p = _arg(b, p)
+    d += 1
+    if d > MAX_DEPTH:
+        raise LoadError("nesting deeper than %d" % MAX_DEPTH)
+    m = b[p] >> 5
+    if t == T_TUPLE and m == 4:
+        v, p = _d_items(b, p, d, x)
+        return tuple(v), p
+    if t == T_SET and m == 4:
+        v, p = _d_items(b, p, d, x)
+        return _mkset(set, v, x), p
+    if t == T_FROZENSET and m == 4:
+        v, p = _d_items(b, p, d, x)
+        return _mkset(frozenset, v, x), p
+    if t in (2, 3) and m == 2:
+        v, p = _d_bytes(b, p, d, x)
+        v = int.from_bytes(v, "big")
+        return (v if t == 2 else -1 - v), p
+    if t == T_COMPLEX and b[p] == 0x82 and b[p + 1] in _FLOATS:
+        r, p = _DEC[b[p + 1]](b, p + 1, d, x)
+        if b[p] in _FLOATS:
+            i, p = _DEC[b[p]](b, p, d, x)
+            return complex(r, i), p
+    if t == T_CHANNEL and m == 0:
+        n, p = _arg(b, p)
+        if n > 0xFFFFFFFF or x.chan is None:
+            raise LoadError("bad channel reference %d" % n)
+        return x.chan(n), p
+    raise LoadError("unknown or malformed tag %d" % t)
+
+
+def _d_simple(b, p, d, x):
+    c = b[p]
+    if c == 0xFB:
+        return _UD(b, p + 1)[0], p + 9
+    if c == 0xF6:
+        return None, p + 1
+    if c == 0xF5:
+        return True, p + 1
+    if c == 0xF4:
+        return False, p + 1
+    if c == 0xFA:
+        return _UF(b, p + 1)[0], p + 5
+    if c == 0xF9:
+        return _UH(b, p + 1)[0], p + 3
+    raise LoadError("unsupported simple value 0x%02x" % c)
+
+
+def _d_small(b, p, d, x):
+    return b[p], p + 1
+
+
+_FLOATS = (0xF9, 0xFA, 0xFB)
+_DEC = [_d_uint, _d_nint, _d_bytes, _d_str, _d_items, _d_map, _d_tag, _d_simple]
+_DEC = [_d_small if i < 24 else _DEC[i >> 5] for i in range(256)]
+
+
+class _Ctx(list):
+    """Decoding context: collects unrepresentable-value errors, resolves channels."""
+
+    __slots__ = ("chan",)
+
+
+def loads(b, chan=None):
+    """Decode exactly one CBOR value. chan(id) resolves channel references."""
+    x = _Ctx()
+    x.chan = chan
+    try:
+        v, p = _DEC[b[0]](b, 0, 0, x)
+    except LoadError:
+        raise
+    except (IndexError, struct.error):
+        raise LoadError("truncated item")
+    except UnicodeDecodeError:
+        raise LoadError("text string is not valid UTF-8")
+    if p != len(b):
+        raise LoadError("%d trailing bytes after item" % (len(b) - p))
+    if x:
+        raise Unrepresentable("received a value Python cannot represent: " + x[0])
+    return v
+
+
+# ------------------------------------------------------------------ framing
+HELLO, EXEC, DATA, DATA_MORE, CLOSE, LAST_MESSAGE, WINDOW = 1, 2, 3, 4, 5, 6, 7
+TERMINATE, STATUS_REQUEST, STATUS_REPLY, OUTPUT = 8, 9, 10, 11
+_HDR = struct.Struct(">BII")
+_hdr = _HDR.pack
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def frame(kind, cid, payload=b""):
+    return _hdr(kind, cid, len(payload)) + payload
+
+
+class Reader(object):
+    """Frames from a file descriptor, with large readinto into one reusable buffer."""
+
+    def __init__(self, fd, pre=b"", size=1 << 16):
+        import io
+
+        self.f = io.FileIO(fd, "rb", closefd=False)
+        self.buf = bytearray(max(size, len(pre)))
+        self.buf[: len(pre)] = pre
+        self.mv = memoryview(self.buf)
+        self.s, self.e = 0, len(pre)
+
+    def _fill(self, need):
+        while self.e - self.s < need:
+            if len(self.buf) - self.s < need:
+                data = bytes(self.mv[self.s : self.e])
+                if len(self.buf) < need:
+                    self.mv.release()
+                    self.buf = bytearray(need + (1 << 16))
+                    self.mv = memoryview(self.buf)
+                self.buf[: len(data)] = data
+                self.s, self.e = 0, len(data)
+            n = self.f.readinto(self.mv[self.e :])
+            if not n:
+                return False
+            self.e += n
+        return True
+
+    def buffered(self):
+        return self.e - self.s
+
+    def read(self, max_frame):
+        """Return (kind, channel, payload) or None at a clean end of stream."""
+        if not self._fill(9):
+            if self.e != self.s:
+                raise ProtocolError("truncated frame header")
+            return None
+        kind, cid, n = _HDR.unpack_from(self.buf, self.s)
+        if n > max_frame:
+            raise ProtocolError("frame of %d bytes exceeds max_frame %d" % (n, max_frame))
+        if not self._fill(9 + n):
+            raise ProtocolError("truncated frame")
+        s = self.s + 9
+        self.s = s + n
+        return kind, cid, bytes(self.mv[s : s + n])
+
+
+# ------------------------------------------------------------------ channels
+class RemoteError(Exception):
+    """The peer closed the channel with an error (its formatted traceback)."""
+
+    def __init__(self, formatted):
+        Exception.__init__(self, formatted)
+        self.formatted = formatted
+
+    def __str__(self):
+        return self.formatted
+
+
+class TimeoutError(IOError):
+    """receive()/waitclose() timed out."""
+
+
+_NOENDMARKER = object()
+
+
+class Channel(object):
+    """One end of a channel (execnet-compatible remote API)."""
+
+    RemoteError = RemoteError
+    TimeoutError = TimeoutError
+    _executing = False
+
+    def __init__(self, gw, id):
+        self.gateway = gw
+        self.id = id
+        self._cv = threading.Condition(gw._lock) if gw else None
+        self._items = deque()
+        self._cb = None
+        self._credit = self._rwin = gw.window if gw else 0
+        self._owed = 0
+        self._out = deque()
+        self._queued = self._sent = 0
+        self._sc = self._rc = self._rl = self._ended = self._fired = False
+        self._err = None
+        self._more = None
+
+    def __repr__(self):
+        return "<Channel id=%d %s>" % (self.id, "closed" if self.isclosed() else "open")
+
+    def isclosed(self):
+        return self._sc or self._rc
+
+    def send(self, item):
+        """Send one value; blocks while the channel is out of credit."""
+        data = dumps(item)
+        gw = self.gateway
+        if len(data) > gw.max_item:
+            raise ValueError("item of %d bytes exceeds max_item %d" % (len(data), gw.max_item))
+        with gw._lock:
+            if self._sc or self._rc or gw._dead:
+                raise IOError("cannot send to %r" % (self,))
+            self._out.append([DATA, memoryview(data), 0])
+            self._queued += 1
+            mine = self._queued
+        gw._pump(self)
+        if getattr(_tl, "nb", False):
+            return  # reader thread / callbacks never wait for credit: the item stays queued
+        while True:
+            with gw._lock:
+                while self._sent < mine:
+                    if self._rc or gw._dead:
+                        raise IOError("cannot send to %r: closed by the peer" % (self,))
+                    if self._credit > 0:
+                        break
+                    self._cv.wait()
+                else:
+                    return
+            gw._pump(self)
+
+    def receive(self, timeout=None):
+        """Next item; EOFError at end, RemoteError (once) if closed with an error."""
+        gw = self.gateway
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            w = None
+            got = False
+            with gw._lock:
+                if self._cb is not None:
+                    raise IOError("cannot receive(), channel has receiver callback")
+                if self._items:
+                    v, n = self._items.popleft()
+                    got = True
+                    self._owed += n
+                    if self._owed >= gw._half:
+                        w = gw._winframe(self)
+                elif self._ended:
+                    e, self._err = self._err, None
+                    if e is not None:
+                        raise self.RemoteError(e)
+                    raise EOFError()
+                elif self._owed:
+                    w = gw._winframe(self)  # return credit before blocking
+                else:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise self.TimeoutError("no item after %r seconds" % timeout)
+                    self._cv.wait(left)
+                    continue
+            if w:
+                gw._send_frames([w])
+            if got:
+                return v
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return self.receive()
+        except EOFError:
+            raise StopIteration
+
+    next = __next__
+
+    def waitclose(self, timeout=None):
+        """Wait until the channel ended; raises the pending RemoteError (once)."""
+        gw = self.gateway
+        with gw._lock:
+            if not self._cv.wait_for(lambda: self._ended, timeout):
+                raise self.TimeoutError("timeout after %r seconds" % timeout)
+            e, self._err = self._err, None
+        if e is not None:
+            raise self.RemoteError(e)
+
+    def close(self, error=None):
+        """Close (optionally with an error text); not allowed on the exec's own channel."""
+        if self._executing:
+            raise IOError("cannot explicitly close channel within remote_exec")
+        self.gateway._close(self, error)
+
+    def setcallback(self, callback, endmarker=_NOENDMARKER):
+        """Deliver items to callback(item) in the reader thread; endmarker at the end."""
+        gw = self.gateway
+        with gw._rlock:
+            with gw._lock:
+                if self._cb is not None:
+                    raise IOError("%r has callback already registered" % (self,))
+                items = list(self._items)
+                self._items.clear()
+                self._cb = (callback, endmarker)
+            old = getattr(_tl, "nb", False)
+            _tl.nb = True
+            try:
+                for v, n in items:
+                    callback(v)
+                    gw._consumed(self, n)
+            finally:
+                _tl.nb = old
+            with gw._lock:
+                fire = self._fire()
+            if fire:
+                fire()
+
+    def _fire(self):
+        # under lock, once the channel ended: the endmarker call to make, if any
+        if self._ended and self._cb and not self._fired:
+            self._fired = True
+            cb, m = self._cb
+            if m is not _NOENDMARKER:
+                return lambda: cb(m)
+
+    def makefile(self, mode="w", proxyclose=False):
+        if mode == "w":
+            return ChannelFileWrite(self, proxyclose)
+        if mode == "r":
+            return ChannelFileRead(self, proxyclose)
+        raise ValueError("mode %r not available" % (mode,))
+
+
+class ChannelFile(object):
+    def __init__(self, channel, proxyclose=True):
+        self.channel = channel
+        self._proxyclose = proxyclose
+
+    def isatty(self):
+        return False
+
+    def close(self):
+        if self._proxyclose:
+            self.channel.close()
+
+
+class ChannelFileWrite(ChannelFile):
+    def write(self, out):
+        self.channel.send(out)
+
+    def flush(self):
+        pass
+
+
+class ChannelFileRead(ChannelFile):
+    _buffer = ""
+
+    def read(self, n=-1):
+        try:
+            while n < 0 or len(self._buffer) < n:
+                self._buffer += self.channel.receive()
+        except EOFError:
+            self.close()
+        if n < 0:
+            n = len(self._buffer)
+        r, self._buffer = self._buffer[:n], self._buffer[n:]
+        return r
+
+    def readline(self):
+        while True:
+            i = self._buffer.find("\n")
+            if i >= 0:
+                return self.read(i + 1)
+            try:
+                self._buffer += self.channel.receive()
+            except EOFError:
+                return self.read(len(self._buffer))
+
+
+_tl = threading.local()
+_ENC = {
+    type(None): _e_none, bool: _e_bool, int: _e_int, float: _e_float, complex: _e_complex,
+    str: _e_str, bytes: _e_bytes, bytearray: _e_bytes, memoryview: _e_view, list: _e_seq,
+    tuple: _e_tuple, dict: _e_dict, set: _e_set, frozenset: _e_frozenset, Channel: _e_channel,
+}
+_BASES = [(t, _ENC[t]) for t in (bool, int, float, complex, str, bytes, bytearray, memoryview,
+                                 dict, list, tuple, set, frozenset, Channel)]
+
+
+# ------------------------------------------------------------------ gateway
+_errfd = 2  # the original stderr (dup'ed in _main): fatal messages and traces
+_tfd = None  # trace destination, when EXECNET_DEBUG or the host's debug option is set
+
+
+def _trace(*a):
+    if _tfd is not None:
+        line = "[execnet-worker %d %.6f] %s\n" % (os.getpid(), time.time(), " ".join(map(str, a)))
+        try:
+            os.write(_tfd, line.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def _tb(e, skip=0):
+    try:
+        import traceback
+
+        tb = e.__traceback__
+        for _ in range(skip):
+            tb = tb.tb_next or tb
+        return "".join(traceback.format_exception(type(e), e, tb))
+    except Exception:
+        return "%s: %s" % (type(e).__name__, e)
+
+
+class Gateway(object):
+    """The worker's side of a session: reader thread, writer, channels, executions."""
+
+    def __init__(self, reader, outfd, hello):
+        self._reader, self._outfd = reader, outfd
+        self._lock = threading.Lock()  # all channel/session state
+        self._wlock = threading.Lock()  # frame writes (taken before _lock, never after)
+        self._rlock = threading.RLock()  # item delivery to callbacks vs setcallback
+        self._olock = threading.Lock()  # output forwarding
+        self._execcv = threading.Condition(self._lock)
+        self._donecv = threading.Condition(self._lock)
+        self._chans, self._closed, self._owing, self._running = {}, set(), set(), {}
+        self._execq = deque()
+        self._next, self._nexec, self._ofds = 2, 0, {}
+        self._dead = self._main_idle = self._main_busy = False
+        self.id = "<worker>"
+        if not isinstance(hello, dict) or hello.get("version") != 1:
+            v = hello.get("version") if isinstance(hello, dict) else hello
+            raise ProtocolError("version mismatch: ours 1, theirs %r" % (v,))
+        self.window = hello.get("window", 4194304)
+        self.max_frame = hello.get("max_frame", 1048576)
+        self.max_item = hello.get("max_item", 1073741824)
+        for k in ("window", "max_frame", "max_item"):
+            v = getattr(self, k)
+            if type(v) is not int or not 0 < v <= (0xFFFFFFFF if k != "max_item" else 1 << 63):
+                raise ProtocolError("bad %s %r in host HELLO" % (k, v))
+        self._half = max(1, self.window // 2)
+        opts = hello.get("options") or {}
+        self.execmodel = opts.get("execmodel") or "thread"
+        self.output = opts.get("output") or "inherit"
+        if self.execmodel not in ("thread", "main_thread_only"):
+            raise ProtocolError("unsupported execmodel %r" % (self.execmodel,))
+        if self.output not in ("forward", "inherit", "discard"):
+            raise ProtocolError("unsupported output mode %r" % (self.output,))
+        if opts.get("debug") and _tfd is None:
+            globals()["_tfd"] = _errfd
+
+    # -- public API seen by remote code (channel.gateway)
+    def newchannel(self):
+        """A new channel (even id); send it to the host inside any value."""
+        with self._lock:
+            if self._dead:
+                raise IOError("gateway terminated")
+            cid = self._next
+            self._next += 2
+            ch = self._chans[cid] = Channel(self, cid)
+        return ch
+
+    def _rinfo(self):
+        return dict(self._info)
+
+    # -- writing
+    def _writev(self, parts):
+        fd = self._outfd
+        if fd is None:
+            raise IOError("cannot send: the gateway has terminated")
+        try:
+            while parts:
+                n = os.writev(fd, parts[:512])
+                i = 0
+                while i < len(parts) and n >= len(parts[i]):
+                    n -= len(parts[i])
+                    i += 1
+                parts = parts[i:]
+                if n:
+                    parts[0] = memoryview(parts[0])[n:]
+        except (OSError, ValueError) as e:
+            raise IOError("cannot send (connection lost?): %s" % (e,))
+
+    def _send_frames(self, parts):
+        with self._wlock:
+            self._writev(parts)
+
+    def _winframe(self, ch):
+        # under _lock: a WINDOW frame returning the credit owed on ch (or None)
+        n, ch._owed = ch._owed, 0
+        self._owing.discard(ch)
+        if ch._sc or not n:
+            return None
+        ch._rwin += n
+        return frame(WINDOW, ch.id, _head(0, n))
+
+    def _consumed(self, ch, n):
+        with self._lock:
+            ch._owed += n
+            w = self._winframe(ch) if ch._owed >= self._half else None
+            if ch._owed:
+                self._owing.add(ch)
+        if w:
+            self._send_frames([w])
+
+    def _pump(self, ch):
+        """Write the channel's queued frames as far as its credit allows."""
+        with self._wlock:
+            parts = []
+            with self._lock:
+                if ch._owed:
+                    w = self._winframe(ch)
+                    if w:
+                        parts.append(w)
+                out = ch._out
+                while out:
+                    e = out[0]
+                    if e[0] == DATA:
+                        data, pos = e[1], e[2]
+                        rest = len(data) - pos
+                        n = min(rest, self.max_frame, ch._credit)
+                        if n <= 0:
+                            break
+                        ch._credit -= n
+                        parts += (_hdr(DATA if n == rest else DATA_MORE, ch.id, n), data[pos : pos + n])
+                        if n < rest:
+                            e[2] = pos + n
+                            continue
+                        ch._sent += 1
+                        ch._cv.notify_all()
+                    else:
+                        parts.append(e[1])
+                    out.popleft()
+            if parts:
+                self._writev(parts)
+
+    # -- channel state changes
+    def _end(self, ch):
+        # under _lock: the receiver sees end of channel after queued items
+        if not ch._ended:
+            ch._ended = True
+            ch._cv.notify_all()
+        return ch._fire()
+
+    def _forget(self, ch):
+        self._chans.pop(ch.id, None)
+        self._owing.discard(ch)
+        if ch.id & 1:
+            self._closed.add(ch.id)
+
+    def _close(self, ch, error=None):
+        with self._lock:
+            if ch._sc:
+                return
+            ch._sc = True
+            ch._out.append([CLOSE, frame(CLOSE, ch.id, b"" if error is None else dumps(str(error)))])
+            fire = self._end(ch)
+        try:
+            self._pump(ch)
+        finally:
+            if fire:
+                fire()
+
+    def _chanref(self, cid):
+        # decoding a channel reference (reader thread)
+        with self._lock:
+            ch = self._chans.get(cid)
+            if ch is None:
+                if cid == 0 or (not cid & 1 and cid >= self._next):
+                    raise LoadError("reference to unknown channel %d" % cid)
+                ch = Channel(self, cid)
+                if cid in self._closed or not cid & 1 or self._dead:
+                    ch._sc = ch._rc = ch._ended = True
+                else:
+                    self._chans[cid] = ch
+        return ch
+
+    def _get(self, cid, kind):
+        # under _lock: the channel a frame names (None: discard the frame)
+        ch = self._chans.get(cid)
+        if ch is None:
+            if cid in self._closed or (not cid & 1 and cid < self._next):
+                if kind in (DATA, DATA_MORE, LAST_MESSAGE, WINDOW):
+                    return None
+                raise ProtocolError("frame kind %d for closed channel %d" % (kind, cid))
+            if not cid & 1:
+                raise ProtocolError("frame for unknown channel %d" % cid)
+            ch = self._chans[cid] = Channel(self, cid)
+        return ch
+
+    # -- reader thread
+    def _dispatch(self, kind, cid, p):
+        if kind == DATA or kind == DATA_MORE:
+            return self._data(kind, cid, p)
+        if cid == 0:
+            if kind == STATUS_REQUEST:
+                rid = loads(p)
+                if type(rid) is not int or rid < 0:
+                    raise ProtocolError("bad STATUS_REQUEST id")
+                with self._lock:
+                    st = {"id": rid, "numchannels": len(self._chans), "numexecuting": self._nexec,
+                          "execmodel": self.execmodel}
+                self._send_frames([frame(STATUS_REPLY, 0, dumps(st))])
+                return
+            if kind == TERMINATE:
+                return True
+            raise ProtocolError("unexpected frame kind %d on channel 0" % kind)
+        if kind == WINDOW:
+            n = loads(p)
+            with self._lock:
+                ch = self._get(cid, kind)
+                if ch is None:
+                    return
+                if type(n) is not int or n < 0 or ch._credit + n > 0xFFFFFFFF:
+                    raise ProtocolError("bad WINDOW %r on channel %d" % (n, cid))
+                ch._credit += n
+                ch._cv.notify_all()
+                pending = ch._out and ch._out[0][0] == DATA
+            if pending:
+                self._pump(ch)
+        elif kind == CLOSE:
+            err = loads(p) if p else None
+            if err is not None and type(err) is not str:
+                raise ProtocolError("CLOSE payload is not a text string")
+            with self._lock:
+                ch = self._get(cid, kind)
+                if ch._rc:
+                    raise ProtocolError("second CLOSE on channel %d" % cid)
+                ch._rc = True
+                ch._out = deque(e for e in ch._out if e[0] == CLOSE)
+                if not ch._sc:
+                    ch._sc = True
+                    ch._out.append([CLOSE, frame(CLOSE, cid)])
+                if ch._cb is None:
+                    ch._err = err
+                elif err is not None:
+                    _trace("error on callback channel", cid, err)
+                self._forget(ch)
+                fire = self._end(ch)
+            self._pump(ch)
+            if fire:
+                fire()
+        elif kind == LAST_MESSAGE:
+            with self._lock:
+                ch = self._get(cid, kind)
+                if ch is None:
+                    return
+                if ch._rc or ch._rl:
+                    raise ProtocolError("LAST_MESSAGE after end on channel %d" % cid)
+                ch._rl = True
+                fire = self._end(ch)
+            if fire:
+                fire()
+        elif kind == EXEC:
+            req = loads(p)
+            src = req.get("source") if isinstance(req, dict) else None
+            call = req.get("call") if isinstance(req, dict) else None
+            if type(src) is not str or not (
+                call is None or (type(call) is list and len(call) == 2 and type(call[0]) is str
+                                 and type(call[1]) is dict)):
+                raise ProtocolError("malformed EXEC payload")
+            with self._lock:
+                if not cid & 1 or cid in self._chans or cid in self._closed:
+                    raise ProtocolError("EXEC on channel %d that is not a new host channel" % cid)
+                ch = self._chans[cid] = Channel(self, cid)
+                if self.execmodel == "main_thread_only" or self._main_idle:
+                    self._main_idle = False
+                    self._execq.append((ch, src, call))
+                    self._execcv.notify()
+                    return
+            t = threading.Thread(target=self._run, args=(ch, src, call))
+            t.daemon = True
+            t.start()
+        else:
+            raise ProtocolError("unexpected frame kind %d" % kind)
+
+    def _data(self, kind, cid, p):
+        n = len(p)
+        with self._lock:
+            ch = self._get(cid, kind)
+            if ch is None:
+                return
+            if ch._rc or ch._rl:
+                raise ProtocolError("data after CLOSE/LAST_MESSAGE on channel %d" % cid)
+            ch._rwin -= n
+            if ch._rwin < 0:
+                raise ProtocolError("channel %d: peer exceeded its credit" % cid)
+            if kind == DATA_MORE:
+                if not n:
+                    raise ProtocolError("empty DATA_MORE on channel %d" % cid)
+                if ch._more is None:
+                    ch._more = bytearray(p)
+                else:
+                    ch._more += p
+                if len(ch._more) > self.max_item:
+                    raise ProtocolError("item exceeds max_item on channel %d" % cid)
+                ch._owed += n
+                w = self._winframe(ch) if ch._owed >= self._half else None
+                if ch._owed:
+                    self._owing.add(ch)
+            else:
+                w = None
+                if ch._more is not None:
+                    ch._more += p
+                    p, ch._more = ch._more, None
+                    if len(p) > self.max_item:
+                        raise ProtocolError("item exceeds max_item on channel %d" % cid)
+                if ch._sc:
+                    return  # closed locally: items are dropped
+        if w:
+            self._send_frames([w])
+        if kind == DATA_MORE:
+            return
+        try:
+            v = loads(p, self._chanref)
+        except Unrepresentable as e:
+            with self._lock:
+                ch._err = str(e)
+            return self._close(ch, str(e))
+        with self._rlock:
+            with self._lock:
+                cb = ch._cb
+                if cb is None:
+                    ch._items.append((v, n))
+                    ch._cv.notify_all()
+                    return
+            try:
+                cb[0](v)
+            except Exception as e:
+                _trace("exception in callback:", e)
+                return self._close(ch, _tb(e))
+        self._consumed(ch, n)
+
+    def _flush_owed(self):
+        with self._lock:
+            ws = [self._winframe(ch) for ch in list(self._owing)]
+        ws = [w for w in ws if w]
+        if ws:
+            self._send_frames(ws)
+
+    def _read_loop(self):
+        _tl.nb = True
+        r, mf, reason = self._reader, self.max_frame, None
+        try:
+            while True:
+                if self._owing and r.buffered() < 9:
+                    self._flush_owed()
+                f = r.read(mf)
+                if f is None:
+                    _trace("end of input stream: terminating")
+                    break
+                if _tfd is not None:
+                    _trace("recv kind=%d channel=%d len=%d" % (f[0], f[1], len(f[2])))
+                if self._dispatch(*f):
+                    _trace("TERMINATE received")
+                    break
+        except (ProtocolError, LoadError) as e:
+            reason = "protocol violation: %s" % (e,)
+        except IOError as e:
+            _trace("write failed:", e)
+        except Exception as e:
+            reason = "worker error: " + _tb(e)
+        if reason:
+            _trace(reason)
+            try:
+                os.write(_errfd, ("execnet-worker: %s\n" % reason).encode("utf-8", "replace"))
+            except OSError:
+                pass
+        self._shutdown(reason)
+
+    # -- execution
+    def _run(self, ch, src, call):
+        with self._lock:
+            self._nexec += 1
+            self._running[ch] = True
+        err = None
+        ch._executing = True
+        try:
+            if _tfd is not None:
+                _trace("exec on channel %d: %r" % (ch.id, src[:60]))
+            g = {"channel": ch, "__name__": "__channelexec__"}
+            exec(compile(src + "\n", "<remote exec>", "exec"), g)
+            if call:
+                g[call[0]](ch, **call[1])
+        except BaseException as e:
+            if not (self._dead and isinstance(e, EOFError)):
+                err = _tb(e, 1)
+        finally:
+            ch._executing = False
+            try:
+                self._close(ch, err)
+            except IOError:
+                pass
+            finally:
+                with self._lock:
+                    self._nexec -= 1
+                    self._running.pop(ch, None)
+                    self._donecv.notify_all()
+
+    def serve(self):
+        """Main thread: the primary executor until the session ends."""
+        self._rthread = threading.Thread(target=self._read_loop)
+        self._rthread.daemon = True
+        self._rthread.start()
+        while True:
+            try:
+                with self._lock:
+                    while not self._execq and not self._dead:
+                        self._main_idle = True
+                        self._execcv.wait()
+                    if not self._execq:
+                        break
+                    task = self._execq.popleft()
+                    self._main_idle, self._main_busy = False, True
+                self._run(*task)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                self._main_busy = False
+        for _ in range(20):  # the reader ends the process (os._exit) after its shutdown
+            try:
+                self._rthread.join(1)
+            except KeyboardInterrupt:
+                pass
+        os._exit(1)
+
+    # -- termination
+    def _shutdown(self, reason=None):
+        with self._lock:
+            self._dead = True
+            queued = list(self._execq)
+            self._execq.clear()
+            fires = [self._end(ch) for ch in list(self._chans.values())]
+            self._execcv.notify_all()
+            busy = self._main_busy
+        for ch, _, _ in queued:
+            self._safe(self._close, ch, "worker terminated before this execution started")
+        for f in fires:
+            if f:
+                self._safe(f)
+        if busy:
+            _trace("interrupting the main thread")
+            try:
+                import signal
+
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            except Exception:
+                import _thread
+
+                _thread.interrupt_main()
+        end = time.monotonic() + 1.0
+        with self._lock:
+            while self._nexec and end > time.monotonic():
+                self._donecv.wait(end - time.monotonic())
+            running = list(self._running)
+        for ch in running:
+            self._safe(self._close, ch, "worker terminated while this execution was still running")
+        for f in (sys.stdout, sys.stderr):
+            self._safe(f.flush)
+        self._drain_output()
+        payload = dumps(reason) if reason else b""
+        _trace("sending TERMINATE and exiting")
+        self._safe(self._send_frames, [frame(TERMINATE, 0, payload)])
+        os._exit(0)
+
+    @staticmethod
+    def _safe(f, *a):
+        try:
+            f(*a)
+        except Exception as e:
+            _trace("ignored during shutdown:", e)
+
+    # -- output forwarding
+    def _setup_output(self):
+        mode = self.output
+        if mode == "forward":
+            for fd in (1, 2):
+                r, w = os.pipe()
+                os.dup2(w, fd)
+                os.close(w)
+                self._ofds[r] = fd
+            t = threading.Thread(target=self._output_loop)
+            t.daemon = True
+            t.start()
+        elif mode == "discard":
+            dn = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(dn, 1)
+            os.dup2(dn, 2)
+            os.close(dn)
+
+    def _forward(self, r, final=False):
+        b = os.read(r, 65536)
+        if b:
+            self._send_frames([frame(OUTPUT, 0, dumps([self._ofds[r], b]))])
+        return b
+
+    def _output_loop(self):
+        import select
+
+        fds = list(self._ofds)
+        try:
+            while fds:
+                ready = select.select(fds, [], [])[0]
+                with self._olock:
+                    if self._outfd is None:
+                        return
+                    for r in ready:
+                        if not self._forward(r):
+                            fds.remove(r)
+        except Exception as e:
+            _trace("output forwarding ended:", e)
+
+    def _drain_output(self):
+        import select
+
+        with self._olock:
+            for r in self._ofds:
+                try:
+                    while select.select([r], [], [], 0)[0] and self._forward(r):
+                        pass
+                except Exception:
+                    pass
+
+
+# ------------------------------------------------------------------ main
+def _detach():
+    """Move the protocol off fds 0/1; returns (infd, outfd, bytes already buffered)."""
+    inp = sys.stdin.buffer
+    infd, outfd = os.dup(0), os.dup(1)
+    # The loader read the source through sys.stdin.buffer, which may hold
+    # pipelined frames: take them without blocking, then read the dup'ed fd.
+    os.set_blocking(infd, False)
+    try:
+        pre = inp.read1(1 << 20)
+    except (OSError, IOError, ValueError, TypeError):
+        pre = None
+    finally:
+        os.set_blocking(infd, True)
+    dn = os.open(os.devnull, os.O_RDWR)
+    os.dup2(dn, 0)
+    os.dup2(2, 1)  # until the host's output option is known
+    os.close(dn)
+    if sys.platform.startswith("linux"):
+        import fcntl
+        import stat
+
+        for fd in (infd, outfd):
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ
+            except (OSError, IOError):
+                pass
+    return infd, outfd, pre or b""
+
+
+def _fatal(msg, outfd=None):
+    try:
+        os.write(_errfd, ("execnet-worker: bootstrap failed: %s\n" % msg).encode("utf-8", "replace"))
+        if outfd is not None:
+            os.write(outfd, frame(TERMINATE, 0, dumps(str(msg))))
+    except Exception:
+        pass
+    os._exit(1)
+
+
+def _main():
+    global _errfd, _tfd
+    _errfd = os.dup(2)
+    dbg = os.environ.get("EXECNET_DEBUG")
+    if dbg:
+        if dbg in ("1", "true", "yes", "stderr"):
+            _tfd = _errfd
+        else:
+            _tfd = os.open(dbg, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    outfd = None
+    try:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        infd, outfd, pre = _detach()
+        reader = Reader(infd, pre, (1 << 20) + (1 << 16))
+        f = reader.read(1 << 20)
+        if f is None:
+            _fatal("input ended before the host HELLO")
+        if f[0] != HELLO or f[1] != 0:
+            raise ProtocolError("first frame is kind %d, not HELLO" % f[0])
+        gw = Gateway(reader, outfd, loads(f[2]))
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = ""
+        gw._info = info = {
+            "version": 1, "implementation": sys.implementation.name,
+            "version_info": list(sys.version_info[:5]), "executable": sys.executable or "",
+            "platform": sys.platform, "pid": os.getpid(), "cwd": cwd, "execmodel": gw.execmodel,
+        }
+        gw._setup_output()
+        _trace("HELLO", info, "output", gw.output)
+        gw._send_frames([frame(HELLO, 0, dumps(info))])
+    except Exception as e:
+        _fatal(e, outfd)
+    gw.serve()
+
+
+if __name__ == "__main__":
+    _main()
