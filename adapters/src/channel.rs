@@ -1,0 +1,235 @@
+//! `Channel`: one multiplexed conversation with remote code.
+//!
+//! A `Channel` is a cheap, cloneable handle. When the last handle of an open
+//! channel is dropped the channel is closed (half-closed if a callback still
+//! consumes it), as execnet does when a channel is garbage collected.
+//! Channels are `Serialize`/`Deserialize`: they travel inside sent and
+//! received values (a thread-local names the gateway being received on).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::Stream;
+use serde::de::{DeserializeOwned, Deserializer, Visitor};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+
+use execnet_core::{from_value, to_value, Value, CHANNEL_TOKEN};
+
+use crate::error::{Error, Result};
+use crate::gateway::Gateway;
+
+/// One channel of a gateway (async API; see [`crate::blocking::Channel`] for
+/// the blocking face of the same object).
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<ChannelInner>,
+}
+
+struct ChannelInner {
+    gateway: Gateway,
+    id: u32,
+}
+
+impl Drop for ChannelInner {
+    fn drop(&mut self) {
+        self.gateway.inner.driver.detach_handle(self.id);
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "<Channel id={} gateway={}>",
+            self.inner.id,
+            self.gateway().id()
+        )
+    }
+}
+
+thread_local! {
+    /// Gateways whose values are being converted on this thread (innermost
+    /// last): received channel ids resolve against the top one, and sent
+    /// channels must belong to it.
+    static CONTEXT: RefCell<Vec<Gateway>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `gateway` as the conversion context.
+pub(crate) fn with_gateway<R>(gateway: &Gateway, f: impl FnOnce() -> R) -> R {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            CONTEXT.with(|c| {
+                c.borrow_mut().pop();
+            });
+        }
+    }
+    CONTEXT.with(|c| c.borrow_mut().push(gateway.clone()));
+    let _pop = Pop;
+    f()
+}
+
+fn current_gateway() -> Option<Gateway> {
+    CONTEXT.with(|c| c.borrow().last().cloned())
+}
+
+impl Channel {
+    /// A new handle on channel `id` of `gateway` (the driver already counts
+    /// it as attached).
+    pub(crate) fn attached(gateway: Gateway, id: u32) -> Channel {
+        Channel {
+            inner: Arc::new(ChannelInner { gateway, id }),
+        }
+    }
+
+    /// The channel id (odd: opened by us, even: opened by the worker).
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
+    /// The gateway this channel belongs to.
+    pub fn gateway(&self) -> &Gateway {
+        &self.inner.gateway
+    }
+
+    fn driver(&self) -> &crate::driver::Driver {
+        &self.inner.gateway.inner.driver
+    }
+
+    /// Sends one item. Waits while the channel's window is full (the remote
+    /// side has not consumed enough). `Err(ChannelClosed)` once either side
+    /// closed the channel; a value Python cannot receive is refused before
+    /// anything is sent.
+    pub async fn send<T: Serialize + ?Sized>(&self, item: &T) -> Result<()> {
+        let value = with_gateway(self.gateway(), || to_value(item))?;
+        self.send_value(&value).await
+    }
+
+    /// Sends a [`Value`] as is (no serde pass: the fast path for large
+    /// values).
+    pub async fn send_value(&self, value: &Value) -> Result<()> {
+        let mut buf = Vec::new();
+        execnet_core::encode(value, &mut buf)?;
+        self.driver().send_encoded(self.inner.id, buf).await
+    }
+
+    /// Receives the next item, waiting as long as it takes.
+    /// `Err(EndOfChannel)` once the channel ended and every item was taken;
+    /// `Err(Remote(_))` (once) if the remote closed it with an error.
+    pub async fn receive<T: DeserializeOwned>(&self) -> Result<T> {
+        let v = self.receive_value(None).await?;
+        self.convert(v)
+    }
+
+    /// Like [`receive`](Self::receive), but `Err(Timeout)` after `timeout`.
+    pub async fn receive_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T> {
+        let v = self.receive_value(Some(timeout)).await?;
+        self.convert(v)
+    }
+
+    /// Receives the next item as a [`Value`] (no serde pass).
+    pub async fn receive_value(&self, timeout: Option<Duration>) -> Result<Value> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.driver().receive(self.inner.id, deadline).await
+    }
+
+    fn convert<T: DeserializeOwned>(&self, v: Value) -> Result<T> {
+        Ok(with_gateway(self.gateway(), || from_value(v))?)
+    }
+
+    /// The items as a stream of results: ends at the end of the channel;
+    /// a remote error is yielded as the last element.
+    pub fn stream<T: DeserializeOwned + 'static>(&self) -> impl Stream<Item = Result<T>> + 'static {
+        futures_lite::stream::unfold(Some(self.clone()), |ch| async move {
+            let ch = ch?;
+            match ch.receive::<T>().await {
+                Ok(v) => Some((Ok(v), Some(ch))),
+                Err(Error::EndOfChannel) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+
+    /// Waits until the remote closed the channel (or it ended otherwise).
+    /// Re-raises the remote error if it was not received yet.
+    pub async fn waitclose(&self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.driver().waitclose(self.inner.id, deadline).await
+    }
+
+    /// Closes the channel after every item sent so far. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        self.driver().close(self.inner.id, None)
+    }
+
+    /// Closes the channel with an error: the remote receiver gets it as a
+    /// `RemoteError` (Python: `channel.RemoteError`).
+    pub fn close_with_error(&self, error: &str) -> Result<()> {
+        self.driver().close(self.inner.id, Some(error))
+    }
+
+    /// Whether the channel is closed (locally, or by the remote, or because
+    /// the gateway ended).
+    pub fn is_closed(&self) -> bool {
+        self.driver().is_closed(self.inner.id)
+    }
+
+    /// Delivers every item to `callback` instead of the receive queue:
+    /// items already queued first, then each new item as it arrives (on the
+    /// gateway's reader thread: keep it short, and do not wait for items of
+    /// the same gateway in it). When the channel ends for any reason
+    /// (close, remote error, termination, worker death) `endmarker` is
+    /// delivered once, if given. A second callback is an error.
+    pub fn set_callback(
+        &self,
+        callback: impl FnMut(Value) + Send + 'static,
+        endmarker: Option<Value>,
+    ) -> Result<()> {
+        self.driver()
+            .set_callback(self.inner.id, Box::new(callback), endmarker)
+    }
+}
+
+impl Serialize for Channel {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        if let Some(gw) = current_gateway() {
+            if !gw.same_as(self.gateway()) {
+                return Err(serde::ser::Error::custom(format!(
+                    "channel {} belongs to gateway {}, not {}",
+                    self.inner.id,
+                    self.gateway().id(),
+                    gw.id()
+                )));
+            }
+        }
+        serializer.serialize_newtype_struct(CHANNEL_TOKEN, &self.inner.id)
+    }
+}
+
+impl<'de> Deserialize<'de> for Channel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct IdVisitor;
+        impl<'de> Visitor<'de> for IdVisitor {
+            type Value = u32;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a channel reference")
+            }
+            fn visit_newtype_struct<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<u32, D::Error> {
+                u32::deserialize(d)
+            }
+        }
+        let id = deserializer.deserialize_newtype_struct(CHANNEL_TOKEN, IdVisitor)?;
+        let gw = current_gateway().ok_or_else(|| {
+            serde::de::Error::custom(
+                "a Channel can only be deserialized from an item received on a gateway",
+            )
+        })?;
+        Ok(gw.attach_channel(id))
+    }
+}

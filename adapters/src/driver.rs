@@ -1,0 +1,1098 @@
+//! The driver: runs one [`Session`] over one [`Transport`] with threads.
+//!
+//! Shared state sits under one `Mutex` ([`State`]): the session, a queue of
+//! received items per channel, callbacks, status replies, and the bytes
+//! waiting to be written. Three kinds of threads touch it:
+//!
+//! - the **reader** thread (one per gateway) blocks on the transport, feeds
+//!   `handle_input`, drains events into the channel queues and wakes waiters
+//!   (`event-listener`). It runs callbacks and forwards remote output, outside
+//!   the lock. It never writes: two readers blocked on writes to each other
+//!   would deadlock once both pipes are full.
+//! - **callers** (user threads or tasks) issue commands under the lock and
+//!   then write what the session produced themselves, if nobody else is
+//!   writing at that moment (one "writing" token in the state). That keeps a
+//!   ping-pong at one thread hand-off per message.
+//! - the **flusher** thread writes what the reader made the session produce
+//!   (credit returns, WINDOW-opened item chunks, CLOSE answers) and what a
+//!   `Drop` left behind, so that neither blocks on a write.
+//!
+//! Order on the wire is kept because every byte the session produces goes
+//! through `State::outbuf` in `poll_transmit` order, and only the holder of
+//! the writing token takes bytes out of it.
+//!
+//! Waiting is the same for the async and the blocking API: a waiter takes an
+//! `event_listener` listener under the lock (so no notification is lost),
+//! releases the lock, and awaits the listener (the blocking API blocks on
+//! that future). Deadlines race the listener against an `async_io::Timer`.
+//!
+//! Room for leader/follower reading (DESIGN.md §7): the reader's loop body is
+//! [`Driver::feed`] and the transport reader is owned by the reader thread; a
+//! waiter could take the reader over when it is idle and call `feed` itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_listener::{Event, EventListener};
+use execnet_core::{
+    ChannelEnd, ChannelId, Config, Event as SessionEvent, ExecRequest, LocalError, ProtocolError,
+    Session, Status, TerminateReason, Value, WorkerInfo,
+};
+
+use crate::error::{Error, ExitStatus, RemoteError, Result};
+use crate::transport::{PeerControl, Transport};
+
+/// Bytes taken from the session per write.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Bytes read from the transport at once.
+const READ_CHUNK: usize = 256 << 10;
+/// How long the reader waits for a process that closed its stdout to exit.
+const REAP_ON_EOF: Duration = Duration::from_secs(2);
+
+/// A callback on a channel's items.
+pub(crate) type Callback = Box<dyn FnMut(Value) + Send>;
+/// Runs a closure inside a context (the gateway set for channel conversion).
+pub(crate) type CallbackContext = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+/// A sink for forwarded remote output: `(fd, bytes)`.
+pub(crate) type OutputCallback = Box<dyn FnMut(u8, &[u8]) + Send>;
+
+/// Where forwarded remote output goes.
+pub(crate) enum OutputSink {
+    /// Our stderr.
+    Stderr,
+    /// A user callback.
+    Callback(OutputCallback),
+}
+
+/// One gateway's shared state and threads.
+pub(crate) struct Driver {
+    state: Mutex<State>,
+    /// Wakes the flusher.
+    flush_cv: Condvar,
+    /// Gateway-level changes: ready, status reply, terminated, reader done.
+    gw_event: Event,
+    writer: Mutex<Box<dyn Write + Send>>,
+    control: Option<Box<dyn PeerControl>>,
+    output: Mutex<OutputSink>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Called around callbacks so that `Channel`s can be deserialized there.
+    callback_context: OnceLock<CallbackContext>,
+    pub(crate) span: tracing::Span,
+    pub(crate) description: String,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+struct State {
+    session: Session,
+    channels: HashMap<u32, ChanState>,
+    /// Bytes produced by the session, not yet written.
+    outbuf: Vec<u8>,
+    /// A cleared buffer to swap in for `outbuf` (saves allocations).
+    spare: Vec<u8>,
+    /// Someone holds the writing token.
+    writing: bool,
+    /// A write failed: the stream is dead, later bytes are dropped.
+    write_failed: bool,
+    /// The flusher should run.
+    flush_wanted: bool,
+    /// The flusher should exit once it has nothing to do.
+    shutdown: bool,
+    ready: Option<WorkerInfo>,
+    status_replies: HashMap<u64, Status>,
+    /// Why the session ended, once it has.
+    ended: Option<TerminateReason>,
+    /// What a connection loss means, once the reader found out (the
+    /// worker's exit status and stderr).
+    death: Option<Error>,
+    reader_done: bool,
+    terminate_started: bool,
+    /// `finish_terminate` ran; its result.
+    finished: Option<bool>,
+}
+
+#[derive(Default)]
+struct ChanState {
+    queue: VecDeque<(Value, u32)>,
+    end: Option<End>,
+    /// A remote error is reported once; then the channel reads as ended.
+    error_reported: bool,
+    callback: Option<Callback>,
+    has_callback: bool,
+    callback_busy: bool,
+    endmarker: Option<Value>,
+    endmarker_done: bool,
+    event: Arc<Event>,
+    /// Live user handles.
+    handles: u32,
+    locally_closed: bool,
+}
+
+/// How a channel ended, translated for the user.
+#[derive(Clone)]
+enum End {
+    Closed,
+    Remote(String),
+    Failed(Error),
+}
+
+enum Work {
+    Output(u8, Vec<u8>),
+    Callbacks(u32),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the state consistent between statements
+    // that can panic, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Driver {
+    /// Starts the session over `transport` with its reader and flusher
+    /// threads. The host HELLO is written at once.
+    pub(crate) fn start(
+        transport: Transport,
+        config: Config,
+        options: Value,
+        output: OutputSink,
+        span: tracing::Span,
+    ) -> Result<Arc<Driver>> {
+        let Transport {
+            reader,
+            writer,
+            control,
+            description,
+        } = transport;
+        let session = Session::new_host(config, options);
+        let driver = Arc::new(Driver {
+            state: Mutex::new(State {
+                session,
+                channels: HashMap::new(),
+                outbuf: Vec::new(),
+                spare: Vec::new(),
+                writing: false,
+                write_failed: false,
+                flush_wanted: false,
+                shutdown: false,
+                ready: None,
+                status_replies: HashMap::new(),
+                ended: None,
+                death: None,
+                reader_done: false,
+                terminate_started: false,
+                finished: None,
+            }),
+            flush_cv: Condvar::new(),
+            gw_event: Event::new(),
+            writer: Mutex::new(writer),
+            control,
+            output: Mutex::new(output),
+            threads: Mutex::new(Vec::new()),
+            callback_context: OnceLock::new(),
+            span,
+            description,
+        });
+        let r = driver.clone();
+        let reader_thread = std::thread::Builder::new()
+            .name("execnet-reader".into())
+            .spawn(move || r.reader_loop(reader));
+        let reader_thread = match reader_thread {
+            Ok(t) => t,
+            Err(e) => {
+                driver.kill_and_reap();
+                return Err(e.into());
+            }
+        };
+        lock(&driver.threads).push(reader_thread);
+        let f = driver.clone();
+        match std::thread::Builder::new()
+            .name("execnet-flusher".into())
+            .spawn(move || f.flusher_loop())
+        {
+            Ok(t) => lock(&driver.threads).push(t),
+            Err(e) => {
+                driver.kill_and_reap();
+                return Err(e.into());
+            }
+        }
+        driver.flush(true);
+        Ok(driver)
+    }
+
+    /// Sets the wrapper run around every callback invocation.
+    pub(crate) fn set_callback_context(&self, f: CallbackContext) {
+        let _ = self.callback_context.set(f);
+    }
+
+    pub(crate) fn control(&self) -> Option<&dyn PeerControl> {
+        self.control.as_deref()
+    }
+
+    // ---------------------------------------------------------------- reader
+
+    fn reader_loop(self: Arc<Self>, mut reader: Box<dyn Read + Send>) {
+        let _g = self.span.clone().entered();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "transport read failed; treating as end of stream");
+                    0
+                }
+            };
+            if n == 0 {
+                self.handle_eof();
+                break;
+            }
+            self.feed(&buf[..n]);
+        }
+        drop(reader);
+        let mut st = lock(&self.state);
+        st.reader_done = true;
+        self.gw_event.notify(usize::MAX);
+        drop(st);
+        tracing::debug!("reader finished");
+    }
+
+    /// Feeds received bytes to the session and dispatches what follows.
+    fn feed(&self, bytes: &[u8]) {
+        let mut work = Vec::new();
+        let violated = {
+            let mut st = lock(&self.state);
+            let r = st.session.handle_input(bytes);
+            self.dispatch(&mut st, &mut work);
+            self.pump_for_flusher(&mut st);
+            r.err()
+        };
+        if let Some(e) = violated {
+            tracing::warn!(error = %e, "protocol violation; killing the worker");
+            if let Some(c) = &self.control {
+                c.kill();
+            }
+        }
+        self.do_work(work);
+    }
+
+    fn handle_eof(&self) {
+        // Reap first, so that every channel learns how the worker ended.
+        let death = match &self.control {
+            Some(c) => {
+                let status = c.wait(REAP_ON_EOF).unwrap_or(ExitStatus::Unknown);
+                let tail = c.stderr_tail(Duration::from_millis(300));
+                Error::WorkerDied {
+                    status,
+                    stderr_tail: tail,
+                }
+            }
+            None => Error::ConnectionLost("end of stream".into()),
+        };
+        let mut work = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            st.death = Some(death);
+            st.session.handle_eof();
+            self.dispatch(&mut st, &mut work);
+            // Nothing can be written any more.
+            st.write_failed = true;
+            st.outbuf.clear();
+        }
+        self.do_work(work);
+    }
+
+    /// Drains session events into the channel states. Runs under the lock;
+    /// anything that calls user code is returned as `work`.
+    fn dispatch(&self, st: &mut State, work: &mut Vec<Work>) {
+        while let Some(ev) = st.session.poll_event() {
+            match ev {
+                SessionEvent::Ready(info) => {
+                    tracing::debug!(pid = info.pid, executable = %info.executable, "worker ready");
+                    st.ready = Some(info);
+                    self.gw_event.notify(usize::MAX);
+                }
+                SessionEvent::Data {
+                    channel,
+                    value,
+                    credit,
+                } => {
+                    let c = st.channels.entry(channel.0).or_default();
+                    c.queue.push_back((value, credit));
+                    if c.has_callback {
+                        work.push(Work::Callbacks(channel.0));
+                    } else {
+                        c.event.notify(usize::MAX);
+                    }
+                }
+                SessionEvent::ChannelEnded { channel, how } => {
+                    let end = match how {
+                        ChannelEnd::Closed | ChannelEnd::ClosedLocally | ChannelEnd::Terminated => {
+                            End::Closed
+                        }
+                        ChannelEnd::RemoteError(text) => End::Remote(text),
+                        ChannelEnd::ConnectionLost(e) => End::Failed(connection_error(st, e)),
+                        _ => End::Closed,
+                    };
+                    tracing::trace!(channel = channel.0, "channel ended");
+                    let c = st.channels.entry(channel.0).or_default();
+                    c.end = Some(end);
+                    c.event.notify(usize::MAX);
+                    if c.has_callback {
+                        work.push(Work::Callbacks(channel.0));
+                    }
+                }
+                SessionEvent::WindowOpened { channel } => {
+                    if let Some(c) = st.channels.get(&channel.0) {
+                        c.event.notify(usize::MAX);
+                    }
+                }
+                SessionEvent::StatusReply { id, status } => {
+                    st.status_replies.insert(id, status);
+                    self.gw_event.notify(usize::MAX);
+                }
+                SessionEvent::Output { fd, bytes } => work.push(Work::Output(fd, bytes)),
+                SessionEvent::Terminated { reason } => {
+                    tracing::debug!(?reason, "session terminated");
+                    st.ended = Some(reason);
+                    self.gw_event.notify(usize::MAX);
+                    for c in st.channels.values() {
+                        c.event.notify(usize::MAX);
+                    }
+                }
+                // Worker-role events cannot reach a host session.
+                _ => {}
+            }
+        }
+    }
+
+    fn do_work(&self, work: Vec<Work>) {
+        for w in work {
+            match w {
+                Work::Output(fd, bytes) => {
+                    let mut sink = lock(&self.output);
+                    match &mut *sink {
+                        OutputSink::Stderr => {
+                            let _ = std::io::stderr().write_all(&bytes);
+                        }
+                        OutputSink::Callback(f) => f(fd, &bytes),
+                    }
+                }
+                Work::Callbacks(id) => self.run_callbacks(id, false),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- writing
+
+    /// Writes what the session has to send. `inline`: the calling thread
+    /// writes if nobody else is writing; otherwise the flusher is asked to.
+    pub(crate) fn flush(&self, inline: bool) {
+        let mut st = lock(&self.state);
+        if st.writing {
+            // The token holder re-checks the session before letting go.
+            return;
+        }
+        if !inline {
+            st.flush_wanted = true;
+            self.flush_cv.notify_one();
+            return;
+        }
+        st.writing = true;
+        self.write_loop(st);
+    }
+
+    /// Holds the writing token: writes until the session has nothing left.
+    fn write_loop<'a>(&'a self, mut st: MutexGuard<'a, State>) {
+        loop {
+            if st.outbuf.len() < WRITE_CHUNK {
+                let State {
+                    session, outbuf, ..
+                } = &mut *st;
+                while outbuf.len() < WRITE_CHUNK {
+                    if session.poll_transmit(outbuf, WRITE_CHUNK - outbuf.len()) == 0 {
+                        break;
+                    }
+                }
+            }
+            if st.outbuf.is_empty() {
+                st.writing = false;
+                return;
+            }
+            let spare = std::mem::take(&mut st.spare);
+            let mut buf = std::mem::replace(&mut st.outbuf, spare);
+            let failed = st.write_failed;
+            drop(st);
+            let mut ok = true;
+            if !failed {
+                let mut w = lock(&self.writer);
+                if let Err(e) = w.write_all(&buf).and_then(|()| w.flush()) {
+                    tracing::debug!(error = %e, "transport write failed");
+                    ok = false;
+                }
+            }
+            buf.clear();
+            st = lock(&self.state);
+            if !ok {
+                st.write_failed = true;
+            }
+            if buf.capacity() <= 4 * WRITE_CHUNK {
+                st.spare = buf;
+            }
+            if st.write_failed {
+                st.outbuf.clear();
+            }
+        }
+    }
+
+    /// Reader side: if nobody writes, move pending bytes to `outbuf` and wake
+    /// the flusher.
+    fn pump_for_flusher(&self, st: &mut State) {
+        if st.writing {
+            return;
+        }
+        if st.outbuf.is_empty() {
+            let State {
+                session, outbuf, ..
+            } = st;
+            let _ = session.poll_transmit(outbuf, WRITE_CHUNK);
+        }
+        if !st.outbuf.is_empty() {
+            st.flush_wanted = true;
+            self.flush_cv.notify_one();
+        }
+    }
+
+    fn flusher_loop(self: Arc<Self>) {
+        let _g = self.span.clone().entered();
+        let mut st = lock(&self.state);
+        loop {
+            while !st.flush_wanted && !st.shutdown {
+                st = self.flush_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if !st.flush_wanted && st.shutdown {
+                break;
+            }
+            st.flush_wanted = false;
+            if st.writing {
+                continue;
+            }
+            st.writing = true;
+            self.write_loop(st);
+            st = lock(&self.state);
+        }
+    }
+
+    // ---------------------------------------------------------------- waiting
+
+    /// Waits until `check` returns `Some`, re-checking after every
+    /// notification of `event`. `Err(Timeout)` after `deadline`.
+    async fn wait_for<R>(
+        &self,
+        event: impl Fn(&State) -> EventListener,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(&mut State) -> Option<R>,
+    ) -> Result<R> {
+        loop {
+            let listener = {
+                let mut st = lock(&self.state);
+                if let Some(r) = check(&mut st) {
+                    return Ok(r);
+                }
+                event(&st)
+            };
+            match deadline {
+                None => listener.await,
+                Some(d) => {
+                    let woke = futures_lite::future::or(
+                        async {
+                            listener.await;
+                            true
+                        },
+                        async {
+                            async_io::Timer::at(d).await;
+                            false
+                        },
+                    )
+                    .await;
+                    if !woke {
+                        let mut st = lock(&self.state);
+                        return check(&mut st).ok_or(Error::Timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    fn chan_listener(st: &State, id: u32) -> EventListener {
+        match st.channels.get(&id) {
+            Some(c) => c.event.listen(),
+            // Not tracked (cannot happen for a channel with a handle):
+            // nothing will notify, so listen to a fresh event; the caller's
+            // deadline or a re-check ends the wait.
+            None => Event::new().listen(),
+        }
+    }
+
+    /// Waits for the worker's HELLO.
+    pub(crate) async fn wait_ready(&self, deadline: Instant) -> Result<WorkerInfo> {
+        let r = self
+            .wait_for(
+                |_| self.gw_event.listen(),
+                Some(deadline),
+                |st| {
+                    if let Some(info) = &st.ready {
+                        return Some(Ok(info.clone()));
+                    }
+                    if st.ended.is_some() || st.reader_done {
+                        return Some(Err(()));
+                    }
+                    None
+                },
+            )
+            .await;
+        match r {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(())) => {
+                // Let the reader finish reaping, so the status is known.
+                let _ = self
+                    .wait_for(
+                        |_| self.gw_event.listen(),
+                        Some(Instant::now() + REAP_ON_EOF + Duration::from_millis(500)),
+                        |st| st.reader_done.then_some(()),
+                    )
+                    .await;
+                let st = lock(&self.state);
+                let reason = match (&st.death, &st.ended, st.session.error()) {
+                    (_, _, Some(e)) if *e != ProtocolError::ConnectionLost => {
+                        format!("protocol violation before HELLO: {e}")
+                    }
+                    (Some(Error::WorkerDied { status, .. }), _, _) => {
+                        format!("worker ended before HELLO ({status})")
+                    }
+                    (_, Some(r), _) => format!("session ended before HELLO: {r:?}"),
+                    _ => "worker ended before HELLO".into(),
+                };
+                drop(st);
+                Err(Error::BootstrapFailed {
+                    reason,
+                    stderr_tail: self.stderr_tail(),
+                })
+            }
+            Err(_) => Err(Error::BootstrapFailed {
+                reason: "no HELLO from the worker in time".into(),
+                stderr_tail: self.stderr_tail(),
+            }),
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        self.control
+            .as_ref()
+            .map(|c| c.stderr_tail(Duration::from_millis(200)))
+            .unwrap_or_default()
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    fn session_gone(st: &State) -> Error {
+        match (&st.ended, &st.death) {
+            (Some(TerminateReason::ConnectionLost(_)), Some(d)) => d.clone(),
+            (Some(TerminateReason::ConnectionLost(e)), None) => Error::Protocol(e.clone()),
+            _ => Error::GatewayTerminated,
+        }
+    }
+
+    fn local_error(st: &State, e: LocalError) -> Error {
+        match e {
+            LocalError::Closed => Error::ChannelClosed,
+            LocalError::Terminated => Self::session_gone(st),
+            e => Error::Local(e),
+        }
+    }
+
+    /// Starts an execution; the returned channel has one handle attached.
+    pub(crate) fn exec(&self, request: ExecRequest) -> Result<u32> {
+        let id = {
+            let mut st = lock(&self.state);
+            let id = st
+                .session
+                .exec(request)
+                .map_err(|e| Self::local_error(&st, e))?;
+            st.channels.entry(id.0).or_default().handles += 1;
+            id.0
+        };
+        self.flush(true);
+        Ok(id)
+    }
+
+    /// Opens a channel; the returned channel has one handle attached.
+    pub(crate) fn open_channel(&self) -> Result<u32> {
+        let mut st = lock(&self.state);
+        let id = st
+            .session
+            .open_channel()
+            .map_err(|e| Self::local_error(&st, e))?;
+        st.channels.entry(id.0).or_default().handles += 1;
+        Ok(id.0)
+    }
+
+    /// A new user handle on `id` (from a received channel reference).
+    pub(crate) fn attach_handle(&self, id: u32) {
+        lock(&self.state).channels.entry(id).or_default().handles += 1;
+    }
+
+    /// The last... one user handle on `id` is gone. When no handle is left,
+    /// an open channel is closed (half-closed when a callback consumes it),
+    /// as execnet does when a `Channel` is garbage collected.
+    pub(crate) fn detach_handle(&self, id: u32) {
+        let mut st = lock(&self.state);
+        let Some(c) = st.channels.get_mut(&id) else {
+            return;
+        };
+        c.handles = c.handles.saturating_sub(1);
+        if c.handles > 0 {
+            return;
+        }
+        let (has_callback, ended, closed) = (c.has_callback, c.end.is_some(), c.locally_closed);
+        if !closed && !ended {
+            if let Some(mut ch) = st.session.channel(ChannelId(id)) {
+                let _ = if has_callback {
+                    ch.half_close()
+                } else {
+                    ch.close()
+                };
+            }
+        }
+        Self::maybe_forget(&mut st, id);
+        drop(st);
+        self.flush(false);
+    }
+
+    fn maybe_forget(st: &mut State, id: u32) {
+        if let Some(c) = st.channels.get(&id) {
+            let callback_pending = c.has_callback && !c.endmarker_done;
+            if c.handles == 0 && c.end.is_some() && !callback_pending && !c.callback_busy {
+                st.channels.remove(&id);
+            }
+        }
+    }
+
+    /// Sends one encoded item, waiting while the channel's window is full.
+    pub(crate) async fn send_encoded(&self, id: u32, item: Vec<u8>) -> Result<()> {
+        let mut item = Some(item);
+        self.wait_for(
+            |st| Self::chan_listener(st, id),
+            None,
+            |st| {
+                if st.ended.is_some() {
+                    return Some(Err(Self::session_gone(st)));
+                }
+                let closed = st
+                    .channels
+                    .get(&id)
+                    .is_some_and(|c| c.locally_closed || c.end.is_some());
+                let Some(mut ch) = st.session.channel(ChannelId(id)) else {
+                    return Some(Err(Error::ChannelClosed));
+                };
+                if !ch.can_send() {
+                    if closed || ch.is_ended() {
+                        return Some(Err(Error::ChannelClosed));
+                    }
+                    return None;
+                }
+                let item = item.take()?;
+                Some(ch.send_encoded(item).map_err(|e| Self::local_error(st, e)))
+            },
+        )
+        .await??;
+        self.flush(true);
+        Ok(())
+    }
+
+    /// Takes the next item (or the end) of a channel.
+    pub(crate) async fn receive(&self, id: u32, deadline: Option<Instant>) -> Result<Value> {
+        let (value, credit) = self
+            .wait_for(
+                |st| Self::chan_listener(st, id),
+                deadline,
+                |st| {
+                    let c = st.channels.entry(id).or_default();
+                    if c.has_callback {
+                        return Some(Err(Error::CallbackSet));
+                    }
+                    if let Some(item) = c.queue.pop_front() {
+                        return Some(Ok(item));
+                    }
+                    match &c.end {
+                        None => None,
+                        Some(End::Closed) => Some(Err(Error::EndOfChannel)),
+                        Some(End::Remote(text)) => {
+                            if c.error_reported {
+                                Some(Err(Error::EndOfChannel))
+                            } else {
+                                c.error_reported = true;
+                                Some(Err(Error::Remote(RemoteError::new(text.clone()))))
+                            }
+                        }
+                        Some(End::Failed(e)) => Some(Err(e.clone())),
+                    }
+                },
+            )
+            .await??;
+        let wrote = {
+            let mut st = lock(&self.state);
+            match st.session.channel(ChannelId(id)) {
+                Some(mut ch) => {
+                    ch.consumed(credit);
+                    true
+                }
+                None => false,
+            }
+        };
+        if wrote {
+            self.flush(true);
+        }
+        Ok(value)
+    }
+
+    /// Waits until the channel ended; reports its remote error (once).
+    pub(crate) async fn waitclose(&self, id: u32, deadline: Option<Instant>) -> Result<()> {
+        self.wait_for(
+            |st| Self::chan_listener(st, id),
+            deadline,
+            |st| {
+                let c = st.channels.entry(id).or_default();
+                match &c.end {
+                    None => None,
+                    Some(End::Closed) => Some(Ok(())),
+                    Some(End::Remote(text)) => {
+                        if c.error_reported {
+                            Some(Ok(()))
+                        } else {
+                            c.error_reported = true;
+                            Some(Err(Error::Remote(RemoteError::new(text.clone()))))
+                        }
+                    }
+                    Some(End::Failed(e)) => Some(Err(e.clone())),
+                }
+            },
+        )
+        .await?
+    }
+
+    /// Closes the channel (with an error text, if given). Idempotent.
+    pub(crate) fn close(&self, id: u32, error: Option<&str>) -> Result<()> {
+        {
+            let mut st = lock(&self.state);
+            let c = st.channels.entry(id).or_default();
+            if c.locally_closed {
+                return Ok(());
+            }
+            c.locally_closed = true;
+            if let Some(mut ch) = st.session.channel(ChannelId(id)) {
+                let r = match error {
+                    Some(e) => ch.close_with_error(e),
+                    None => ch.close(),
+                };
+                match r {
+                    Ok(()) | Err(LocalError::Closed) | Err(LocalError::Terminated) => {}
+                    Err(e) => return Err(Error::Local(e)),
+                }
+            }
+        }
+        self.flush(true);
+        Ok(())
+    }
+
+    /// Whether the channel is closed locally or ended remotely.
+    pub(crate) fn is_closed(&self, id: u32) -> bool {
+        let st = lock(&self.state);
+        st.channels
+            .get(&id)
+            .map_or(true, |c| c.locally_closed || c.end.is_some())
+    }
+
+    /// Installs a callback: queued items first, then every new item, then
+    /// the endmarker once when the channel ends.
+    pub(crate) fn set_callback(
+        &self,
+        id: u32,
+        callback: Callback,
+        endmarker: Option<Value>,
+    ) -> Result<()> {
+        {
+            let mut st = lock(&self.state);
+            let c = st.channels.entry(id).or_default();
+            if c.has_callback {
+                return Err(Error::CallbackSet);
+            }
+            c.has_callback = true;
+            c.callback = Some(callback);
+            c.endmarker = endmarker;
+        }
+        self.run_callbacks(id, true);
+        Ok(())
+    }
+
+    /// Delivers queued items (and the endmarker) to the channel's callback,
+    /// unless another thread is already doing so (it will see the new items).
+    fn run_callbacks(&self, id: u32, inline_flush: bool) {
+        let mut st = lock(&self.state);
+        let Some(c) = st.channels.get_mut(&id) else {
+            return;
+        };
+        if c.callback_busy {
+            return;
+        }
+        let Some(mut cb) = c.callback.take() else {
+            return;
+        };
+        c.callback_busy = true;
+        let mut consumed_any = false;
+        while let Some(c) = st.channels.get_mut(&id) {
+            let (value, credit) = if let Some((v, credit)) = c.queue.pop_front() {
+                (v, Some(credit))
+            } else if c.end.is_some() && !c.endmarker_done {
+                c.endmarker_done = true;
+                match c.endmarker.take() {
+                    Some(m) => (m, None),
+                    None => continue,
+                }
+            } else {
+                break;
+            };
+            drop(st);
+            let panicked = self.call_callback(&mut cb, value);
+            st = lock(&self.state);
+            if let Some(credit) = credit {
+                if let Some(mut ch) = st.session.channel(ChannelId(id)) {
+                    ch.consumed(credit);
+                    consumed_any = true;
+                }
+            }
+            if panicked {
+                tracing::error!(channel = id, "channel callback panicked; it is removed");
+                if let Some(c) = st.channels.get_mut(&id) {
+                    c.endmarker_done = true;
+                    c.endmarker = None;
+                }
+                // Drain what is left so the window reopens.
+                if let Some(c) = st.channels.get_mut(&id) {
+                    let credits: Vec<u32> = c.queue.drain(..).map(|(_, cr)| cr).collect();
+                    if let Some(mut ch) = st.session.channel(ChannelId(id)) {
+                        for cr in credits {
+                            ch.consumed(cr);
+                        }
+                    }
+                }
+                break;
+            }
+        }
+        let done = if let Some(c) = st.channels.get_mut(&id) {
+            c.callback_busy = false;
+            if c.endmarker_done {
+                // The channel is over: drop the callback (it may hold
+                // handles that keep the gateway alive).
+                true
+            } else {
+                c.callback = Some(cb);
+                false
+            }
+        } else {
+            true
+        };
+        if done {
+            Self::maybe_forget(&mut st, id);
+        }
+        if consumed_any && !inline_flush {
+            self.pump_for_flusher(&mut st);
+        }
+        drop(st);
+        if consumed_any && inline_flush {
+            self.flush(true);
+        }
+    }
+
+    fn call_callback(&self, cb: &mut Callback, value: Value) -> bool {
+        let mut value = Some(value);
+        let mut run = || {
+            if let Some(v) = value.take() {
+                cb(v);
+            }
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match self.callback_context.get() {
+                Some(ctx) => ctx(&mut run),
+                None => run(),
+            }
+        }));
+        r.is_err()
+    }
+
+    /// Asks the worker for its status.
+    pub(crate) async fn status(&self, deadline: Option<Instant>) -> Result<Status> {
+        let rid = {
+            let mut st = lock(&self.state);
+            st.session
+                .request_status()
+                .map_err(|e| Self::local_error(&st, e))?
+        };
+        self.flush(true);
+        self.wait_for(
+            |_| self.gw_event.listen(),
+            deadline,
+            |st| {
+                if let Some(s) = st.status_replies.remove(&rid) {
+                    return Some(Ok(s));
+                }
+                if st.ended.is_some() {
+                    return Some(Err(Self::session_gone(st)));
+                }
+                None
+            },
+        )
+        .await?
+    }
+
+    /// Whether the session is over.
+    pub(crate) fn is_terminated(&self) -> bool {
+        lock(&self.state).ended.is_some()
+    }
+
+    // ------------------------------------------------------------ termination
+
+    /// Sends TERMINATE (once). The session ends when the worker answers.
+    pub(crate) fn begin_terminate(&self, grace: Duration) {
+        {
+            let mut st = lock(&self.state);
+            if st.terminate_started || st.ended.is_some() {
+                return;
+            }
+            st.terminate_started = true;
+            st.session.terminate(None, Instant::now(), grace);
+            let mut work = Vec::new();
+            self.dispatch(&mut st, &mut work);
+            drop(st);
+            self.do_work(work);
+        }
+        tracing::debug!("terminate requested");
+        self.flush(true);
+    }
+
+    /// Waits until `deadline` for the worker to end; then kills it. Always
+    /// reaps and stops the threads. Returns whether the end was clean.
+    pub(crate) async fn finish_terminate(&self, deadline: Instant) -> bool {
+        if let Some(r) = lock(&self.state).finished {
+            return r;
+        }
+        let exited = self
+            .wait_for(
+                |_| self.gw_event.listen(),
+                Some(deadline),
+                |st| {
+                    (st.reader_done || (self.control.is_none() && st.ended.is_some())).then_some(())
+                },
+            )
+            .await
+            .is_ok();
+        let clean = {
+            let st = lock(&self.state);
+            matches!(
+                st.ended,
+                Some(TerminateReason::Clean) | Some(TerminateReason::PeerInitiated(_))
+            )
+        };
+        // Kill the group whatever happened: the worker itself is gone or
+        // must go, and anything it started goes with it.
+        if let Some(c) = &self.control {
+            c.kill();
+        }
+        if !exited {
+            tracing::debug!("worker did not exit in time; killed");
+            let _ = self
+                .wait_for(
+                    |_| self.gw_event.listen(),
+                    Some(Instant::now() + REAP_ON_EOF + Duration::from_secs(1)),
+                    |st| st.reader_done.then_some(()),
+                )
+                .await;
+        }
+        if let Some(c) = &self.control {
+            let _ = c.wait(Duration::from_secs(2));
+        }
+        // End the session for good if the worker never answered.
+        {
+            let mut st = lock(&self.state);
+            if st.ended.is_none() {
+                st.session
+                    .handle_timeout(Instant::now() + Duration::from_secs(3600));
+                if st.ended.is_none() {
+                    st.session.handle_eof();
+                }
+                let mut work = Vec::new();
+                self.dispatch(&mut st, &mut work);
+                drop(st);
+                self.do_work(work);
+            }
+        }
+        self.stop_threads();
+        lock(&self.state).finished = Some(clean && exited);
+        clean && exited
+    }
+
+    /// Kills the peer and reaps it (start-up failures).
+    pub(crate) fn kill_and_reap(&self) {
+        if let Some(c) = &self.control {
+            c.kill();
+            let _ = c.wait(Duration::from_secs(2));
+        }
+        self.stop_threads();
+    }
+
+    fn stop_threads(&self) {
+        {
+            let mut st = lock(&self.state);
+            st.shutdown = true;
+            self.flush_cv.notify_all();
+        }
+        let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
+        let me = std::thread::current().id();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for t in threads {
+            if t.thread().id() == me {
+                // Termination from a callback on the reader thread: that
+                // thread ends by itself when the stream does.
+                continue;
+            }
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("a gateway thread did not finish in time; detached");
+            }
+        }
+    }
+}
+
+/// What a connection loss means for the user: the worker's death if the
+/// reader found a process exit, else the protocol error.
+fn connection_error(st: &State, e: ProtocolError) -> Error {
+    match e {
+        ProtocolError::ConnectionLost | ProtocolError::Truncated { .. } => match &st.death {
+            Some(d) => d.clone(),
+            None => Error::ConnectionLost(e.to_string()),
+        },
+        other => Error::Protocol(other),
+    }
+}

@@ -1,0 +1,352 @@
+//! `XSpec`: execnet's gateway specification strings.
+//!
+//! A spec is a list of `key=value` or bare `flag` parts joined by `//`, for
+//! example `popen//python=python3.12//chdir=/tmp/w//env:LANG=C//id=w1`.
+//! The first part that names a gateway type (`popen`, `ssh=…`, `socket=…`,
+//! `vagrant_ssh=…`) says how to reach the interpreter; the other parts
+//! configure it. Parsing keeps every part in order (unknown keys included,
+//! so specs meant for newer versions survive a round trip through
+//! [`XSpec::to_string`]) and rejects duplicate keys.
+//!
+//! Typed accessors parse their values once, at [`XSpec::parse`]: a `nice=`
+//! that is not an integer or an unknown `execmodel=` is an error there, not a
+//! surprise at connection time.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// The gateway types a spec can name.
+pub const GATEWAY_TYPES: &[&str] = &["popen", "ssh", "socket", "vagrant_ssh"];
+
+/// How the worker's stdout/stderr (user `print()`s) reach the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputMode {
+    /// Sent over the protocol as OUTPUT frames, then to the host's stderr or
+    /// the gateway's output callback (the default).
+    #[default]
+    Forward,
+    /// The worker keeps the process's stderr (which the host passes through
+    /// to its own stderr); fd 1 goes to fd 2.
+    Inherit,
+    /// Both go to `/dev/null`.
+    Discard,
+}
+
+impl OutputMode {
+    /// The spelling used in specs and in the host HELLO options.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputMode::Forward => "forward",
+            OutputMode::Inherit => "inherit",
+            OutputMode::Discard => "discard",
+        }
+    }
+}
+
+impl FromStr for OutputMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "forward" => Ok(OutputMode::Forward),
+            "inherit" => Ok(OutputMode::Inherit),
+            "discard" => Ok(OutputMode::Discard),
+            other => Err(Error::Spec(format!(
+                "stdout={other}: expected forward, inherit or discard"
+            ))),
+        }
+    }
+}
+
+/// Where the worker runs remote code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecModel {
+    /// Each `remote_exec` in its own thread; the main thread is the primary
+    /// executor (execnet's default).
+    #[default]
+    Thread,
+    /// Every `remote_exec` in the main thread, one after the other.
+    MainThreadOnly,
+}
+
+impl ExecModel {
+    /// The spelling used in specs and in the protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecModel::Thread => "thread",
+            ExecModel::MainThreadOnly => "main_thread_only",
+        }
+    }
+}
+
+impl FromStr for ExecModel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "thread" => Ok(ExecModel::Thread),
+            "main_thread_only" => Ok(ExecModel::MainThreadOnly),
+            other => Err(Error::Spec(format!(
+                "execmodel={other}: supported are thread and main_thread_only"
+            ))),
+        }
+    }
+}
+
+/// A parsed gateway specification. See the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XSpec {
+    /// Every part in spec order: key and value (`None` for a bare flag).
+    parts: Vec<(String, Option<String>)>,
+    nice: Option<i32>,
+    execmodel: ExecModel,
+    stdout: OutputMode,
+}
+
+impl XSpec {
+    /// Parses a spec string. Errors: an empty spec or part, a duplicate key,
+    /// or a malformed value of a typed key (`nice`, `execmodel`, `stdout`).
+    pub fn parse(spec: &str) -> Result<XSpec, Error> {
+        if spec.trim().is_empty() {
+            return Err(Error::Spec("empty gateway spec".into()));
+        }
+        let mut parts: Vec<(String, Option<String>)> = Vec::new();
+        for part in spec.split("//") {
+            if part.is_empty() {
+                return Err(Error::Spec(format!("empty part in spec {spec:?}")));
+            }
+            let (key, value) = match part.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (part.to_string(), None),
+            };
+            if key.is_empty() {
+                return Err(Error::Spec(format!("part {part:?} has no key")));
+            }
+            if parts.iter().any(|(k, _)| *k == key) {
+                return Err(Error::Spec(format!(
+                    "duplicate key {key:?} in spec {spec:?}"
+                )));
+            }
+            parts.push((key, value));
+        }
+        let mut x = XSpec {
+            parts,
+            nice: None,
+            execmodel: ExecModel::Thread,
+            stdout: OutputMode::Forward,
+        };
+        if let Some(n) = x.value("nice") {
+            x.nice = Some(
+                n.trim()
+                    .parse()
+                    .map_err(|_| Error::Spec(format!("nice={n}: expected an integer")))?,
+            );
+        }
+        if let Some(m) = x.value("execmodel") {
+            x.execmodel = m.parse()?;
+        }
+        if let Some(m) = x.value("stdout") {
+            x.stdout = m.parse()?;
+        }
+        Ok(x)
+    }
+
+    /// The raw value of `key`: `None` when absent, `Some("")` for a bare flag.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.parts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_deref().unwrap_or(""))
+    }
+
+    /// Whether `key` is present (as a flag or with a value).
+    pub fn has(&self, key: &str) -> bool {
+        self.parts.iter().any(|(k, _)| k == key)
+    }
+
+    fn value(&self, key: &str) -> Option<&str> {
+        self.parts
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Every part in order, `(key, value)`; flags have no value.
+    pub fn parts(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.parts.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
+    }
+
+    /// Parts whose key this crate does not interpret (kept for round trips
+    /// and for transports added later).
+    pub fn unknown(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        const KNOWN: &[&str] = &[
+            "popen",
+            "ssh",
+            "socket",
+            "vagrant_ssh",
+            "via",
+            "installvia",
+            "python",
+            "chdir",
+            "nice",
+            "id",
+            "execmodel",
+            "dont_write_bytecode",
+            "ssh_config",
+            "stdout",
+        ];
+        self.parts()
+            .filter(|(k, _)| !KNOWN.contains(k) && !k.starts_with("env:"))
+    }
+
+    /// The gateway type: the first part naming one of [`GATEWAY_TYPES`].
+    pub fn gateway_type(&self) -> Option<&str> {
+        self.parts
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .find(|k| GATEWAY_TYPES.contains(k))
+    }
+
+    /// `popen` flag present.
+    pub fn popen(&self) -> bool {
+        self.has("popen")
+    }
+    /// `ssh=[options] [user@]host`.
+    pub fn ssh(&self) -> Option<&str> {
+        self.value("ssh")
+    }
+    /// `socket=host:port`.
+    pub fn socket(&self) -> Option<&str> {
+        self.value("socket")
+    }
+    /// `vagrant_ssh=name`.
+    pub fn vagrant_ssh(&self) -> Option<&str> {
+        self.value("vagrant_ssh")
+    }
+    /// `via=GWID`: start this gateway from another one.
+    pub fn via(&self) -> Option<&str> {
+        self.value("via")
+    }
+    /// `installvia=GWID`: install the socket server through another gateway.
+    pub fn installvia(&self) -> Option<&str> {
+        self.value("installvia")
+    }
+    /// `python=`: the interpreter command line (shell syntax).
+    pub fn python(&self) -> Option<&str> {
+        self.value("python")
+    }
+    /// `chdir=`: the worker's working directory (created if missing).
+    pub fn chdir(&self) -> Option<&str> {
+        self.value("chdir")
+    }
+    /// `nice=`: niceness increment for the worker.
+    pub fn nice(&self) -> Option<i32> {
+        self.nice
+    }
+    /// `id=`: the gateway id.
+    pub fn id(&self) -> Option<&str> {
+        self.value("id")
+    }
+    /// `execmodel=` (default `thread`).
+    pub fn execmodel(&self) -> ExecModel {
+        self.execmodel
+    }
+    /// `stdout=forward|inherit|discard` (default `forward`).
+    pub fn stdout(&self) -> OutputMode {
+        self.stdout
+    }
+    /// `dont_write_bytecode` flag: run the interpreter with `-B`.
+    pub fn dont_write_bytecode(&self) -> bool {
+        self.has("dont_write_bytecode")
+    }
+    /// `ssh_config=`: an ssh config file.
+    pub fn ssh_config(&self) -> Option<&str> {
+        self.value("ssh_config")
+    }
+    /// `env:NAME=value` parts, in spec order.
+    pub fn env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.parts.iter().filter_map(|(k, v)| {
+            k.strip_prefix("env:")
+                .map(|name| (name, v.as_deref().unwrap_or("")))
+        })
+    }
+
+    /// Sets (or replaces) `id=`.
+    pub fn set_id(&mut self, id: &str) {
+        if let Some(p) = self.parts.iter_mut().find(|(k, _)| k == "id") {
+            p.1 = Some(id.to_string());
+        } else {
+            self.parts.push(("id".into(), Some(id.to_string())));
+        }
+    }
+}
+
+impl FromStr for XSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<XSpec, Error> {
+        XSpec::parse(s)
+    }
+}
+
+impl fmt::Display for XSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (k, v)) in self.parts.iter().enumerate() {
+            if i > 0 {
+                f.write_str("//")?;
+            }
+            f.write_str(k)?;
+            if let Some(v) = v {
+                write!(f, "={v}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_popen_keys() {
+        let s = "popen//python=sudo -u x python3//chdir=/tmp/a//nice=5//env:A=b=c//id=w//execmodel=main_thread_only//dont_write_bytecode//stdout=discard";
+        let x = XSpec::parse(s).unwrap();
+        assert_eq!(x.gateway_type(), Some("popen"));
+        assert!(x.popen());
+        assert_eq!(x.python(), Some("sudo -u x python3"));
+        assert_eq!(x.chdir(), Some("/tmp/a"));
+        assert_eq!(x.nice(), Some(5));
+        assert_eq!(x.env().collect::<Vec<_>>(), vec![("A", "b=c")]);
+        assert_eq!(x.id(), Some("w"));
+        assert_eq!(x.execmodel(), ExecModel::MainThreadOnly);
+        assert!(x.dont_write_bytecode());
+        assert_eq!(x.stdout(), OutputMode::Discard);
+        assert_eq!(x.to_string(), s);
+        assert_eq!(x.unknown().count(), 0);
+    }
+
+    #[test]
+    fn keeps_unknown_and_rejects_duplicates() {
+        let x = XSpec::parse("ssh=-p 22 me@host//future_key=1//flag").unwrap();
+        assert_eq!(x.ssh(), Some("-p 22 me@host"));
+        assert_eq!(
+            x.unknown().collect::<Vec<_>>(),
+            vec![("future_key", Some("1")), ("flag", None)]
+        );
+        assert_eq!(x.to_string(), "ssh=-p 22 me@host//future_key=1//flag");
+        assert!(XSpec::parse("popen//id=a//id=b").is_err());
+        assert!(XSpec::parse("").is_err());
+        assert!(XSpec::parse("popen//").is_err());
+        assert!(XSpec::parse("popen//nice=x").is_err());
+        assert!(XSpec::parse("popen//execmodel=eventlet").is_err());
+    }
+
+    #[test]
+    fn set_id_replaces() {
+        let mut x = XSpec::parse("popen").unwrap();
+        x.set_id("gw3");
+        assert_eq!(x.to_string(), "popen//id=gw3");
+        x.set_id("gw4");
+        assert_eq!(x.id(), Some("gw4"));
+    }
+}
