@@ -12,3 +12,135 @@ impl fmt::Display for ChannelId {
         fmt::Display::fmt(&self.0, f)
     }
 }
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// What a channel still has to send once its queued items are out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PendingEnd {
+    /// LAST_MESSAGE (half-close).
+    Last,
+    /// CLOSE, with an error text or not.
+    Close(Option<String>),
+}
+
+/// One side's state of one channel: the four flags of protocol.md §6.1, the
+/// send queue with its credit, and the receive credit with reassembly.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    // ---- lifecycle (protocol.md §6.1) ----
+    /// We transmitted CLOSE.
+    pub sent_close: bool,
+    /// We received CLOSE.
+    pub recv_close: bool,
+    /// We transmitted LAST_MESSAGE.
+    pub sent_last: bool,
+    /// We received LAST_MESSAGE.
+    pub recv_last: bool,
+    /// `Event::ChannelEnded` was emitted.
+    pub ended: bool,
+    /// CLOSE or LAST_MESSAGE accepted but waiting behind queued items.
+    pub pending_end: Option<PendingEnd>,
+
+    // ---- sending ----
+    /// Encoded items not yet (fully) transmitted; the front one may be
+    /// partly sent (`front_offset` bytes of it).
+    pub queue: VecDeque<Vec<u8>>,
+    /// Bytes of the front item already transmitted.
+    pub front_offset: usize,
+    /// Untransmitted bytes in `queue`.
+    pub queued_bytes: u64,
+    /// Credit the peer granted us (protocol.md §6.2).
+    pub send_credit: u64,
+    /// A send returned `WouldBlock`; emit `WindowOpened` when room returns.
+    pub blocked: bool,
+    /// The id is in the session's ready list.
+    pub in_ready: bool,
+
+    // ---- receiving ----
+    /// Credit the peer may still use before we return more.
+    pub recv_credit: u64,
+    /// Credit consumed by the application (or returned for DATA_MORE) but
+    /// not yet sent back in a WINDOW frame.
+    pub owed: u64,
+    /// The id is in the session's WINDOW list.
+    pub in_windows: bool,
+    /// The chunks of an item arriving in DATA_MORE frames.
+    pub reassembly: Vec<u8>,
+}
+
+impl Channel {
+    pub fn new(window: u32) -> Channel {
+        Channel {
+            sent_close: false,
+            recv_close: false,
+            sent_last: false,
+            recv_last: false,
+            ended: false,
+            pending_end: None,
+            queue: VecDeque::new(),
+            front_offset: 0,
+            queued_bytes: 0,
+            send_credit: u64::from(window),
+            blocked: false,
+            in_ready: false,
+            recv_credit: u64::from(window),
+            owed: 0,
+            in_windows: false,
+            reassembly: Vec::new(),
+        }
+    }
+
+    /// We sent CLOSE or accepted a local close: incoming items are dropped.
+    pub fn closing(&self) -> bool {
+        self.sent_close || matches!(self.pending_end, Some(PendingEnd::Close(_)))
+    }
+
+    /// `send` may queue an item (protocol.md §6.1, first row).
+    pub fn accepts_items(&self) -> bool {
+        !self.sent_close && !self.recv_close && !self.sent_last && self.pending_end.is_none()
+    }
+
+    /// Something can be transmitted now: an item chunk within credit, or the
+    /// pending end once the queue is empty.
+    pub fn is_ready(&self) -> bool {
+        if self.queue.is_empty() {
+            self.pending_end.is_some()
+        } else {
+            self.send_credit > 0
+        }
+    }
+
+    /// Drops every untransmitted item (the peer closed, or the session ends).
+    pub fn drop_queue(&mut self) {
+        self.queue.clear();
+        self.front_offset = 0;
+        self.queued_bytes = 0;
+    }
+}
+
+/// A fast, deterministic hasher for channel ids (they are small integers the
+/// peer chooses; SipHash's DoS resistance buys nothing behind
+/// `max_channels`, and determinism keeps runs reproducible).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Fold the well-mixed high bits of the product into the low bits
+        // (ids share their low bit: all odd or all even).
+        self.0 ^ (self.0 >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The channel table.
+pub(crate) type ChannelMap = std::collections::HashMap<u32, Channel, BuildHasherDefault<IdHasher>>;
