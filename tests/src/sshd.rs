@@ -1,0 +1,294 @@
+//! A real OpenSSH server on 127.0.0.1 for the tests, with throwaway keys.
+//!
+//! Each [`Sshd`] owns a private directory (host key, client key,
+//! `authorized_keys`, `sshd_config`, `known_hosts`, an `ssh_config` for the
+//! client) and an `sshd -D` child on a free port. Dropping it kills that child
+//! by pid and reaps it, so no test leaks a daemon. Clients keep strict host
+//! key checking: the generated `known_hosts` names the server's key.
+//!
+//! Recipe and gotchas: `../shared/ENVIRONMENT.md` ("A real OpenSSH server on
+//! loopback").
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Read};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian's `openssh-server` puts the daemon.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// The unprivileged account the tests log in as (its `python3` is Debian's).
+pub const TEST_USER: &str = "execnet-u";
+
+/// A running `sshd` on 127.0.0.1 that accepts the generated client key for
+/// root and for [`TEST_USER`].
+#[derive(Debug)]
+pub struct Sshd {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Sshd {
+    /// Starts a daemon, or says why it cannot (no sshd installed, keygen
+    /// failed, the port never opened). The caller decides whether that skips
+    /// or fails the test (see `require_all`).
+    pub fn start() -> io::Result<Sshd> {
+        if !Path::new(SSHD).exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{SSHD} is not installed (apt-get install openssh-server)"),
+            ));
+        }
+        // sshd refuses to start as root without its privilege separation dir.
+        fs::create_dir_all("/run/sshd")?;
+        ensure_test_user()?;
+
+        let dir = unique_dir()?;
+        // sshd reads authorized_keys as the target user: the directory must be
+        // traversable and the file readable by everyone (StrictModes is off).
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        keygen(&dir.join("host_key"))?;
+        keygen(&dir.join("client_key"))?;
+        let client_pub = fs::read_to_string(dir.join("client_key.pub"))?;
+        let auth = dir.join("authorized_keys");
+        fs::write(&auth, client_pub)?;
+        fs::set_permissions(&auth, fs::Permissions::from_mode(0o644))?;
+
+        let port = free_port()?;
+        let config = format!(
+            "ListenAddress 127.0.0.1\n\
+             Port {port}\n\
+             HostKey {dir}/host_key\n\
+             PidFile {dir}/sshd.pid\n\
+             AuthorizedKeysFile {dir}/authorized_keys\n\
+             StrictModes no\n\
+             UsePAM no\n\
+             PermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             MaxSessions 64\n\
+             MaxStartups 64:30:128\n\
+             PrintMotd no\n\
+             AcceptEnv EXECNET_*\n\
+             LogLevel VERBOSE\n",
+            dir = dir.display()
+        );
+        fs::write(dir.join("sshd_config"), config)?;
+
+        let host_pub = fs::read_to_string(dir.join("host_key.pub"))?;
+        let mut fields = host_pub.split_whitespace();
+        let (kind, key) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        fs::write(
+            dir.join("known_hosts"),
+            format!("[127.0.0.1]:{port} {kind} {key}\n"),
+        )?;
+        let mut client = String::new();
+        for (alias, user) in [("sshd-root", "root"), ("sshd-user", TEST_USER)] {
+            let _ = write!(
+                client,
+                "Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  \
+                 IdentityFile {dir}/client_key\n  IdentitiesOnly yes\n  \
+                 UserKnownHostsFile {dir}/known_hosts\n  StrictHostKeyChecking yes\n  \
+                 BatchMode yes\n  KexAlgorithms curve25519-sha256\n  LogLevel ERROR\n",
+                dir = dir.display()
+            );
+        }
+        fs::write(dir.join("ssh_config"), client)?;
+
+        // In the foreground (-D) the daemon is our child: we kill it by pid
+        // and reap it ourselves instead of chasing a daemonized process.
+        let child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-f")
+            .arg(dir.join("sshd_config"))
+            .arg("-E")
+            .arg(dir.join("sshd.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut sshd = Sshd {
+            dir,
+            port,
+            child: Some(child),
+        };
+        sshd.wait_listening(Duration::from_secs(10))?;
+        Ok(sshd)
+    }
+
+    /// The port the daemon listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The client config to pass as `ssh_config=`; it defines the hosts
+    /// `sshd-root` and `sshd-user`.
+    pub fn ssh_config(&self) -> PathBuf {
+        self.dir.join("ssh_config")
+    }
+
+    /// The private directory of this daemon (keys, configs, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The daemon's log so far, for assertion messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Kills the daemon now (for "sshd died mid-session" tests) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_listening(&mut self, limit: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                // A real sshd greets first with its version line.
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut banner = [0u8; 4];
+                if stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {
+                    return Ok(());
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    return Err(io::Error::other(format!(
+                        "sshd exited with {status} before listening: {}",
+                        self.log()
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("sshd did not listen within {limit:?}: {}", self.log()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn keygen(path: &Path) -> io::Result<()> {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "execnet-test", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!("ssh-keygen failed: {status}")));
+    }
+    Ok(())
+}
+
+/// Creates [`TEST_USER`] once; with `UsePAM no` a locked account (`!` in
+/// shadow) is refused, so the password field is set to `*` (no password,
+/// not locked).
+fn ensure_test_user() -> io::Result<()> {
+    let exists = Command::new("id")
+        .arg(TEST_USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if !exists {
+        let out = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", TEST_USER])
+            .output()?;
+        // Another test process may have created it in the meantime.
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("exists") {
+            return Err(io::Error::other(format!(
+                "useradd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    Command::new("usermod")
+        .args(["-p", "*", TEST_USER])
+        .status()?;
+    Ok(())
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn unique_dir() -> io::Result<PathBuf> {
+    // Short paths: ssh's ControlPath sockets live below this directory in some
+    // tests and unix socket paths are limited to ~108 bytes.
+    let base = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let dir = base.join(format!("exsshd-{}-{n}", std::process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free temp directory name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The harness itself: a daemon starts, accepts our key for both users
+    /// (running the Python the worker will need) and is gone after drop.
+    #[test]
+    fn sshd_starts_accepts_key_and_stops() {
+        let sshd = match Sshd::start() {
+            Ok(s) => s,
+            Err(e) if !crate::require_all() => {
+                eprintln!("SKIPPED: cannot start sshd: {e}");
+                return;
+            }
+            Err(e) => panic!("cannot start sshd: {e}"),
+        };
+        for host in ["sshd-root", "sshd-user"] {
+            let out = Command::new("ssh")
+                .arg("-F")
+                .arg(sshd.ssh_config())
+                .arg(host)
+                .arg("python3 -c 'import sys; print(sys.version_info[0])'")
+                .output()
+                .expect("run ssh");
+            assert!(
+                out.status.success(),
+                "ssh {host} failed: {}\nsshd log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                sshd.log()
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+        }
+        let pid = sshd.pid().expect("running");
+        drop(sshd);
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "sshd {pid} still exists after drop"
+        );
+    }
+}

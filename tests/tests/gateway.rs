@@ -1,0 +1,551 @@
+//! Gateway behaviour, ported from execnet's `testing/test_gateway.py`:
+//! info, status, termination in every way a worker can end, popen spec
+//! keys, output forwarding, bootstrap errors.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use execnet::blocking::{makegateway, Gateway, Group};
+use execnet::{Error, ExitStatus, OutputMode, Value};
+use execnet_tests::{assert_reaped, bounded, gw, process_alive, TempDir, LIMIT};
+
+const T: Duration = Duration::from_secs(10);
+
+fn remote_pid(gw: &Gateway) -> u32 {
+    gw.remote_exec("import os; channel.send(os.getpid())")
+        .unwrap()
+        .receive()
+        .unwrap()
+}
+
+#[test]
+fn info_matches_the_worker() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let info = gw.info().clone();
+        assert_eq!(info.pid, remote_pid(&gw));
+        assert_eq!(info.platform, "linux");
+        assert_eq!(info.version_info.major, 3);
+        assert!(!info.executable.is_empty());
+        let cwd: String = gw
+            .remote_exec("import os; channel.send(os.getcwd())")
+            .unwrap()
+            .receive()
+            .unwrap();
+        assert_eq!(info.cwd, cwd);
+        assert_eq!(info.execmodel, "thread");
+        assert!(gw.id().starts_with("gw"), "{}", gw.id());
+        assert_eq!(gw.spec().id(), Some(gw.id()));
+        gw.exit().unwrap();
+        assert_reaped(info.pid, T);
+    })
+}
+
+#[test]
+fn remote_status_counts() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let s = gw.remote_status().unwrap();
+        assert_eq!(s.numexecuting, 0);
+        assert_eq!(s.execmodel, "thread");
+        let ch = gw.remote_exec("channel.receive()").unwrap();
+        assert!(execnet_tests::wait_until(T, || {
+            gw.remote_status().unwrap().numexecuting == 1
+        }));
+        let s = gw.remote_status().unwrap();
+        assert!(s.numchannels >= 1, "{s:?}");
+        ch.send(&1).unwrap();
+        ch.waitclose(Some(T)).unwrap();
+        assert!(execnet_tests::wait_until(T, || {
+            let s = gw.remote_status().unwrap();
+            s.numexecuting == 0 && s.numchannels == 0
+        }));
+    })
+}
+
+#[test]
+fn exit_is_clean_and_reaps() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let pid = gw.info().pid;
+        let ch = gw.remote_exec("channel.receive()").unwrap();
+        let t0 = Instant::now();
+        gw.exit().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(6));
+        assert!(gw.is_terminated());
+        assert_reaped(pid, T);
+        // The channel ended; operations on the gateway fail cleanly.
+        let r = ch.receive::<Value>();
+        assert!(
+            matches!(r, Err(Error::EndOfChannel) | Err(Error::Remote(_))),
+            "{r:?}"
+        );
+        assert!(gw.remote_exec("pass").is_err());
+        gw.exit().unwrap();
+    })
+}
+
+#[test]
+fn terminate_kills_code_that_blocks_forever() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let pid = gw.info().pid;
+        // Ignores the interrupt and sleeps on.
+        let _ch = gw
+            .remote_exec(
+                r#"
+                import signal, time
+                while True:
+                    try:
+                        time.sleep(100)
+                    except BaseException:
+                        pass
+                "#,
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        gw.terminate(Some(Duration::from_millis(500)));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_reaped(pid, T);
+    })
+}
+
+#[test]
+fn drop_of_last_handle_terminates_and_reaps() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let pid = gw.info().pid;
+        let ch = gw.remote_exec("import time; time.sleep(1000)").unwrap();
+        drop(gw);
+        // The channel still holds the gateway.
+        assert!(process_alive(pid));
+        let t0 = Instant::now();
+        drop(ch);
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_reaped(pid, T);
+    })
+}
+
+#[test]
+fn grandchildren_are_killed_with_the_group() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let ch = gw
+            .remote_exec(
+                r#"
+                import subprocess
+                p = subprocess.Popen(["sleep", "1000"])
+                channel.send(p.pid)
+                "#,
+            )
+            .unwrap();
+        let child: u32 = ch.receive().unwrap();
+        assert!(process_alive(child));
+        gw.terminate(Some(Duration::from_millis(500)));
+        assert!(
+            execnet_tests::wait_until(T, || !process_alive(child)),
+            "grandchild {child} survived terminate"
+        );
+    })
+}
+
+fn assert_worker_died(gw: &Gateway, ch: &execnet::blocking::Channel, signal: i32) {
+    let t0 = Instant::now();
+    let e = ch.receive::<Value>().unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    match &e {
+        Error::WorkerDied { status, .. } => assert_eq!(*status, ExitStatus::Signal(signal)),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(e.to_string().contains(&format!("signal {signal}")), "{e}");
+    // Sticky, and waitclose agrees.
+    assert!(matches!(
+        ch.waitclose(Some(T)),
+        Err(Error::WorkerDied { .. })
+    ));
+    assert!(gw.is_terminated());
+    assert_reaped(gw.info().pid, T);
+}
+
+#[test]
+fn worker_killed_by_sigkill() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let ch = gw.remote_exec("channel.receive()").unwrap();
+        let st = std::process::Command::new("kill")
+            .args(["-KILL", &gw.info().pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_worker_died(&gw, &ch, 9);
+    })
+}
+
+#[test]
+fn worker_killed_by_sigterm() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let ch = gw.remote_exec("channel.receive()").unwrap();
+        let other = gw.remote_exec("channel.receive()").unwrap();
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &gw.info().pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_worker_died(&gw, &ch, 15);
+        // Every channel ended, not only the one we waited on.
+        assert!(matches!(
+            other.receive::<Value>(),
+            Err(Error::WorkerDied { .. })
+        ));
+        assert!(matches!(other.send(&1), Err(_)));
+    })
+}
+
+#[test]
+fn worker_exiting_from_remote_code() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let ch = gw
+            .remote_exec(
+                "import sys, os; sys.stderr.write('bye now\\n'); sys.stderr.flush(); os._exit(3)",
+            )
+            .unwrap();
+        match ch.receive::<Value>().unwrap_err() {
+            Error::WorkerDied { status, .. } => assert_eq!(status, ExitStatus::Code(3)),
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+    })
+}
+
+#[test]
+fn system_exit_closes_the_channel_not_the_worker() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let ch = gw.remote_exec("raise SystemExit(2)").unwrap();
+        let e = ch.receive::<Value>().unwrap_err();
+        assert_eq!(e.as_remote().unwrap().exception_type(), Some("SystemExit"));
+        let ch = gw.remote_exec("channel.send(7)").unwrap();
+        assert_eq!(ch.receive::<i64>().unwrap(), 7);
+    })
+}
+
+#[test]
+fn fd_writes_do_not_corrupt_the_stream() {
+    bounded(LIMIT, || {
+        let out = Arc::new(Mutex::new(Vec::<(u8, Vec<u8>)>::new()));
+        let o2 = out.clone();
+        let gw = Gateway::builder("popen")
+            .unwrap()
+            .on_output(move |fd, b| o2.lock().unwrap().push((fd, b.to_vec())))
+            .start()
+            .unwrap();
+        let ch = gw
+            .remote_exec(
+                r#"
+                import os, sys
+                os.write(1, b"fd1-raw\n")
+                os.write(2, b"fd2-raw\n")
+                print("printed")
+                sys.stdout.flush()
+                sys.stderr.write("stderr-text\n")
+                sys.stderr.flush()
+                channel.send("after")
+                "#,
+            )
+            .unwrap();
+        assert_eq!(ch.receive::<String>().unwrap(), "after");
+        ch.waitclose(Some(T)).unwrap();
+        let joined = |fd: u8| {
+            out.lock()
+                .unwrap()
+                .iter()
+                .filter(|(f, _)| *f == fd)
+                .flat_map(|(_, b)| b.clone())
+                .collect::<Vec<u8>>()
+        };
+        assert!(
+            execnet_tests::wait_until(T, || {
+                let o = String::from_utf8_lossy(&joined(1)).into_owned();
+                let e = String::from_utf8_lossy(&joined(2)).into_owned();
+                o.contains("fd1-raw")
+                    && o.contains("printed")
+                    && e.contains("fd2-raw")
+                    && e.contains("stderr-text")
+            }),
+            "output: {:?}",
+            out.lock().unwrap()
+        );
+        // Still a working gateway.
+        let ch = gw.remote_exec("channel.send(1)").unwrap();
+        assert_eq!(ch.receive::<i64>().unwrap(), 1);
+    })
+}
+
+#[test]
+fn output_discard_and_inherit_keep_the_stream_intact() {
+    bounded(LIMIT, || {
+        for mode in ["discard", "inherit"] {
+            let gw = makegateway(&format!("popen//stdout={mode}")).unwrap();
+            let ch = gw
+                .remote_exec(&format!(
+                    "import os; os.write(1, b'x' * {}); print('p'); channel.send('ok')",
+                    if mode == "discard" { 100_000 } else { 10 }
+                ))
+                .unwrap();
+            assert_eq!(ch.receive::<String>().unwrap(), "ok", "mode {mode}");
+            gw.exit().unwrap();
+        }
+        let gw = Gateway::builder("popen")
+            .unwrap()
+            .output_mode(OutputMode::Discard)
+            .start()
+            .unwrap();
+        assert_eq!(
+            gw.remote_exec("print('x'); channel.send(2)")
+                .unwrap()
+                .receive::<i64>()
+                .unwrap(),
+            2
+        );
+    })
+}
+
+#[test]
+fn main_thread_only() {
+    bounded(LIMIT, || {
+        let gw = makegateway("popen//execmodel=main_thread_only").unwrap();
+        assert_eq!(gw.info().execmodel, "main_thread_only");
+        assert_eq!(gw.remote_status().unwrap().execmodel, "main_thread_only");
+        let ch = gw
+            .remote_exec("import threading; channel.send(threading.current_thread() is threading.main_thread())")
+            .unwrap();
+        assert!(ch.receive::<bool>().unwrap());
+        // Execs queue up behind each other; the receiver does not stall.
+        let a = gw
+            .remote_exec("channel.send(channel.receive() + 1)")
+            .unwrap();
+        let b = gw.remote_exec("channel.send('b')").unwrap();
+        a.send(&1).unwrap();
+        assert_eq!(a.receive::<i64>().unwrap(), 2);
+        assert_eq!(b.receive::<String>().unwrap(), "b");
+        // Status is answered while main-thread code runs.
+        let c = gw.remote_exec("channel.receive()").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(gw.remote_status().unwrap().numexecuting, 1);
+        c.send(&0).unwrap();
+        c.waitclose(Some(T)).unwrap();
+        gw.exit().unwrap();
+    })
+}
+
+#[test]
+fn chdir_is_created_and_used() {
+    bounded(LIMIT, || {
+        let tmp = TempDir::new("chdir");
+        let dir = tmp.path().join("a/b");
+        let gw = makegateway(&format!("popen//chdir={}", dir.display())).unwrap();
+        let cwd: String = gw
+            .remote_exec("import os; channel.send(os.getcwd())")
+            .unwrap()
+            .receive()
+            .unwrap();
+        assert_eq!(std::path::Path::new(&cwd), dir.canonicalize().unwrap());
+        assert_eq!(gw.info().cwd, cwd);
+    })
+}
+
+#[test]
+fn env_keys_reach_the_worker() {
+    bounded(LIMIT, || {
+        let gw = makegateway("popen//env:EXECNET_T1=hello world//env:EXECNET_T2=a=b").unwrap();
+        let (a, b): (String, String) = gw
+            .remote_exec(
+                "import os; channel.send((os.environ['EXECNET_T1'], os.environ['EXECNET_T2']))",
+            )
+            .unwrap()
+            .receive()
+            .unwrap();
+        assert_eq!(a, "hello world");
+        assert_eq!(b, "a=b");
+    })
+}
+
+#[test]
+fn nice_is_applied_to_every_thread() {
+    bounded(LIMIT, || {
+        let ours: i64 = {
+            let gw = gw();
+            gw.remote_exec("import os; channel.send(os.nice(0))")
+                .unwrap()
+                .receive()
+                .unwrap()
+        };
+        let gw = makegateway("popen//nice=5").unwrap();
+        // In an exec thread and in the main thread alike.
+        let n: i64 = gw
+            .remote_exec("import os; channel.send(os.nice(0))")
+            .unwrap()
+            .receive()
+            .unwrap();
+        assert_eq!(n, (ours + 5).min(19));
+        let gw = makegateway("popen//nice=5//execmodel=main_thread_only").unwrap();
+        let n: i64 = gw
+            .remote_exec("import os; channel.send(os.nice(0))")
+            .unwrap()
+            .receive()
+            .unwrap();
+        assert_eq!(n, (ours + 5).min(19));
+    })
+}
+
+#[test]
+fn python_key_with_shell_words() {
+    bounded(LIMIT, || {
+        // An interpreter command with arguments: `-E` ignores PYTHON* env.
+        let gw = makegateway("popen//python=/usr/bin/python3 -E//env:PYTHONFOO=1").unwrap();
+        let (exe, flag): (String, i64) = gw
+            .remote_exec("import sys; channel.send((sys.executable, sys.flags.ignore_environment))")
+            .unwrap()
+            .receive()
+            .unwrap();
+        assert!(
+            exe.ends_with("python3") || exe.contains("python3."),
+            "{exe}"
+        );
+        assert_eq!(flag, 1);
+        assert_eq!(gw.info().executable, exe);
+    })
+}
+
+#[test]
+fn dont_write_bytecode() {
+    bounded(LIMIT, || {
+        let gw = makegateway("popen//dont_write_bytecode").unwrap();
+        let b: bool = gw
+            .remote_exec("import sys; channel.send(sys.dont_write_bytecode)")
+            .unwrap()
+            .receive()
+            .unwrap();
+        assert!(b);
+        if std::env::var_os("PYTHONDONTWRITEBYTECODE").is_none() {
+            let gw = makegateway("popen").unwrap();
+            let b: bool = gw
+                .remote_exec("import sys; channel.send(sys.dont_write_bytecode)")
+                .unwrap()
+                .receive()
+                .unwrap();
+            assert!(!b);
+        }
+    })
+}
+
+#[test]
+fn missing_interpreter_is_interpreter_not_found() {
+    bounded(LIMIT, || {
+        let t0 = Instant::now();
+        let e = makegateway("popen//python=/nonexistent/python9").unwrap_err();
+        assert!(matches!(e, Error::InterpreterNotFound { .. }), "{e:?}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    })
+}
+
+#[test]
+fn interpreter_that_is_not_python_fails_bootstrap_with_stderr() {
+    bounded(LIMIT, || {
+        // `sh -c LOADER` fails at once with a message on stderr.
+        let e = makegateway("popen//python=sh").unwrap_err();
+        match &e {
+            Error::BootstrapFailed { stderr_tail, .. } => {
+                assert!(!stderr_tail.is_empty(), "{e}")
+            }
+            other => panic!("expected BootstrapFailed, got {other:?}"),
+        }
+    })
+}
+
+#[test]
+fn python2_is_refused_with_a_bootstrap_error() {
+    bounded(LIMIT, || {
+        let Some(py2) = execnet_tests::python2() else {
+            eprintln!("SKIPPED: no python2 on this machine (optional)");
+            return;
+        };
+        let e = makegateway(&format!("popen//python={}", py2.display())).unwrap_err();
+        match &e {
+            Error::BootstrapFailed { stderr_tail, .. } => {
+                assert!(!stderr_tail.is_empty(), "{e}")
+            }
+            other => panic!("expected BootstrapFailed, got {other:?}"),
+        }
+    })
+}
+
+#[test]
+fn spec_errors() {
+    bounded(LIMIT, || {
+        assert!(matches!(makegateway("nonsense"), Err(Error::Spec(_))));
+        assert!(matches!(makegateway("popen//nice=x"), Err(Error::Spec(_))));
+        assert!(matches!(
+            makegateway("popen//execmodel=eventlet"),
+            Err(Error::Spec(_))
+        ));
+    })
+}
+
+#[test]
+fn group_ids_and_terminate() {
+    bounded(LIMIT, || {
+        let group = Group::new();
+        let a = group.makegateway("popen").unwrap();
+        let b = group.makegateway("popen//id=special").unwrap();
+        let c = group.makegateway("").unwrap();
+        assert_eq!(a.id(), "gw0");
+        assert_eq!(b.id(), "special");
+        assert_eq!(c.id(), "gw1");
+        assert!(group.makegateway("popen//id=special").is_err());
+        assert_eq!(group.len(), 3);
+        assert_eq!(group.get("special").unwrap().info().pid, b.info().pid);
+        let pids: Vec<u32> = group.gateways().iter().map(|g| g.info().pid).collect();
+        let _blocked = a.remote_exec("import time; time.sleep(100)").unwrap();
+        let t0 = Instant::now();
+        group.terminate(Some(Duration::from_millis(500)));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(group.is_empty());
+        for pid in pids {
+            assert_reaped(pid, T);
+        }
+    })
+}
+
+#[test]
+fn group_drop_reaps_everything() {
+    bounded(LIMIT, || {
+        let group = Group::new();
+        let pids: Vec<u32> = (0..3)
+            .map(|_| group.makegateway("popen").unwrap().info().pid)
+            .collect();
+        drop(group);
+        for pid in pids {
+            assert_reaped(pid, T);
+        }
+    })
+}
+
+#[test]
+fn exec_source_is_dedented() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let ch = gw
+            .remote_exec(
+                "
+                    x = 1
+                    if x:
+                        channel.send(x)
+                ",
+            )
+            .unwrap();
+        assert_eq!(ch.receive::<i64>().unwrap(), 1);
+    })
+}
