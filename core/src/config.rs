@@ -3,6 +3,10 @@
 /// The protocol version this crate speaks (protocol.md §4).
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The smallest `max_frame` a session uses (smaller values are raised): it
+/// leaves room for every gateway frame but HELLO.
+pub const MIN_MAX_FRAME: u32 = 64;
+
 /// Limits of a [`Session`](crate::Session). `Config::default()` is the set of
 /// defaults of protocol.md §5.
 ///
@@ -56,7 +60,7 @@ impl Config {
     /// The same limits with degenerate values raised to workable minimums
     /// (a zero window or frame size would deadlock every channel).
     pub(crate) fn sanitized(mut self) -> Config {
-        self.max_frame = self.max_frame.max(16);
+        self.max_frame = self.max_frame.max(MIN_MAX_FRAME);
         self.window = self.window.max(1);
         self.max_item = self.max_item.max(1);
         self.max_depth = self.max_depth.max(1);

@@ -7,6 +7,8 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod serde;
 pub mod session;
 pub mod value;

@@ -20,6 +20,10 @@ use crate::value::Value;
 /// the next ready channel gets its turn.
 const QUANTUM: usize = 64 * 1024;
 
+/// Frames are accepted up to this size (or `max_frame` if larger) until the
+/// peer's HELLO has arrived.
+const HELLO_MAX_FRAME: u32 = 64 * 1024;
+
 /// Which side of the gateway a session plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -308,7 +312,14 @@ impl Session {
         let mut deframer = mem::take(&mut self.deframer);
         let mut input = bytes;
         let result = loop {
-            match deframer.next_frame(&mut input, self.config.max_frame) {
+            // The HELLO may exceed a small max_frame: the worker does not
+            // know the host's limit before it (protocol.md §2).
+            let max_frame = if self.hello_received {
+                self.config.max_frame
+            } else {
+                self.config.max_frame.max(HELLO_MAX_FRAME)
+            };
+            match deframer.next_frame(&mut input, max_frame) {
                 Ok(Some(frame)) => {
                     if let Err(e) = self.handle_frame(frame) {
                         break Err(e);
@@ -746,7 +757,11 @@ impl Session {
         }
         self.ready.clear();
         self.windows.clear();
-        let reason = self.terminate_requested.clone().flatten();
+        let reason = self
+            .terminate_requested
+            .clone()
+            .flatten()
+            .map(|text| truncate_text(text, self.config.max_frame));
         match reason {
             Some(text) => {
                 let _ = self.queue_value_frame(FrameKind::Terminate, 0, &Value::Str(text));
@@ -920,7 +935,10 @@ impl Session {
                     (Value::str("cwd"), Value::Str(info.cwd)),
                     (Value::str("execmodel"), Value::Str(info.execmodel)),
                 ]);
-                if self.queue_value_frame(K, 0, &hello).is_err() {
+                if self.sent_terminate {
+                    // We already said goodbye (a worker refusing to start):
+                    // TERMINATE stays our last frame.
+                } else if self.queue_value_frame(K, 0, &hello).is_err() {
                     // version_info holding unhashable keys is the only way to
                     // get here; send it without.
                     let mut hello = hello;
@@ -1424,17 +1442,7 @@ impl ChannelMut<'_> {
             return Err(LocalError::Closed);
         }
         // The error text must fit one frame.
-        let error = error.map(|mut text| {
-            let max = (s.config.max_frame as usize).saturating_sub(16);
-            if text.len() > max {
-                let mut cut = max;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
-            }
-            text
-        });
+        let error = error.map(|text| truncate_text(text, s.config.max_frame));
         ch.pending_end = Some(PendingEnd::Close(error));
         ch.reassembly = Vec::new();
         if !ch.ended {
@@ -1453,6 +1461,20 @@ impl ChannelMut<'_> {
 }
 
 // ---- payload helpers ----
+
+/// Cuts `text` (at a character boundary) so that its CBOR encoding fits a
+/// frame of `max_frame` bytes.
+fn truncate_text(mut text: String, max_frame: u32) -> String {
+    let max = (max_frame as usize).saturating_sub(9);
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
 
 fn window_threshold(window: u32) -> u64 {
     u64::from((window / 2).max(1))
