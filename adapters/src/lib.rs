@@ -4,7 +4,7 @@
 //! of Python's [execnet](https://execnet.readthedocs.io): remote snippets
 //! written for execnet run unchanged.
 //!
-//! ```no_run
+//! ```
 //! # fn main() -> Result<(), execnet::Error> {
 //! futures_lite::future::block_on(async {
 //!     let gw = execnet::makegateway("popen").await?;
@@ -27,7 +27,7 @@
 //!
 //! The same without async, from [`blocking`]:
 //!
-//! ```no_run
+//! ```
 //! let gw = execnet::blocking::makegateway("popen//python=python3")?;
 //! let ch = gw.remote_exec("import sys; channel.send(list(sys.version_info[:2]))")?;
 //! let version: Vec<u32> = ch.receive()?;
