@@ -146,6 +146,10 @@ impl Channel {
     pub fn send<T: Serialize + ?Sized>(&self, item: &T) -> Result<()> {
         block_on(self.0.send(item))
     }
+    /// Sends one item; `Err(Timeout)` if the window stays full for `timeout`.
+    pub fn send_timeout<T: Serialize + ?Sized>(&self, item: &T, timeout: Duration) -> Result<()> {
+        block_on(self.0.send_timeout(item, timeout))
+    }
     /// Sends a [`Value`] as is.
     pub fn send_value(&self, value: &Value) -> Result<()> {
         block_on(self.0.send_value(value))

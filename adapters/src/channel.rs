@@ -15,6 +15,7 @@ use futures_lite::Stream;
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use execnet_core::{from_value, to_value, Value, CHANNEL_TOKEN};
 
@@ -31,6 +32,7 @@ pub struct Channel {
 struct ChannelInner {
     gateway: Gateway,
     id: u32,
+    span: tracing::Span,
 }
 
 impl Drop for ChannelInner {
@@ -80,8 +82,9 @@ impl Channel {
     /// A new handle on channel `id` of `gateway` (the driver already counts
     /// it as attached).
     pub(crate) fn attached(gateway: Gateway, id: u32) -> Channel {
+        let span = tracing::trace_span!(parent: &gateway.inner.driver.span, "channel", id);
         Channel {
-            inner: Arc::new(ChannelInner { gateway, id }),
+            inner: Arc::new(ChannelInner { gateway, id, span }),
         }
     }
 
@@ -111,9 +114,28 @@ impl Channel {
     /// Sends a [`Value`] as is (no serde pass: the fast path for large
     /// values).
     pub async fn send_value(&self, value: &Value) -> Result<()> {
+        self.send_value_deadline(value, None).await
+    }
+
+    /// Like [`send`](Self::send), but `Err(Timeout)` if the channel's window
+    /// stays full for `timeout` (nothing is sent then).
+    pub async fn send_timeout<T: Serialize + ?Sized>(
+        &self,
+        item: &T,
+        timeout: Duration,
+    ) -> Result<()> {
+        let value = with_gateway(self.gateway(), || to_value(item))?;
+        self.send_value_deadline(&value, Some(Instant::now() + timeout))
+            .await
+    }
+
+    async fn send_value_deadline(&self, value: &Value, deadline: Option<Instant>) -> Result<()> {
         let mut buf = Vec::new();
         execnet_core::encode(value, &mut buf)?;
-        self.driver().send_encoded(self.inner.id, buf).await
+        self.driver()
+            .send_encoded(self.inner.id, buf, deadline)
+            .instrument(self.inner.span.clone())
+            .await
     }
 
     /// Receives the next item, waiting as long as it takes.
@@ -133,7 +155,10 @@ impl Channel {
     /// Receives the next item as a [`Value`] (no serde pass).
     pub async fn receive_value(&self, timeout: Option<Duration>) -> Result<Value> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        self.driver().receive(self.inner.id, deadline).await
+        self.driver()
+            .receive(self.inner.id, deadline)
+            .instrument(self.inner.span.clone())
+            .await
     }
 
     fn convert<T: DeserializeOwned>(&self, v: Value) -> Result<T> {
@@ -157,7 +182,10 @@ impl Channel {
     /// Re-raises the remote error if it was not received yet.
     pub async fn waitclose(&self, timeout: Option<Duration>) -> Result<()> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        self.driver().waitclose(self.inner.id, deadline).await
+        self.driver()
+            .waitclose(self.inner.id, deadline)
+            .instrument(self.inner.span.clone())
+            .await
     }
 
     /// Closes the channel after every item sent so far. Idempotent.

@@ -395,19 +395,26 @@ impl Driver {
 
     /// Writes what the session has to send. `inline`: the calling thread
     /// writes if nobody else is writing; otherwise the flusher is asked to.
+    ///
+    /// Also dispatches the events the command produced (a local close ends
+    /// the channel's receive side at once, for example), so that a waiter
+    /// never depends on the next input to see them.
     pub(crate) fn flush(&self, inline: bool) {
-        let mut st = lock(&self.state);
-        if st.writing {
-            // The token holder re-checks the session before letting go.
-            return;
+        let mut work = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            self.dispatch(&mut st, &mut work);
+            if st.writing {
+                // The token holder re-checks the session before letting go.
+            } else if !inline {
+                st.flush_wanted = true;
+                self.flush_cv.notify_one();
+            } else {
+                st.writing = true;
+                self.write_loop(st);
+            }
         }
-        if !inline {
-            st.flush_wanted = true;
-            self.flush_cv.notify_one();
-            return;
-        }
-        st.writing = true;
-        self.write_loop(st);
+        self.do_work(work);
     }
 
     /// Holds the writing token: writes until the session has nothing left.
@@ -687,11 +694,16 @@ impl Driver {
     }
 
     /// Sends one encoded item, waiting while the channel's window is full.
-    pub(crate) async fn send_encoded(&self, id: u32, item: Vec<u8>) -> Result<()> {
+    pub(crate) async fn send_encoded(
+        &self,
+        id: u32,
+        item: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let mut item = Some(item);
         self.wait_for(
             |st| Self::chan_listener(st, id),
-            None,
+            deadline,
             |st| {
                 if st.ended.is_some() {
                     return Some(Err(Self::session_gone(st)));
