@@ -130,7 +130,7 @@ class Host(object):
                 self.info = W.loads(p)
             elif kind == W.DATA_MORE:
                 self.more.setdefault(cid, bytearray()).extend(p)
-                if self.autocredit:
+                if True:  # DATA_MORE credit is returned on arrival (protocol.md 6.2)
                     self.send_frame(W.WINDOW, cid, W.dumps(len(p)))
             elif kind == W.DATA:
                 data = bytes(self.more.pop(cid, b"")) + p
@@ -249,6 +249,14 @@ class Host(object):
         return self._stderr.decode("utf-8", "replace")
 
     def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.write(None)
+            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                try:
+                    if f:
+                        f.close()
+                except Exception:
+                    pass

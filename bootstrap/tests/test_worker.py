@@ -1,0 +1,466 @@
+"""End to end: the worker as a real subprocess, started through the real loader,
+with a Python host (hostclient.Host) playing the Rust host's part."""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hostclient import Host, W, ref  # noqa: E402
+
+def rss(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+
+ECHO = "for x in channel:\n    channel.send(x)\n"
+
+
+class WorkerTestCase(unittest.TestCase):
+    options = None
+
+    def host(self, **kw):
+        kw.setdefault("options", self.options)
+        h = Host(**kw)
+        self.addCleanup(h.kill)
+        info = h.hello()
+        if info is None:
+            h.kill()
+            self.fail("no HELLO; stderr: %r" % (h.proc.stderr.read(),))
+        return h
+
+
+class Handshake(WorkerTestCase):
+    def test_hello_info(self):
+        h = self.host()
+        i = h.info
+        self.assertEqual(i["version"], 1)
+        self.assertEqual(i["implementation"], sys.implementation.name)
+        self.assertEqual(i["version_info"][:3], list(sys.version_info[:3]))
+        self.assertEqual(i["pid"], h.proc.pid)
+        self.assertEqual(i["execmodel"], "thread")
+        self.assertEqual(i["platform"], sys.platform)
+        self.assertEqual(i["cwd"], os.getcwd())
+        self.assertTrue(i["executable"])
+        self.assertEqual(h.terminate(), 0)
+        self.assertEqual(h.terminated, "")
+
+    def test_pipelined_exec_right_behind_hello(self):
+        extra = W.frame(W.EXEC, 1, W.dumps({"source": "channel.send(__name__)", "call": None}))
+        h = self.host(extra=extra)
+        self.assertEqual(h.item(1), "__channelexec__")
+        self.assertEqual(h.receive(1)[:2], ("close", None))
+
+    def test_version_mismatch(self):
+        h = Host(version=2)
+        self.addCleanup(h.kill)
+        h.wait_for(lambda: h.eof)
+        self.assertEqual(h.finish(), 1)
+        self.assertIsNone(h.info)
+        self.assertIn("version mismatch: ours 1, theirs 2", h.terminated)
+        self.assertIn("execnet-worker: bootstrap failed: version mismatch", h.stderr_text())
+
+    def test_bad_option(self):
+        h = Host(options={"execmodel": "eventlet"})
+        self.addCleanup(h.kill)
+        h.wait_for(lambda: h.eof)
+        self.assertEqual(h.finish(), 1)
+        self.assertIn("unsupported execmodel", h.stderr_text())
+
+    def test_stdin_eof_before_hello(self):
+        p = subprocess.Popen([sys.executable, "-u", "-c", "import sys,zlib;exec(zlib.decompress("
+                              "sys.stdin.buffer.read(%d)))" % len(W_SOURCE)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = p.communicate(W_SOURCE, timeout=10)
+        self.assertEqual(p.returncode, 1)
+        self.assertEqual(out, b"")
+        self.assertIn(b"input ended before the host HELLO", err)
+
+
+from hostclient import SOURCE as W_SOURCE  # noqa: E402
+
+
+class Exec(WorkerTestCase):
+    def test_echo_and_close(self):
+        h = self.host()
+        c = h.exec_(ECHO)
+        for v in [1, "two", (3, None), {"k": [b"v"]}, 10 ** 30, 1.5, {1, 2}]:
+            h.send(c, v)
+            self.assertEqual(h.item(c), v)
+        h.close(c)
+        self.assertEqual(h.receive(c)[:2], ("close", None))
+
+    def test_call_with_kwargs(self):
+        h = self.host()
+        c = h.exec_("def f(channel, x, y=0):\n    channel.send(x + y)\n", ["f", {"x": 40, "y": 2}])
+        self.assertEqual(h.item(c), 42)
+        self.assertEqual(h.receive(c)[:2], ("close", None))
+
+    def test_fresh_globals(self):
+        h = self.host()
+        c = h.exec_("x = 1\nchannel.send(sorted(k for k in globals() if k != '__builtins__'))")
+        self.assertEqual(h.item(c), ["__name__", "channel", "x"])
+        c = h.exec_("channel.send('x' in globals())")
+        self.assertEqual(h.item(c), False)
+
+    def test_traceback_and_worker_keeps_serving(self):
+        h = self.host()
+        c = h.exec_("def g():\n    raise ValueError('boom')\ng()\n")
+        kind, err, _ = h.receive(c)
+        self.assertEqual(kind, "close")
+        self.assertIn("Traceback (most recent call last)", err)
+        self.assertIn("ValueError: boom", err)
+        self.assertIn('File "<remote exec>", line 2, in g', err)
+        self.assertNotIn("_run", err)
+        c = h.exec_("import sys\nsys.exit(3)")
+        kind, err, _ = h.receive(c)
+        self.assertIn("SystemExit: 3", err)
+        c = h.exec_("channel.send(1)")
+        self.assertEqual(h.item(c), 1)
+        c = h.exec_("syntax error here")
+        self.assertIn("SyntaxError", h.receive(c)[1])
+
+    def test_close_own_channel_is_an_error(self):
+        h = self.host()
+        c = h.exec_("channel.close()")
+        kind, err, _ = h.receive(c)
+        self.assertIn("cannot explicitly close channel within remote_exec", err)
+
+    def test_unsupported_type_raises_and_sends_nothing(self):
+        h = self.host()
+        c = h.exec_(
+            "class Foo(object): pass\n"
+            "try:\n    channel.send([1, Foo()])\nexcept TypeError as e:\n    channel.send(str(e))\n"
+            "channel.send('still usable')\n")
+        msg = h.item(c)
+        self.assertIn("'Foo'", msg)
+        self.assertEqual(h.item(c), "still usable")
+
+    def test_unrepresentable_item_closes_channel_with_error(self):
+        h = self.host()
+        c = h.exec_("try:\n    channel.receive()\nexcept Exception as e:\n    "
+                    "channel.gateway.newchannel()\n    raise\n")
+        h.send_frame(W.DATA, c, b"\xa1\x81\x01\x01")  # {[1]: 1}
+        kind, err, _ = h.receive(c)
+        self.assertEqual(kind, "close")
+        self.assertIn("dict key of type 'list'", err)
+        c = h.exec_("channel.send(2)")
+        self.assertEqual(h.item(c), 2)
+
+
+class ChannelSemantics(WorkerTestCase):
+    def test_items_before_close_then_eof(self):
+        h = self.host()
+        c = h.exec_("import time\ntime.sleep(0.2)\nr = []\n"
+                    "try:\n    while 1: r.append(channel.receive())\n"
+                    "except EOFError:\n    pass\nchannel.send(r)\n"
+                    "try:\n    channel.receive()\nexcept EOFError:\n    channel.send('eof again')\n")
+        n = h.newchannel()
+        for i in range(5):
+            h.send(c, i)
+        h.send_frame(W.LAST_MESSAGE, c)
+        self.assertEqual(h.item(c), [0, 1, 2, 3, 4])
+        self.assertEqual(h.item(c), "eof again")
+        self.assertEqual(h.receive(c)[:2], ("close", None))
+        del n
+
+    def test_remote_error_once_then_eof(self):
+        h = self.host()
+        c = h.exec_("ch = channel.gateway.newchannel()\nchannel.send(ch)\nr = []\n"
+                    "for i in range(3):\n"
+                    "    try:\n        r.append(ch.receive())\n"
+                    "    except channel.RemoteError as e:\n        r.append('RemoteError: ' + str(e))\n"
+                    "    except EOFError:\n        r.append('EOF')\n"
+                    "channel.send(r)\n")
+        ch = h.item(c).id
+        self.assertEqual(ch % 2, 0)
+        h.send(ch, "item")
+        h.close(ch, "it broke")
+        self.assertEqual(h.item(c), ["item", "RemoteError: it broke", "EOF"])
+
+    def test_waitclose_and_isclosed(self):
+        h = self.host()
+        c = h.exec_("ch = channel.gateway.newchannel()\nchannel.send(ch)\n"
+                    "try:\n    ch.waitclose(0.05)\nexcept channel.TimeoutError:\n    channel.send('timeout')\n"
+                    "channel.send(ch.isclosed())\n"
+                    "try:\n    ch.waitclose(5)\nexcept channel.RemoteError as e:\n    channel.send(str(e))\n"
+                    "channel.send(ch.isclosed())\nch.waitclose()\n"
+                    "try:\n    ch.receive(0.01)\nexcept EOFError:\n    channel.send('eof')\n")
+        ch = h.item(c).id
+        self.assertEqual(h.item(c), "timeout")
+        self.assertEqual(h.item(c), False)
+        h.close(ch, "bad")
+        self.assertEqual(h.item(c), "bad")
+        self.assertEqual(h.item(c), True)
+        self.assertEqual(h.item(c), "eof")
+
+    def test_receive_timeout(self):
+        h = self.host()
+        c = h.exec_("try:\n    channel.receive(0.05)\nexcept channel.TimeoutError as e:\n"
+                    "    channel.send(isinstance(e, IOError))\nchannel.send(channel.receive(5))\n")
+        self.assertEqual(h.item(c), True)
+        h.send(c, "late")
+        self.assertEqual(h.item(c), "late")
+
+    def test_callback_and_endmarker(self):
+        h = self.host()
+        c = h.exec_("ch = channel.gateway.newchannel()\nchannel.send(ch)\nseen = []\n"
+                    "import threading\nev = threading.Event()\n"
+                    "def cb(x):\n    seen.append(x)\n    if x == 'END':\n        ev.set()\n"
+                    "channel.receive()\n"  # items queued before setcallback are delivered too
+                    "ch.setcallback(cb, endmarker='END')\n"
+                    "try:\n    ch.receive()\nexcept IOError:\n    seen.append('no receive')\n"
+                    "channel.send('ready')\nev.wait(5)\nchannel.send(seen)\n")
+        ch = h.item(c).id
+        h.send(ch, 1)
+        h.send(ch, 2)
+        h.send(c, "go")
+        self.assertEqual(h.item(c), "ready")
+        h.send(ch, 3)
+        h.close(ch)
+        self.assertEqual(h.item(c), [1, 2, "no receive", 3, "END"])
+
+    def test_callback_exception_closes_channel(self):
+        h = self.host()
+        c = h.exec_("ch = channel.gateway.newchannel()\n"
+                    "def cb(x):\n    raise KeyError(x)\n"
+                    "ch.setcallback(cb)\nchannel.send(ch)\n")
+        ch = h.item(c).id
+        h.send(ch, "k")
+        kind, err, _ = h.receive(ch)
+        self.assertEqual(kind, "close")
+        self.assertIn("KeyError: 'k'", err)
+
+    def test_iteration_and_makefile(self):
+        h = self.host()
+        c = h.exec_("f = channel.makefile('w')\nf.write('hello ')\nf.write(b'bytes')\nf.flush()\n"
+                    "r = channel.makefile('r')\nchannel.send(r.readline())\nchannel.send(r.read(3))\n"
+                    "channel.send(r.read())\n")
+        self.assertEqual(h.item(c), "hello ")
+        self.assertEqual(h.item(c), b"bytes")
+        h.send(c, "line one\nline")
+        h.send(c, " two\nrest")
+        self.assertEqual(h.item(c), "line one\n")
+        self.assertEqual(h.item(c), "lin")
+        h.send_frame(W.LAST_MESSAGE, c)
+        self.assertEqual(h.item(c), "e two\nrest")
+
+    def test_channels_inside_values_both_ways(self):
+        h = self.host()
+        c = h.exec_("got = channel.receive()\nch = got['chan']\nch.send('via host channel')\n"
+                    "mine = channel.gateway.newchannel()\nchannel.send([mine, (mine,)])\n"
+                    "channel.send(mine.receive())\nmine.close()\n")
+        hc = h.newchannel()
+        h.send(c, {"chan": ref(hc)})
+        self.assertEqual(h.item(hc), "via host channel")
+        a, (b,) = h.item(c)
+        self.assertEqual(a.id, b.id)
+        h.send(a.id, "to worker channel")
+        self.assertEqual(h.item(c), "to worker channel")
+        self.assertEqual(h.receive(a.id)[:2], ("close", None))
+
+
+class Execution(WorkerTestCase):
+    def test_concurrent_execs(self):
+        h = self.host()
+        chans = [h.exec_("import threading\nchannel.send(threading.current_thread() is "
+                         "threading.main_thread())\nchannel.send(channel.receive() * 2)") for _ in range(4)]
+        flags = [h.item(c) for c in chans]
+        self.assertEqual(flags.count(True), 1, flags)
+        st = h.request_status(5)
+        self.assertEqual(st["numexecuting"], 4)
+        self.assertGreaterEqual(st["numchannels"], 4)
+        self.assertEqual(st["execmodel"], "thread")
+        for i, c in enumerate(reversed(chans)):
+            h.send(c, i)
+        for i, c in enumerate(reversed(chans)):
+            self.assertEqual(h.item(c), 2 * i)
+        h.wait_for(lambda: all(c in h.closed_by_worker for c in chans))
+        self.assertEqual(h.request_status(6)["numexecuting"], 0)
+
+    def test_main_thread_only_order(self):
+        h = self.host(options={"execmodel": "main_thread_only"})
+        self.assertEqual(h.info["execmodel"], "main_thread_only")
+        src = ("import threading, time\nchannel.send((channel.receive(), threading.current_thread() is "
+               "threading.main_thread(), time.time()))")
+        chans = [h.exec_(src) for _ in range(3)]
+        for i in range(100):  # answered by the reader although execs are queued
+            st = h.request_status(i)
+            if st["numexecuting"]:
+                break
+            time.sleep(0.01)
+        self.assertEqual(st["execmodel"], "main_thread_only")
+        self.assertEqual(st["numexecuting"], 1)
+        for i, c in enumerate(chans):
+            h.send(c, i)
+        results = [h.item(c) for c in chans]
+        self.assertEqual([r[0] for r in results], [0, 1, 2])
+        self.assertTrue(all(r[1] for r in results))
+        self.assertEqual(sorted(r[2] for r in results), [r[2] for r in results])
+
+
+class FlowControl(WorkerTestCase):
+    def test_64mib_item_both_ways_through_small_window(self):
+        h = self.host(window=256 * 1024, max_frame=64 * 1024)
+        c = h.exec_("x = channel.receive()\nchannel.send(len(x))\nchannel.send(x)\n")
+        big = os.urandom(1 << 16) * 1024
+        h.send(c, big)
+        self.assertEqual(h.item(c, 60), len(big))
+        self.assertEqual(h.item(c, 60), big)
+        more = [n for k, ch, n in h.frames_seen if k == W.DATA_MORE]
+        self.assertTrue(more and max(more) <= 64 * 1024)
+
+    def test_slow_consumer_bounds_memory(self):
+        h = self.host(window=64 * 1024, max_frame=16 * 1024, autocredit=False)
+        c = h.exec_("chunk = b'x' * 10000\nfor i in range(300):\n    channel.send(chunk)\n"
+                    "channel.send('done')\n")
+        time.sleep(0.3)
+        rss1 = rss(h.proc.pid)
+        time.sleep(0.5)
+        with h.cv:
+            held = sum(n for kind, v, n in h.queues.get(c, ()))
+            count = len(h.queues.get(c, ()))
+        self.assertLessEqual(held, 64 * 1024)  # unconsumed DATA bytes bounded by the window
+        self.assertLess(count, 30)
+        self.assertLess(rss(h.proc.pid) - rss1, 1024)  # KiB: the worker does not buffer
+        st = h.request_status(2)
+        self.assertEqual(st["numexecuting"], 1)  # the sender is blocked, not buffering
+        total = 0
+        for i in range(300):
+            kind, v, n = h.receive(c)
+            self.assertEqual(v, b"x" * 10000)
+            total += n
+            h.send_frame(W.WINDOW, c, W.dumps(n))
+        self.assertEqual(h.item(c), "done")
+
+    def test_worker_returns_credit(self):
+        h = self.host(window=32 * 1024, max_frame=8 * 1024)
+        c = h.exec_("n = 0\nfor x in channel:\n    n += len(x)\nchannel.send(n)\n")
+        for i in range(100):
+            h.send(c, b"y" * 5000)
+        h.send_frame(W.LAST_MESSAGE, c)
+        self.assertEqual(h.item(c), 500000)
+        wins = [n for k, ch, n in h.frames_seen if k == W.WINDOW]
+        self.assertTrue(wins)
+
+    def test_one_stalled_channel_does_not_stall_others(self):
+        h = self.host(window=16 * 1024, max_frame=4096, autocredit=False)
+        a = h.exec_("while True:\n    channel.send(b'a' * 4000)\n")
+        b = h.exec_(ECHO)
+        time.sleep(0.2)
+        for i in range(20):
+            h.send(b, i)
+            kind, v, n = h.receive(b)
+            self.assertEqual(v, i)
+            h.send_frame(W.WINDOW, b, W.dumps(n))
+        self.assertEqual(h.terminate(), 0)
+
+
+class OutputForwarding(WorkerTestCase):
+    def test_forward(self):
+        h = self.host(options={"output": "forward"})
+        c = h.exec_("import os, sys\nprint('printed')\nos.write(1, b'fd one\\n')\n"
+                    "sys.stderr.write('to stderr\\n')\nos.write(2, b'fd two\\n')\n"
+                    "channel.send('after')\n")
+        self.assertEqual(h.item(c), "after")
+        self.assertEqual(h.terminate(), 0)
+        out = b"".join(b for fd, b in h.output if fd == 1)
+        err = b"".join(b for fd, b in h.output if fd == 2)
+        self.assertEqual(out, b"printed\nfd one\n")
+        self.assertEqual(err, b"to stderr\nfd two\n")
+
+    def test_inherit_is_default_and_fd1_cannot_corrupt_the_stream(self):
+        h = self.host()
+        c = h.exec_("import os\nprint('printed')\nos.write(1, b'\\x03\\x00\\x00\\x00\\x01garbage\\n')\n"
+                    "channel.send('intact')\n")
+        self.assertEqual(h.item(c), "intact")
+        self.assertEqual(h.terminate(), 0)
+        err = h.stderr_text()
+        self.assertIn("printed\n", err)
+        self.assertIn("garbage", err)
+
+    def test_discard(self):
+        h = self.host(options={"output": "discard"})
+        c = h.exec_("import os, sys\nprint('printed')\nos.write(2, b'gone')\nchannel.send(1)\n")
+        self.assertEqual(h.item(c), 1)
+        self.assertEqual(h.terminate(), 0)
+        self.assertEqual(h.stderr_text(), "")
+        self.assertEqual(h.output, [])
+
+
+class Termination(WorkerTestCase):
+    def test_terminate_interrupts_and_closes_exec_channels(self):
+        h = self.host()
+        c1 = h.exec_("import time\nwhile True:\n    time.sleep(0.01)\n")  # main thread
+        c2 = h.exec_("channel.receive()")  # a thread, waiting
+        time.sleep(0.2)
+        t = time.time()
+        self.assertEqual(h.terminate(), 0)
+        self.assertLess(time.time() - t, 2.5)
+        k1 = h.queues[c1][0]
+        self.assertEqual(k1[0], "close")
+        self.assertIn("KeyboardInterrupt", k1[1])
+        self.assertEqual(h.queues[c2][0][:2], ("close", None))
+        self.assertEqual(h.terminated, "")
+
+    def test_terminate_bounded_when_interrupt_is_ignored(self):
+        h = self.host()
+        src = ("import time\nwhile True:\n    try:\n        time.sleep(0.01)\n"
+               "    except KeyboardInterrupt:\n        pass\n")
+        c1 = h.exec_(src)
+        c2 = h.exec_("while True:\n    pass\n")  # a busy thread
+        time.sleep(0.2)
+        t = time.time()
+        self.assertEqual(h.terminate(), 0)
+        self.assertLess(time.time() - t, 2.5)
+        for c in (c1, c2):
+            kind, err, _ = h.queues[c][0]
+            self.assertEqual(kind, "close")
+            self.assertIn("terminated while this execution was still running", err)
+
+    def test_stdin_eof_ends_worker(self):
+        h = self.host()
+        h.exec_("import time\ntime.sleep(30)")
+        time.sleep(0.1)
+        t = time.time()
+        h.proc.stdin.close()
+        self.assertEqual(h.finish(), 0)
+        self.assertLess(time.time() - t, 2.5)
+
+    def test_protocol_violation_terminates_with_reason(self):
+        h = self.host()
+        h.send_frame(0x42, 0)
+        h.wait_for(lambda: h.eof)
+        self.assertEqual(h.finish(), 0)
+        self.assertIn("protocol violation", h.terminated)
+        self.assertIn("protocol violation", h.stderr_text())
+
+    def test_oversized_frame_is_a_violation(self):
+        h = self.host(max_frame=1024)
+        h.write(W._hdr(W.DATA, 1, 4096))
+        h.wait_for(lambda: h.eof)
+        self.assertIn("exceeds max_frame", h.terminated)
+
+
+class Tracing(WorkerTestCase):
+    def test_trace_to_file(self):
+        fd, path = tempfile.mkstemp()
+        os.close(fd)
+        self.addCleanup(os.unlink, path)
+        env = dict(os.environ, EXECNET_DEBUG=path)
+        h = self.host(env=env)
+        c = h.exec_("channel.send(1)")
+        self.assertEqual(h.item(c), 1)
+        self.assertEqual(h.terminate(), 0)
+        with open(path) as f:
+            trace = f.read()
+        self.assertIn("HELLO", trace)
+        self.assertIn("TERMINATE received", trace)
+
+
+if __name__ == "__main__":
+    unittest.main()
