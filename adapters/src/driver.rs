@@ -42,7 +42,7 @@ use execnet_core::{
     Session, Status, TerminateReason, Value, WorkerInfo,
 };
 
-use crate::error::{Error, ExitStatus, RemoteError, Result};
+use crate::error::{Error, RemoteError, Result};
 use crate::transport::{PeerControl, Transport};
 
 /// Bytes taken from the session per write.
@@ -50,7 +50,7 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// Bytes read from the transport at once.
 const READ_CHUNK: usize = 256 << 10;
 /// How long the reader waits for a process that closed its stdout to exit.
-const REAP_ON_EOF: Duration = Duration::from_secs(2);
+const REAP_ON_EOF: Duration = Duration::from_secs(1);
 
 /// A callback on a channel's items.
 pub(crate) type Callback = Box<dyn FnMut(Value) + Send>;
@@ -287,14 +287,23 @@ impl Driver {
     fn handle_eof(&self) {
         // Reap first, so that every channel learns how the worker ended.
         let death = match &self.control {
-            Some(c) => {
-                let status = c.wait(REAP_ON_EOF).unwrap_or(ExitStatus::Unknown);
-                let tail = c.stderr_tail(Duration::from_millis(300));
-                Error::WorkerDied {
+            Some(c) => match c.wait(REAP_ON_EOF) {
+                Some(status) => Error::WorkerDied {
                     status,
-                    stderr_tail: tail,
+                    stderr_tail: c.stderr_tail(Duration::from_millis(300)),
+                },
+                None => {
+                    // The stream ended under a live worker: the session
+                    // cannot go on, so the worker goes too.
+                    c.kill();
+                    let status = c.wait(Duration::from_secs(1));
+                    tracing::debug!(?status, "stream ended while the worker ran; killed it");
+                    Error::ConnectionLost(format!(
+                        "the stream ended while the worker (pid {}) was still running; it was killed",
+                        c.pid().map_or_else(|| "?".to_string(), |p| p.to_string())
+                    ))
                 }
-            }
+            },
             None => Error::ConnectionLost("end of stream".into()),
         };
         let mut work = Vec::new();

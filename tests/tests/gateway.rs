@@ -549,3 +549,69 @@ fn exec_source_is_dedented() {
         assert_eq!(ch.receive::<i64>().unwrap(), 1);
     })
 }
+
+#[test]
+fn garbage_instead_of_hello_is_a_bootstrap_error() {
+    bounded(LIMIT, || {
+        let t0 = Instant::now();
+        let e = makegateway(
+            "popen//python=/bin/sh -c 'printf garbage-garbage-garbage-garbage; exec sleep 30' sh",
+        )
+        .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        match &e {
+            Error::BootstrapFailed { reason, .. } => {
+                assert!(reason.contains("protocol"), "{e}")
+            }
+            other => panic!("expected BootstrapFailed, got {other:?}"),
+        }
+    })
+}
+
+/// A reader that ends the stream after `left` bytes (a cut connection).
+struct Cut<R> {
+    inner: R,
+    left: usize,
+}
+
+impl<R: std::io::Read> std::io::Read for Cut<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn cut_stream_ends_channels_and_kills_the_worker() {
+    bounded(LIMIT, || {
+        let mut t =
+            execnet::transport::popen::connect(&execnet::transport::popen::PopenOptions::default())
+                .unwrap();
+        let pid = t.control.as_ref().unwrap().pid().unwrap();
+        t.reader = Box::new(Cut {
+            inner: t.reader,
+            left: 2000,
+        });
+        let gw = Gateway::builder("popen")
+            .unwrap()
+            .start_with_transport(t)
+            .unwrap();
+        let ch = gw
+            .remote_exec("channel.send(b'x' * 100000); channel.receive()")
+            .unwrap();
+        let t0 = Instant::now();
+        let e = ch.receive::<Value>().unwrap_err();
+        assert!(
+            matches!(e, Error::ConnectionLost(_) | Error::Protocol(_)),
+            "{e:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(gw.is_terminated());
+        assert_reaped(pid, T);
+    })
+}
