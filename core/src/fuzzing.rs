@@ -406,14 +406,15 @@ fn item(seq: i64, size: u16) -> Value {
 /// - a side's unconsumed items on one channel never exceed the window.
 ///
 /// Returns the event trace.
-pub fn run_ops(config: &Config, ops: &[Op], chunking: Chunking) -> Trace {
+/// `now` is the (fixed) time given to `terminate`; no deadline is ever
+/// reached.
+pub fn run_ops(config: &Config, ops: &[Op], chunking: Chunking, now: Instant) -> Trace {
     let mut pair = Pair::with_chunking(config.clone(), chunking);
     let mut models: HashMap<Role, SideModel> = HashMap::new();
     models.insert(Role::Host, SideModel::default());
     models.insert(Role::Worker, SideModel::default());
     let mut trace = Trace::default();
     let mut terminated = false;
-    let now = Instant::now();
     let window = u64::from(config.window.max(1));
 
     let step = |pair: &mut Pair,
@@ -519,7 +520,7 @@ pub fn run_ops(config: &Config, ops: &[Op], chunking: Chunking) -> Trace {
             }
         }
         pair.transmit();
-        absorb(pair, models, trace, index, window);
+        absorb(pair, models, trace, index, window, now);
     };
 
     for (index, op) in ops.iter().enumerate() {
@@ -531,10 +532,10 @@ pub fn run_ops(config: &Config, ops: &[Op], chunking: Chunking) -> Trace {
     // Final phase 1: deliver and consume everything until nothing moves
     // (items a sender closed behind must all arrive here).
     let end = ops.len();
-    settle(&mut pair, &mut models, &mut trace, end, window, false);
+    settle(&mut pair, &mut models, &mut trace, end, window, now, false);
     // Final phase 2: close every channel on both sides and settle again, so
     // every channel must end.
-    settle(&mut pair, &mut models, &mut trace, end, window, true);
+    settle(&mut pair, &mut models, &mut trace, end, window, now, true);
 
     assert_eq!(pair.host_error, None, "host saw a protocol error");
     assert_eq!(pair.worker_error, None, "worker saw a protocol error");
@@ -577,11 +578,12 @@ fn settle(
     trace: &mut Trace,
     index: usize,
     window: u64,
+    now: Instant,
     close: bool,
 ) {
     for _ in 0..10_000 {
         pair.pump();
-        absorb(pair, models, trace, index, window);
+        absorb(pair, models, trace, index, window, now);
         let mut progress = false;
         for role in [Role::Host, Role::Worker] {
             let unconsumed: Vec<(ChannelId, u32)> =
@@ -604,7 +606,7 @@ fn settle(
             }
         }
         pair.transmit();
-        absorb(pair, models, trace, index, window);
+        absorb(pair, models, trace, index, window, now);
         if !progress && pair.to_host.is_empty() && pair.to_worker.is_empty() {
             return;
         }
@@ -624,6 +626,7 @@ fn absorb(
     trace: &mut Trace,
     index: usize,
     window: u64,
+    now: Instant,
 ) {
     for role in [Role::Host, Role::Worker] {
         let events = match role {
@@ -685,8 +688,7 @@ fn absorb(
                     let _ = pair.worker.reply_status(*id, &status);
                 }
                 Event::TerminateRequested { .. } => {
-                    pair.worker
-                        .terminate(None, Instant::now(), Duration::from_secs(5));
+                    pair.worker.terminate(None, now, Duration::from_secs(5));
                 }
                 Event::Terminated { reason } => {
                     assert!(
@@ -702,7 +704,7 @@ fn absorb(
     }
     pair.transmit();
     if !pair.host_events.is_empty() || !pair.worker_events.is_empty() {
-        absorb(pair, models, trace, index, window);
+        absorb(pair, models, trace, index, window, now);
     }
 }
 
@@ -817,8 +819,10 @@ pub fn session_bytes(data: &[u8]) {
 }
 
 /// `session_ops`: structured operations on a [`Pair`] with random chunking
-/// keep every invariant of [`run_ops`].
-pub fn session_ops(data: &[u8]) {
+/// keep every invariant of [`run_ops`], and the events do not depend on the
+/// chunking. `now` is any instant (the driver's clock stays outside the
+/// core).
+pub fn session_ops(data: &[u8], now: Instant) {
     let mut u = arbitrary::Unstructured::new(data);
     let Ok(seed) = u.arbitrary::<u64>() else {
         return;
@@ -832,8 +836,8 @@ pub fn session_ops(data: &[u8]) {
         ..Config::default()
     };
     let max = 1 + (seed >> 32) as usize % 64;
-    let a = run_ops(&config, &ops, Chunking::Random { seed, max });
-    let b = run_ops(&config, &ops, Chunking::Whole);
+    let a = run_ops(&config, &ops, Chunking::Random { seed, max }, now);
+    let b = run_ops(&config, &ops, Chunking::Whole, now);
     assert!(same_trace(&a, &b), "the events depend on chunking");
 }
 

@@ -5,6 +5,11 @@
 use execnet_core::fuzzing::{run_ops, same_trace, Chunking, Op, Side};
 use execnet_core::Config;
 use proptest::prelude::*;
+use std::time::Instant;
+
+fn now() -> Instant {
+    Instant::now()
+}
 
 fn side() -> impl Strategy<Value = Side> {
     prop_oneof![Just(Side::Host), Just(Side::Worker)]
@@ -46,8 +51,8 @@ proptest! {
         seed in any::<u64>(),
         max in 1usize..300,
     ) {
-        let whole = run_ops(&config, &ops, Chunking::Whole);
-        let random = run_ops(&config, &ops, Chunking::Random { seed, max });
+        let whole = run_ops(&config, &ops, Chunking::Whole, now());
+        let random = run_ops(&config, &ops, Chunking::Random { seed, max }, now());
         prop_assert!(same_trace(&whole, &random), "events depend on chunking");
     }
 
@@ -59,8 +64,8 @@ proptest! {
     ) {
         let ops: Vec<Op> = ops.into_iter().filter(|o| !matches!(o, Op::Terminate(_))).collect();
         let config = Config { max_frame: 64, window, ..Config::default() };
-        let whole = run_ops(&config, &ops, Chunking::Whole);
-        let bytewise = run_ops(&config, &ops, Chunking::Fixed(1));
+        let whole = run_ops(&config, &ops, Chunking::Whole, now());
+        let bytewise = run_ops(&config, &ops, Chunking::Fixed(1), now());
         prop_assert!(same_trace(&whole, &bytewise));
     }
 }
