@@ -731,7 +731,8 @@ pub fn deframer(data: &[u8]) {
                         frames.push((f.header, f.payload.to_vec()));
                     }
                     Ok(None) => break,
-                    Err(e) => return (frames, Some(e), d.buffered()),
+                    // (what stays buffered after an error is irrelevant)
+                    Err(e) => return (frames, Some(e), 0),
                 }
             }
         }
