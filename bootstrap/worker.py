@@ -341,6 +341,7 @@ HELLO, EXEC, DATA, DATA_MORE, CLOSE, LAST_MESSAGE, WINDOW = 1, 2, 3, 4, 5, 6, 7
 TERMINATE, STATUS_REQUEST, STATUS_REPLY, OUTPUT = 8, 9, 10, 11
 _HDR = struct.Struct(">BII")
 _hdr = _HDR.pack
+_WRITEV = getattr(os, "writev", None)
 
 
 class ProtocolError(Exception):
@@ -711,7 +712,12 @@ class Gateway(object):
             raise IOError("cannot send: the gateway has terminated")
         try:
             while parts:
-                n = os.writev(fd, parts[:512])
+                if _WRITEV:
+                    n = _WRITEV(fd, parts[:512])
+                else:  # PyPy has no os.writev
+                    if len(parts) > 1:
+                        parts = [b"".join(parts)]
+                    n = os.write(fd, parts[0])
                 i = 0
                 while i < len(parts) and n >= len(parts[i]):
                     n -= len(parts[i])
@@ -1040,6 +1046,7 @@ class Gateway(object):
 
     def serve(self):
         """Main thread: the primary executor until the session ends."""
+        self._main_idle = True  # the first EXEC goes to the main thread
         self._rthread = threading.Thread(target=self._read_loop)
         self._rthread.daemon = True
         self._rthread.start()

@@ -29,7 +29,7 @@ class WorkerTestCase(unittest.TestCase):
         self.addCleanup(h.kill)
         info = h.hello()
         if info is None:
-            h.kill()
+            h.proc.kill()
             self.fail("no HELLO; stderr: %r" % (h.proc.stderr.read(),))
         return h
 
