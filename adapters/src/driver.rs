@@ -78,6 +78,8 @@ pub(crate) struct Driver {
     control: Option<Box<dyn PeerControl>>,
     output: Mutex<OutputSink>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The reader thread (termination from a callback must not wait for it).
+    reader_id: OnceLock<std::thread::ThreadId>,
     /// Called around callbacks so that `Channel`s can be deserialized there.
     callback_context: OnceLock<CallbackContext>,
     pub(crate) span: tracing::Span,
@@ -197,6 +199,7 @@ impl Driver {
             control,
             output: Mutex::new(output),
             threads: Mutex::new(Vec::new()),
+            reader_id: OnceLock::new(),
             callback_context: OnceLock::new(),
             span,
             description,
@@ -212,6 +215,7 @@ impl Driver {
                 return Err(e.into());
             }
         };
+        let _ = driver.reader_id.set(reader_thread.thread().id());
         lock(&driver.threads).push(reader_thread);
         let f = driver.clone();
         match std::thread::Builder::new()
@@ -231,6 +235,28 @@ impl Driver {
     /// Sets the wrapper run around every callback invocation.
     pub(crate) fn set_callback_context(&self, f: CallbackContext) {
         let _ = self.callback_context.set(f);
+    }
+
+    /// Whether the caller is this gateway's reader thread (in a callback).
+    pub(crate) fn on_reader_thread(&self) -> bool {
+        self.reader_id.get() == Some(&std::thread::current().id())
+    }
+
+    /// Finishes termination on a helper thread (for callers on the reader
+    /// thread, which must return to read the worker's answer).
+    pub(crate) fn finish_terminate_detached(self: &Arc<Self>, deadline: Instant) {
+        let d = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("execnet-terminate".into())
+            .spawn(move || {
+                futures_lite::future::block_on(d.finish_terminate(deadline));
+            });
+        if spawned.is_err() {
+            // No thread to be had: kill now, the reader reaps at EOF.
+            if let Some(c) = &self.control {
+                c.kill();
+            }
+        }
     }
 
     pub(crate) fn control(&self) -> Option<&dyn PeerControl> {
@@ -1015,12 +1041,16 @@ impl Driver {
         if let Some(r) = lock(&self.state).finished {
             return r;
         }
+        // From a callback the reader thread itself is here: it cannot see
+        // the end of the stream, so the session's end has to do.
+        let on_reader = self.reader_id.get() == Some(&std::thread::current().id());
         let exited = self
             .wait_for(
                 |_| self.gw_event.listen(),
                 Some(deadline),
                 |st| {
-                    (st.reader_done || (self.control.is_none() && st.ended.is_some())).then_some(())
+                    let over = st.ended.is_some() && (self.control.is_none() || on_reader);
+                    (st.reader_done || over).then_some(())
                 },
             )
             .await
@@ -1037,7 +1067,7 @@ impl Driver {
         if let Some(c) = &self.control {
             c.kill();
         }
-        if !exited {
+        if !exited && !on_reader {
             tracing::debug!("worker did not exit in time; killed");
             let _ = self
                 .wait_for(

@@ -421,11 +421,19 @@ impl Gateway {
     /// Ends the worker cleanly: sends TERMINATE, waits up to
     /// [`EXIT_TIMEOUT`] for it to finish, and reaps it. If it did not finish
     /// in time it is killed and `Err(Timeout)` is returned. Channels end as
-    /// closed (not with an error).
+    /// closed (not with an error). Called from a channel callback (on the
+    /// gateway's reader thread) it only starts the termination, which a
+    /// helper thread finishes.
     pub async fn exit(&self) -> Result<()> {
         let d = &self.inner.driver;
         let was_over = d.is_terminated();
         d.begin_terminate(EXIT_TIMEOUT);
+        if d.on_reader_thread() {
+            // Called from a callback: the reader must return to read the
+            // worker's answer, so the rest happens on a helper thread.
+            d.finish_terminate_detached(Instant::now() + EXIT_TIMEOUT);
+            return Ok(());
+        }
         let clean = d.finish_terminate(Instant::now() + EXIT_TIMEOUT).await;
         if clean || was_over {
             Ok(())
@@ -441,6 +449,10 @@ impl Gateway {
         let t = timeout.unwrap_or(DROP_TIMEOUT);
         let d = &self.inner.driver;
         d.begin_terminate(t);
+        if d.on_reader_thread() {
+            d.finish_terminate_detached(Instant::now() + t);
+            return;
+        }
         d.finish_terminate(Instant::now() + t).await;
     }
 

@@ -145,7 +145,12 @@ pub(crate) async fn terminate_all(gws: &[Gateway], timeout: Duration) {
     }
     let deadline = Instant::now() + timeout;
     for g in gws {
-        g.inner.driver.finish_terminate(deadline).await;
+        let d = &g.inner.driver;
+        if d.on_reader_thread() {
+            d.finish_terminate_detached(deadline);
+        } else {
+            d.finish_terminate(deadline).await;
+        }
     }
 }
 

@@ -93,3 +93,28 @@ fn many_tasks_on_one_smol_executor() {
         }));
     })
 }
+
+/// The futures are `Send`, so multi-threaded executors (tokio's
+/// `spawn`, async-std) accept them. Checked at compile time.
+#[allow(dead_code)]
+fn futures_are_send(gw: execnet::Gateway, ch: execnet::Channel) {
+    fn is_send<T: Send>(_: &T) {}
+    is_send(&execnet::makegateway("popen"));
+    is_send(&gw.remote_exec("pass"));
+    is_send(&gw.remote_exec_call("", "f", &()));
+    is_send(&gw.remote_status());
+    is_send(&gw.exit());
+    is_send(&gw.terminate(None));
+    is_send(&ch.send(&1));
+    is_send(&ch.send_timeout(&1, Duration::from_secs(1)));
+    is_send(&ch.receive::<i64>());
+    is_send(&ch.receive_timeout::<i64>(Duration::from_secs(1)));
+    is_send(&ch.waitclose(None));
+    is_send(&ch.stream::<i64>());
+    is_send(&Group::new().makegateway(""));
+    fn is_sync<T: Sync + Send + Clone>() {}
+    is_sync::<execnet::Gateway>();
+    is_sync::<execnet::Channel>();
+    is_sync::<execnet::blocking::Gateway>();
+    is_sync::<execnet::blocking::Channel>();
+}

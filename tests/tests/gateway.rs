@@ -615,3 +615,29 @@ fn cut_stream_ends_channels_and_kills_the_worker() {
         assert_reaped(pid, T);
     })
 }
+
+#[test]
+fn exit_from_a_callback_is_bounded() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let pid = gw.info().pid;
+        let ch = gw
+            .remote_exec("channel.send(1); channel.receive()")
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let g2 = gw.clone();
+        ch.set_callback(
+            move |_| {
+                let t0 = Instant::now();
+                let r = g2.exit();
+                let _ = tx.send((r.is_ok(), t0.elapsed()));
+            },
+            None,
+        )
+        .unwrap();
+        let (ok, took) = rx.recv_timeout(T).unwrap();
+        assert!(ok);
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_reaped(pid, T);
+    })
+}
