@@ -116,6 +116,8 @@ class Host(object):
                 p = self._readn(n) if n else b""
                 self.frames_seen.append((kind, cid, n))
                 self._handle(kind, cid, p)
+        except (OSError, ValueError):
+            pass  # closed under our feet by kill()
         finally:
             with self.cv:
                 self.eof = True
