@@ -136,6 +136,8 @@ struct ChanState {
     event: Arc<Event>,
     /// Live user handles.
     handles: u32,
+    /// A handle existed once (so the state may be forgotten when unused).
+    attached_once: bool,
     locally_closed: bool,
 }
 
@@ -383,6 +385,9 @@ impl Driver {
                     c.event.notify(usize::MAX);
                     if c.has_callback {
                         work.push(Work::Callbacks(channel.0));
+                    } else if c.attached_once && c.handles == 0 && c.queue.is_empty() {
+                        // Nobody can ask about it any more.
+                        st.channels.remove(&channel.0);
                     }
                 }
                 SessionEvent::WindowOpened { channel } => {
@@ -669,7 +674,9 @@ impl Driver {
                 .session
                 .exec(request)
                 .map_err(|e| Self::local_error(&st, e))?;
-            st.channels.entry(id.0).or_default().handles += 1;
+            let c = st.channels.entry(id.0).or_default();
+            c.handles += 1;
+            c.attached_once = true;
             id.0
         };
         self.flush(true);
@@ -683,13 +690,24 @@ impl Driver {
             .session
             .open_channel()
             .map_err(|e| Self::local_error(&st, e))?;
-        st.channels.entry(id.0).or_default().handles += 1;
+        let c = st.channels.entry(id.0).or_default();
+        c.handles += 1;
+        c.attached_once = true;
         Ok(id.0)
     }
 
     /// A new user handle on `id` (from a received channel reference).
     pub(crate) fn attach_handle(&self, id: u32) {
-        lock(&self.state).channels.entry(id).or_default().handles += 1;
+        let mut st = lock(&self.state);
+        let known = st.channels.contains_key(&id);
+        let forgotten = !known && st.session.channel(ChannelId(id)).is_none();
+        let c = st.channels.entry(id).or_default();
+        if forgotten {
+            // Fully closed and forgotten by both sides: it reads as ended.
+            c.end = Some(End::Closed);
+        }
+        c.handles += 1;
+        c.attached_once = true;
     }
 
     /// The last... one user handle on `id` is gone. When no handle is left,
@@ -722,7 +740,12 @@ impl Driver {
     fn maybe_forget(st: &mut State, id: u32) {
         if let Some(c) = st.channels.get(&id) {
             let callback_pending = c.has_callback && !c.endmarker_done;
-            if c.handles == 0 && c.end.is_some() && !callback_pending && !c.callback_busy {
+            if c.handles == 0
+                && c.attached_once
+                && c.end.is_some()
+                && !callback_pending
+                && !c.callback_busy
+            {
                 st.channels.remove(&id);
             }
         }

@@ -641,3 +641,22 @@ fn exit_from_a_callback_is_bounded() {
         assert_reaped(pid, T);
     })
 }
+
+#[test]
+fn many_execs_do_not_accumulate_state() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        for _ in 0..300 {
+            let ch = gw.remote_exec("channel.send(1)").unwrap();
+            assert_eq!(ch.receive::<i64>().unwrap(), 1);
+        }
+        // Fire and forget: handles dropped at once.
+        for _ in 0..300 {
+            drop(gw.remote_exec("pass").unwrap());
+        }
+        assert!(execnet_tests::wait_until(T, || {
+            let s = gw.remote_status().unwrap();
+            s.numchannels == 0 && s.numexecuting == 0
+        }));
+    })
+}
