@@ -6,7 +6,7 @@
 //! `vagrant_ssh=…`) says how to reach the interpreter; the other parts
 //! configure it. Parsing keeps every part in order (unknown keys included,
 //! so specs meant for newer versions survive a round trip through
-//! [`XSpec::to_string`]) and rejects duplicate keys.
+//! `XSpec::to_string`) and rejects duplicate keys.
 //!
 //! Typed accessors parse their values once, at [`XSpec::parse`]: a `nice=`
 //! that is not an integer or an unknown `execmodel=` is an error there, not a

@@ -6,7 +6,8 @@
 //! socket (shut it down). The driver (`crate::driver`) runs the protocol over
 //! any transport the same way, so popen, ssh, socket and via gateways differ
 //! only in how they produce one. A caller can build a `Transport` from its own
-//! byte stream and hand it to [`crate::Gateway::from_transport`].
+//! byte stream and hand it to
+//! [`GatewayBuilder::start_with_transport`](crate::GatewayBuilder::start_with_transport).
 //!
 //! Bootstrapping (sending the worker source) is the transport's job, done
 //! before the `Transport` is returned: the driver starts with the protocol's
