@@ -451,12 +451,24 @@ class Channel(object):
         gw = self.gateway
         if len(data) > gw.max_item:
             raise ValueError("item of %d bytes exceeds max_item %d" % (len(data), gw.max_item))
-        with gw._lock:
-            if self._sc or self._rc or gw._dead:
-                raise IOError("cannot send to %r" % (self,))
-            self._out.append([DATA, memoryview(data), 0])
-            self._queued += 1
-            mine = self._queued
+        n = len(data)
+        with gw._wlock:
+            with gw._lock:
+                if self._sc or self._rc or gw._dead:
+                    raise IOError("cannot send to %r" % (self,))
+                if not self._out and n <= self._credit and n <= gw.max_frame:
+                    # fast path: nothing queued, enough credit: one frame, one write
+                    self._credit -= n
+                    w = gw._winframe(self) if self._owed else None
+                    h = _hdr(DATA, self.id, n)
+                    parts = [w + h + data if w else h + data] if n < 65536 else [w or b"", h, data]
+                else:
+                    parts = None
+                    self._out.append([DATA, memoryview(data), 0])
+                    self._queued += 1
+                    mine = self._queued
+            if parts:
+                return gw._writev(parts)
         gw._pump(self)
         if getattr(_tl, "nb", False):
             return  # reader thread / callbacks never wait for credit: the item stays queued
