@@ -31,7 +31,7 @@ pub fn makegateway(spec: &str) -> Result<Gateway> {
 
 /// A running worker. Cheap to clone; see [`crate::Gateway`].
 #[derive(Clone, Debug)]
-pub struct Gateway(pub crate::Gateway);
+pub struct Gateway(crate::Gateway);
 
 impl Gateway {
     /// A builder for options beyond the spec string.
@@ -95,7 +95,7 @@ impl Gateway {
 
 /// Builds a gateway with options beyond the spec string.
 #[derive(Debug)]
-pub struct GatewayBuilder(pub crate::GatewayBuilder);
+pub struct GatewayBuilder(crate::GatewayBuilder);
 
 impl GatewayBuilder {
     /// Sets the gateway id.
@@ -131,7 +131,7 @@ impl GatewayBuilder {
 /// One channel of a gateway. Cheap to clone; travels inside values.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Channel(pub crate::Channel);
+pub struct Channel(crate::Channel);
 
 impl Channel {
     /// The channel id.
@@ -222,7 +222,7 @@ impl Channel {
 
 /// A set of gateways terminated together; see [`crate::Group`].
 #[derive(Debug, Default)]
-pub struct Group(pub crate::Group);
+pub struct Group(crate::Group);
 
 impl Group {
     /// An empty group (default spec `popen`).
@@ -262,3 +262,27 @@ impl Group {
         block_on(self.0.terminate(timeout))
     }
 }
+
+macro_rules! faces {
+    ($($t:ident),*) => {$(
+        impl From<crate::$t> for $t {
+            /// The blocking face of an async object.
+            fn from(inner: crate::$t) -> Self {
+                $t(inner)
+            }
+        }
+        impl From<$t> for crate::$t {
+            /// The async face of a blocking object.
+            fn from(outer: $t) -> Self {
+                outer.0
+            }
+        }
+        impl $t {
+            /// The async face of the same object.
+            pub fn as_async(&self) -> &crate::$t {
+                &self.0
+            }
+        }
+    )*};
+}
+faces!(Gateway, GatewayBuilder, Channel, Group);
