@@ -641,6 +641,15 @@ _BASES = [(t, _ENC[t]) for t in (bool, int, float, complex, str, bytes, bytearra
 
 
 # ------------------------------------------------------------------ gateway
+class _RInfo(object):
+    pass
+
+
+def _text(s):
+    # CBOR text for error messages: never fails (lone surrogates are replaced)
+    b = str(s).encode("utf-8", "replace")
+    return _head(0x60, len(b)) + b
+
 _errfd = 2  # the original stderr (dup'ed in _main): fatal messages and traces
 _tfd = None  # trace destination, when EXECNET_DEBUG or the host's debug option is set
 
@@ -715,7 +724,10 @@ class Gateway(object):
         return ch
 
     def _rinfo(self):
-        return dict(self._info)
+        """Remote info like execnet's: executable, version_info, platform, cwd, pid, ..."""
+        r = _RInfo()
+        r.__dict__.update(self._info)
+        return r
 
     # -- writing
     def _writev(self, parts):
@@ -812,7 +824,7 @@ class Gateway(object):
             if ch._sc:
                 return
             ch._sc = True
-            ch._out.append([CLOSE, frame(CLOSE, ch.id, b"" if error is None else dumps(str(error)))])
+            ch._out.append([CLOSE, frame(CLOSE, ch.id, b"" if error is None else _text(error))])
             fire = self._end(ch)
         try:
             self._pump(ch)
@@ -1062,21 +1074,22 @@ class Gateway(object):
         self._rthread = threading.Thread(target=self._read_loop)
         self._rthread.daemon = True
         self._rthread.start()
-        while True:
+        while not self._dead:
             try:
-                with self._lock:
-                    while not self._execq and not self._dead:
-                        self._main_idle = True
-                        self._execcv.wait()
-                    if not self._execq:
-                        break
-                    task = self._execq.popleft()
-                    self._main_idle, self._main_busy = False, True
-                self._run(*task)
+                try:
+                    with self._lock:
+                        while not self._execq and not self._dead:
+                            self._main_idle = True
+                            self._execcv.wait()
+                        if not self._execq:
+                            continue
+                        task = self._execq.popleft()
+                        self._main_idle, self._main_busy = False, True
+                    self._run(*task)
+                finally:
+                    self._main_busy = False
             except KeyboardInterrupt:
-                pass
-            finally:
-                self._main_busy = False
+                pass  # sent by _shutdown to interrupt an execution
         for _ in range(20):  # the reader ends the process (os._exit) after its shutdown
             try:
                 self._rthread.join(1)
@@ -1118,7 +1131,7 @@ class Gateway(object):
         for f in (sys.stdout, sys.stderr):
             self._safe(f.flush)
         self._drain_output()
-        payload = dumps(reason) if reason else b""
+        payload = _text(reason) if reason else b""
         _trace("sending TERMINATE and exiting")
         self._safe(self._send_frames, [frame(TERMINATE, 0, payload)])
         os._exit(0)
@@ -1148,7 +1161,7 @@ class Gateway(object):
             os.dup2(dn, 2)
             os.close(dn)
 
-    def _forward(self, r, final=False):
+    def _forward(self, r):
         b = os.read(r, 65536)
         if b:
             self._send_frames([frame(OUTPUT, 0, dumps([self._ofds[r], b]))])
@@ -1217,7 +1230,7 @@ def _fatal(msg, outfd=None):
     try:
         os.write(_errfd, ("execnet-worker: bootstrap failed: %s\n" % msg).encode("utf-8", "replace"))
         if outfd is not None:
-            os.write(outfd, frame(TERMINATE, 0, dumps(str(msg))))
+            os.write(outfd, frame(TERMINATE, 0, _text(msg)))
     except Exception:
         pass
     os._exit(1)
@@ -1254,9 +1267,9 @@ def _main():
             "version_info": list(sys.version_info[:5]), "executable": sys.executable or "",
             "platform": sys.platform, "pid": os.getpid(), "cwd": cwd, "execmodel": gw.execmodel,
         }
-        gw._setup_output()
         _trace("HELLO", info, "output", gw.output)
         gw._send_frames([frame(HELLO, 0, dumps(info))])
+        gw._setup_output()  # after HELLO: OUTPUT frames may follow it, never precede it
     except Exception as e:
         _fatal(e, outfd)
     gw.serve()

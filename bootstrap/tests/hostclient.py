@@ -38,7 +38,7 @@ def ref(cid):
 class Host(object):
     def __init__(self, python=None, options=None, window=4194304, max_frame=1048576,
                  max_item=1 << 30, env=None, autocredit=True, stream=None, extra=b"",
-                 version=1, stderr=subprocess.PIPE):
+                 version=1, stderr=subprocess.PIPE, flags=("-u",)):
         self.window, self.max_frame, self.max_item = window, max_frame, max_item
         self.autocredit = autocredit
         self.cv = threading.Condition()
@@ -54,7 +54,7 @@ class Host(object):
         first = W.frame(W.HELLO, 0, W.dumps(hello)) + extra
         if stream is None:
             self.proc = subprocess.Popen(
-                [python or sys.executable, "-u", "-c", loader(len(SOURCE))],
+                [python or sys.executable] + list(flags) + ["-c", loader(len(SOURCE))],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env)
             self.wfile, self.rfile = self.proc.stdin, self.proc.stdout
             self.wfile.write(SOURCE + first)

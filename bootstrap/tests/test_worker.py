@@ -55,6 +55,11 @@ class Handshake(WorkerTestCase):
         self.assertEqual(h.item(1), "__channelexec__")
         self.assertEqual(h.receive(1)[:2], ("close", None))
 
+    def test_loader_with_dash_S_and_rinfo(self):
+        h = self.host(flags=("-u", "-S"))
+        c = h.exec_("r = channel.gateway._rinfo()\nchannel.send((r.pid, r.version_info, r.cwd))")
+        self.assertEqual(h.item(c), (h.info["pid"], h.info["version_info"], h.info["cwd"]))
+
     def test_version_mismatch(self):
         h = Host(version=2)
         self.addCleanup(h.kill)
@@ -197,6 +202,16 @@ class ChannelSemantics(WorkerTestCase):
         self.assertEqual(h.item(c), "bad")
         self.assertEqual(h.item(c), True)
         self.assertEqual(h.item(c), "eof")
+
+    def test_close_newchannel_with_error_text(self):
+        h = self.host()
+        c = h.exec_("ch = channel.gateway.newchannel()\nchannel.send(ch)\nch.send(1)\n"
+                    "ch.close('bad \\udcff thing')\nch.close()\n"
+                    "try:\n    ch.send(2)\nexcept IOError:\n    channel.send('closed')\n")
+        ch = h.item(c).id
+        self.assertEqual(h.item(ch), 1)
+        self.assertEqual(h.receive(ch)[:2], ("close", "bad ? thing"))
+        self.assertEqual(h.item(c), "closed")
 
     def test_receive_timeout(self):
         h = self.host()
