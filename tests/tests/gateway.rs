@@ -660,3 +660,82 @@ fn many_execs_do_not_accumulate_state() {
         }));
     })
 }
+
+#[test]
+fn default_cwd_and_executable_are_the_hosts() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(std::path::Path::new(&gw.info().cwd), here);
+        let exe = execnet::transport::popen::default_python().unwrap();
+        assert_eq!(gw.info().executable, exe);
+    })
+}
+
+#[test]
+fn exc_info_is_clear_after_startup() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let ch = gw
+            .remote_exec(
+                r#"
+                import sys, traceback
+                excinfo = sys.exc_info()
+                if excinfo != (None, None, None):
+                    channel.send("".join(traceback.format_exception(*excinfo)))
+                else:
+                    channel.send(0)
+                "#,
+            )
+            .unwrap();
+        assert_eq!(ch.receive::<Value>().unwrap(), Value::Int(0));
+    })
+}
+
+#[test]
+fn threads_race_sending() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let chans: Vec<_> = (0..5)
+            .map(|_| {
+                gw.remote_exec(
+                    r#"
+                    for x in range(10):
+                        channel.send("x" * 1000)
+                    channel.receive()
+                    "#,
+                )
+                .unwrap()
+            })
+            .collect();
+        for ch in &chans {
+            for _ in 0..10 {
+                assert_eq!(ch.receive_timeout::<String>(T).unwrap().len(), 1000);
+            }
+            ch.send(&1).unwrap();
+        }
+        for ch in &chans {
+            ch.waitclose(Some(T)).unwrap();
+        }
+    })
+}
+
+#[test]
+fn remote_closing_its_own_exec_channel() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let ch = gw.remote_exec("channel.send(1); channel.close()").unwrap();
+        assert_eq!(ch.receive::<i64>().unwrap(), 1);
+        // Whatever the worker reports (execnet: an error mentioning the
+        // explicit close), the channel ends and the gateway stays usable.
+        let _ = ch.waitclose(Some(T));
+        assert!(ch.is_closed());
+        assert_eq!(
+            gw.remote_exec("channel.send(2)")
+                .unwrap()
+                .receive::<i64>()
+                .unwrap(),
+            2
+        );
+    })
+}
