@@ -210,7 +210,11 @@ impl Channel {
     /// gateway's reader thread: keep it short, and do not wait for items of
     /// the same gateway in it). When the channel ends for any reason
     /// (close, remote error, termination, worker death) `endmarker` is
-    /// delivered once, if given. A second callback is an error.
+    /// delivered once, if given. A second callback is an error. The
+    /// callback is dropped after the endmarker; until then a callback that
+    /// captures a `Channel` keeps the gateway alive (`exit`/`terminate`
+    /// still end it). A panicking callback is removed (logged); the gateway
+    /// goes on.
     pub fn set_callback(
         &self,
         callback: impl FnMut(Value) + Send + 'static,

@@ -711,3 +711,47 @@ fn slow_consumer_throttles_only_its_channel() {
         gw.terminate(Some(Duration::from_millis(200)));
     })
 }
+
+#[test]
+fn panicking_callback_is_removed_and_the_gateway_lives_on() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let ch = gw
+            .remote_exec("for i in range(5): channel.send(i)\nchannel.receive()")
+            .unwrap();
+        ch.set_callback(|_| panic!("callback panics on purpose"), None)
+            .unwrap();
+        // The gateway (and its reader) survive.
+        let other = gw.remote_exec("channel.send(7)").unwrap();
+        assert_eq!(other.receive::<i64>().unwrap(), 7);
+        ch.send(&1).unwrap();
+        ch.waitclose(Some(T)).unwrap();
+        gw.exit().unwrap();
+    })
+}
+
+#[test]
+fn callback_holding_its_channel_does_not_block_exit() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let pid = gw.info().pid;
+        let ch = gw
+            .remote_exec("channel.send(1)\nchannel.receive()")
+            .unwrap();
+        let me = ch.clone();
+        let (tx, rx) = mpsc::channel();
+        ch.set_callback(
+            move |v| {
+                let _keep = &me;
+                let _ = tx.send(v);
+            },
+            Some(Value::str("end")),
+        )
+        .unwrap();
+        assert_eq!(rx.recv_timeout(T).unwrap(), Value::Int(1));
+        drop(ch);
+        gw.exit().unwrap();
+        assert_eq!(rx.recv_timeout(T).unwrap(), Value::str("end"));
+        execnet_tests::assert_reaped(pid, T);
+    })
+}
