@@ -146,6 +146,10 @@ impl GatewayBuilder {
         }
     }
 
+    pub(crate) fn spec_mut(&mut self) -> &mut XSpec {
+        &mut self.spec
+    }
+
     /// Sets the gateway id (overrides `id=`).
     pub fn id(mut self, id: &str) -> Self {
         self.spec.set_id(id);

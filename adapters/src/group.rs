@@ -105,7 +105,9 @@ impl Group {
 
     /// Opens a gateway from a builder in this group (an id is allocated if
     /// the builder's spec has none).
-    pub async fn makegateway_with(&self, builder: GatewayBuilder) -> Result<Gateway> {
+    pub async fn makegateway_with(&self, mut builder: GatewayBuilder) -> Result<Gateway> {
+        let x = self.prepare(&builder.spec_mut().to_string())?;
+        *builder.spec_mut() = x;
         let gw = builder.start().await?;
         self.add(gw)
     }

@@ -739,3 +739,31 @@ fn remote_closing_its_own_exec_channel() {
         );
     })
 }
+
+#[test]
+fn group_makegateway_with_a_builder() {
+    bounded(LIMIT, || {
+        let group = Group::new();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let o2 = out.clone();
+        let b = Gateway::builder("popen")
+            .unwrap()
+            .on_output(move |_, bytes| o2.lock().unwrap().extend_from_slice(bytes));
+        let gw = group.makegateway_with(b).unwrap();
+        assert_eq!(gw.id(), "gw0");
+        let ch = gw
+            .remote_exec("print('via builder'); channel.send(1)")
+            .unwrap();
+        assert_eq!(ch.receive::<i64>().unwrap(), 1);
+        assert!(execnet_tests::wait_until(T, || {
+            String::from_utf8_lossy(&out.lock().unwrap()).contains("via builder")
+        }));
+        let named = group
+            .makegateway_with(Gateway::builder("popen").unwrap().id("named"))
+            .unwrap();
+        assert_eq!(named.id(), "named");
+        assert!(group
+            .makegateway_with(Gateway::builder("popen//id=named").unwrap())
+            .is_err());
+    })
+}
