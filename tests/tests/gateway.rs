@@ -767,3 +767,50 @@ fn group_makegateway_with_a_builder() {
             .is_err());
     })
 }
+
+#[test]
+fn item_too_large_is_refused_locally_and_the_channel_stays_usable() {
+    bounded(LIMIT, || {
+        let config = execnet::Config {
+            max_item: 1 << 20,
+            ..Default::default()
+        };
+        let gw = Gateway::builder("popen")
+            .unwrap()
+            .config(config)
+            .start()
+            .unwrap();
+        let ch = gw
+            .remote_exec("for x in channel:\n    channel.send(len(x))")
+            .unwrap();
+        let e = ch.send_value(&Value::Bytes(vec![0; 2 << 20])).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+        ch.send_value(&Value::Bytes(vec![0; 1000])).unwrap();
+        assert_eq!(ch.receive::<i64>().unwrap(), 1000);
+        // The worker is held to the same limit.
+        let big = gw.remote_exec("channel.send(b'x' * (2 << 20))").unwrap();
+        assert!(big.receive::<Value>().is_err());
+        assert_eq!(
+            gw.remote_exec("channel.send(3)")
+                .unwrap()
+                .receive::<i64>()
+                .unwrap(),
+            3
+        );
+    })
+}
+
+#[test]
+fn silent_interpreter_hits_the_startup_timeout() {
+    bounded(LIMIT, || {
+        let t0 = Instant::now();
+        let e = Gateway::builder("popen//python=/bin/sh -c 'exec sleep 30' sh")
+            .unwrap()
+            .startup_timeout(Duration::from_millis(500))
+            .start()
+            .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(matches!(e, Error::BootstrapFailed { .. }), "{e:?}");
+        assert!(e.to_string().contains("HELLO"), "{e}");
+    })
+}
