@@ -342,6 +342,7 @@ TERMINATE, STATUS_REQUEST, STATUS_REPLY, OUTPUT = 8, 9, 10, 11
 _HDR = struct.Struct(">BII")
 _hdr = _HDR.pack
 _WRITEV = getattr(os, "writev", None)
+HOT = 0.002  # seconds the reader thread leaves the stream to a thread likely to receive again
 
 
 class ProtocolError(Exception):
@@ -434,7 +435,7 @@ class Channel(object):
         self._credit = self._rwin = gw.window if gw else 0
         self._owed = 0
         self._out = deque()
-        self._queued = self._sent = 0
+        self._queued = self._sent = self._w = 0
         self._sc = self._rc = self._rl = self._ended = self._fired = False
         self._err = None
         self._more = None
@@ -479,7 +480,7 @@ class Channel(object):
                         raise IOError("cannot send to %r: closed by the peer" % (self,))
                     if self._credit > 0:
                         break
-                    self._cv.wait()
+                    gw._wait(self._cv, None)
                 else:
                     return
             gw._pump(self)
@@ -490,7 +491,7 @@ class Channel(object):
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             w = None
-            got = False
+            got = lead = False
             with gw._lock:
                 if self._cb is not None:
                     raise IOError("cannot receive(), channel has receiver callback")
@@ -507,16 +508,23 @@ class Channel(object):
                     raise EOFError()
                 elif self._owed:
                     w = gw._winframe(self)  # return credit before blocking
+                elif (end is None and not gw._leader and not gw._bgread and gw._stop is None
+                      and not getattr(_tl, "nb", False)):
+                    gw._leader = lead = True  # nobody reads: read the stream ourselves
                 else:
                     left = None if end is None else end - time.monotonic()
                     if left is not None and left <= 0:
                         raise self.TimeoutError("no item after %r seconds" % timeout)
-                    self._cv.wait(left)
+                    self._w += 1
+                    gw._wait(self._cv, left)
+                    self._w -= 1
                     continue
             if w:
                 gw._send_frames([w])
             if got:
                 return v
+            if lead:
+                gw._lead(self)
 
     def __iter__(self):
         return self
@@ -533,7 +541,7 @@ class Channel(object):
         """Wait until the channel ended; raises the pending RemoteError (once)."""
         gw = self.gateway
         with gw._lock:
-            if not self._cv.wait_for(lambda: self._ended, timeout):
+            if not gw._wait(self._cv, timeout, lambda: self._ended):
                 raise self.TimeoutError("timeout after %r seconds" % timeout)
             e, self._err = self._err, None
         if e is not None:
@@ -690,6 +698,12 @@ class Gateway(object):
         self._execq = deque()
         self._next, self._nexec, self._ofds = 2, 0, {}
         self._dead = self._main_idle = self._main_busy = False
+        # leader/follower: a thread waiting in receive() reads the stream itself when
+        # nobody else does, saving the thread hand-off; the reader thread steps back
+        # for HOT seconds after such a hand-off could have been avoided.
+        self._bgcv = threading.Condition(self._lock)
+        self._leader = self._bgread = self._need = False
+        self._waiting, self._hot, self._stop = 0, 0.0, None
         self.id = "<worker>"
         if not isinstance(hello, dict) or hello.get("version") != 1:
             v = hello.get("version") if isinstance(hello, dict) else hello
@@ -859,7 +873,37 @@ class Gateway(object):
             ch = self._chans[cid] = Channel(self, cid)
         return ch
 
-    # -- reader thread
+    # -- reading: the reader thread, or a leader (a thread waiting in receive)
+    def _wait(self, cv, timeout, pred=None):
+        # under _lock: wait on a channel condition, making sure someone reads
+        self._waiting += 1
+        if not (self._bgread or self._leader or self._need):
+            self._need = True
+            self._bgcv.notify()
+        try:
+            return cv.wait_for(pred, timeout) if pred else cv.wait(timeout)
+        finally:
+            self._waiting -= 1
+
+    def _lead(self, ch):
+        nb, _tl.nb = getattr(_tl, "nb", False), True
+        try:
+            while True:
+                stop = self._read_one()
+                with self._lock:
+                    if stop:
+                        self._stop = stop
+                    if stop or ch._items or ch._ended:
+                        break
+        finally:
+            _tl.nb = nb
+            with self._lock:
+                self._leader = False
+                self._hot = time.monotonic()
+                if self._waiting or self._stop:
+                    self._need = True
+                    self._bgcv.notify()
+
     def _dispatch(self, kind, cid, p):
         if kind == DATA or kind == DATA_MORE:
             return self._data(kind, cid, p)
@@ -993,7 +1037,10 @@ class Gateway(object):
                 cb = ch._cb
                 if cb is None:
                     ch._items.append((v, n))
-                    ch._cv.notify_all()
+                    if ch._w:
+                        ch._cv.notify_all()
+                        if self._bgread:
+                            self._hot = time.monotonic()
                     return
             try:
                 cb[0](v)
@@ -1009,35 +1056,53 @@ class Gateway(object):
         if ws:
             self._send_frames(ws)
 
-    def _read_loop(self):
-        _tl.nb = True
-        r, mf, reason = self._reader, self.max_frame, None
+    def _read_one(self):
+        """Read and dispatch one frame: None, or (reason,) when reading must end."""
+        r = self._reader
         try:
-            while True:
-                if self._owing and r.buffered() < 9:
-                    self._flush_owed()
-                f = r.read(mf)
-                if f is None:
-                    _trace("end of input stream: terminating")
-                    break
-                if _tfd is not None:
-                    _trace("recv kind=%d channel=%d len=%d" % (f[0], f[1], len(f[2])))
-                if self._dispatch(*f):
-                    _trace("TERMINATE received")
-                    break
+            if self._owing and r.buffered() < 9:
+                self._flush_owed()
+            f = r.read(self.max_frame)
+            if f is None:
+                _trace("end of input stream: terminating")
+                return (None,)
+            if _tfd is not None:
+                _trace("recv kind=%d channel=%d len=%d" % (f[0], f[1], len(f[2])))
+            if self._dispatch(*f):
+                _trace("TERMINATE received")
+                return (None,)
+            return None
         except (ProtocolError, LoadError) as e:
             reason = "protocol violation: %s" % (e,)
         except IOError as e:
             _trace("write failed:", e)
+            return (None,)
         except Exception as e:
             reason = "worker error: " + _tb(e)
-        if reason:
-            _trace(reason)
-            try:
-                os.write(_errfd, ("execnet-worker: %s\n" % reason).encode("utf-8", "replace"))
-            except OSError:
-                pass
-        self._shutdown(reason)
+        _trace(reason)
+        try:
+            os.write(_errfd, ("execnet-worker: %s\n" % reason).encode("utf-8", "replace"))
+        except OSError:
+            pass
+        return (reason,)
+
+    def _read_loop(self):
+        _tl.nb = True
+        lock = self._lock
+        while True:
+            with lock:
+                while self._stop is None and (self._leader or (
+                        not self._need and time.monotonic() - self._hot < HOT)):
+                    self._bgcv.wait(0.01 if self._leader else HOT)
+                if self._stop is not None:
+                    break
+                self._bgread, self._need = True, False
+            stop = self._read_one()
+            with lock:
+                self._bgread = False
+                if stop:
+                    self._stop = stop
+        self._shutdown(self._stop[0])
 
     # -- execution
     def _run(self, ch, src, call):

@@ -330,8 +330,10 @@ class FlowControl(WorkerTestCase):
         self.assertTrue(more and max(more) <= 64 * 1024)
 
     def test_slow_consumer_bounds_memory(self):
+        # 300 items of 100 KB (30 MB) against a 64 KiB window and a consumer
+        # that returns no DATA credit: the sending exec blocks, nothing piles up.
         h = self.host(window=64 * 1024, max_frame=16 * 1024, autocredit=False)
-        c = h.exec_("chunk = b'x' * 10000\nfor i in range(300):\n    channel.send(chunk)\n"
+        c = h.exec_("chunk = b'x' * 100000\nfor i in range(300):\n    channel.send(chunk)\n"
                     "channel.send('done')\n")
         time.sleep(0.3)
         rss1 = rss(h.proc.pid)
@@ -340,15 +342,13 @@ class FlowControl(WorkerTestCase):
             held = sum(n for kind, v, n in h.queues.get(c, ()))
             count = len(h.queues.get(c, ()))
         self.assertLessEqual(held, 64 * 1024)  # unconsumed DATA bytes bounded by the window
-        self.assertLess(count, 30)
-        self.assertLess(rss(h.proc.pid) - rss1, 1024)  # KiB: the worker does not buffer
+        self.assertLess(count, 60)
+        self.assertLess(rss(h.proc.pid) - rss1, 8 * 1024)  # KiB: the worker does not buffer
         st = h.request_status(2)
-        self.assertEqual(st["numexecuting"], 1)  # the sender is blocked, not buffering
-        total = 0
+        self.assertEqual(st["numexecuting"], 1)  # the sender is blocked
         for i in range(300):
             kind, v, n = h.receive(c)
-            self.assertEqual(v, b"x" * 10000)
-            total += n
+            self.assertEqual(v, b"x" * 100000)
             h.send_frame(W.WINDOW, c, W.dumps(n))
         self.assertEqual(h.item(c), "done")
 
