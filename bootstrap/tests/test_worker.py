@@ -297,6 +297,35 @@ class Execution(WorkerTestCase):
         h.wait_for(lambda: all(c in h.closed_by_worker for c in chans))
         self.assertEqual(h.request_status(6)["numexecuting"], 0)
 
+    def test_concurrent_ping_pong_stress(self):
+        # several execs receiving at once: leader/follower hand-offs must lose nothing
+        h = self.host()
+        chans = [h.exec_(ECHO) for _ in range(3)]
+        for i in range(150):
+            for c in chans:
+                h.send(c, (c, i))
+            for c in reversed(chans):
+                self.assertEqual(h.item(c), (c, i))
+        for c in chans:
+            h.close(c)
+        for i in range(200):
+            if h.request_status(10 + i)["numexecuting"] == 0:
+                break
+            time.sleep(0.01)
+        self.assertEqual(h.request_status(9)["numexecuting"], 0)
+
+    def test_callback_runs_while_exec_reads(self):
+        h = self.host()
+        c = h.exec_("ch = channel.gateway.newchannel()\n"
+                    "ch.setcallback(lambda x: channel.send(x * 2))\n"
+                    "channel.send(ch)\nchannel.send(('got', channel.receive()))\n")
+        ch = h.item(c).id
+        for i in range(5):
+            h.send(ch, i)
+            self.assertEqual(h.item(c), 2 * i)
+        h.send(c, "bye")
+        self.assertEqual(h.item(c), ("got", "bye"))
+
     def test_main_thread_only_order(self):
         h = self.host(options={"execmodel": "main_thread_only"})
         self.assertEqual(h.info["execmodel"], "main_thread_only")
@@ -436,6 +465,26 @@ class Termination(WorkerTestCase):
             kind, err, _ = h.queues[c][0]
             self.assertEqual(kind, "close")
             self.assertIn("terminated while this execution was still running", err)
+
+    def test_terminate_while_receiving(self):
+        h = self.host()
+        c1 = h.exec_("channel.receive()")  # the main thread, reading the stream itself
+        c2 = h.exec_("channel.receive()")
+        h.send(c1, "warm")  # c1 loops back into receive via the leader path
+        time.sleep(0.2)
+        t = time.time()
+        self.assertEqual(h.terminate(), 0)
+        self.assertLess(time.time() - t, 2.5)
+        self.assertEqual(h.queues[c2][0][:2], ("close", None))
+
+    def test_stdin_eof_while_receiving(self):
+        h = self.host()
+        h.exec_("channel.receive()")
+        time.sleep(0.1)
+        t = time.time()
+        h.proc.stdin.close()
+        self.assertEqual(h.finish(), 0)
+        self.assertLess(time.time() - t, 2.5)
 
     def test_stdin_eof_ends_worker(self):
         h = self.host()
