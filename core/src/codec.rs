@@ -49,7 +49,7 @@ const CANONICAL_NAN: u64 = 0x7ff8_0000_0000_0000;
 /// Containers start with at most this many preallocated slots; they grow as
 /// elements actually decode (a length field alone never reserves memory
 /// beyond this).
-const MAX_PREALLOC: u64 = 1024;
+const MAX_PREALLOC: u64 = 16;
 
 type Enc<'a> = Encoder<&'a mut Vec<u8>>;
 
