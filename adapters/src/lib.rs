@@ -4,6 +4,30 @@
 //! of Python's [execnet](https://execnet.readthedocs.io): remote snippets
 //! written for execnet run unchanged.
 //!
+//! # Layout
+//!
+//! - [`error`]: the one [`Error`] enum and [`RemoteError`] (remote
+//!   tracebacks with their exception type and message).
+//! - [`xspec`]: [`XSpec`], execnet's gateway spec strings
+//!   (`popen//python=…//chdir=…//env:NAME=…`), parsed and printed.
+//! - [`transport`]: the seam between "a byte stream to a worker" and the
+//!   protocol; [`transport::popen`] starts a local interpreter in its own
+//!   process group and sends it the worker.
+//! - `driver` (private): one protocol session (`execnet-core`) per gateway,
+//!   driven by a reader thread and a flusher; the shared state both APIs
+//!   wait on.
+//! - `gateway`: [`Gateway`], [`GatewayBuilder`], [`makegateway`],
+//!   [`RemoteInfo`], [`RemoteStatus`].
+//! - `channel`: [`Channel`] — send, receive, callbacks, channels inside
+//!   values.
+//! - `group`: [`Group`] — ids and termination of many gateways at once.
+//! - [`io`]: `Read`/`Write` over a channel (execnet's `makefile`).
+//! - [`blocking`]: the same types with blocking methods.
+//! - `src/bin/execnet.rs`: the `execnet` command line (`execnet run`).
+//! - `examples/`: remote pid, file server, task farm, a quick bench.
+//!
+//! # Example
+//!
 //! ```
 //! # fn main() -> Result<(), execnet::Error> {
 //! futures_lite::future::block_on(async {
@@ -34,26 +58,6 @@
 //! println!("remote Python {}.{}", version[0], version[1]);
 //! # Ok::<(), execnet::Error>(())
 //! ```
-//!
-//! # Layout
-//!
-//! - [`error`]: the one [`Error`] enum and [`RemoteError`] (remote
-//!   tracebacks with their exception type and message).
-//! - [`xspec`]: [`XSpec`], execnet's gateway spec strings
-//!   (`popen//python=…//chdir=…//env:NAME=…`), parsed and printed.
-//! - [`transport`]: the seam between "a byte stream to a worker" and the
-//!   protocol; [`transport::popen`] starts a local interpreter in its own
-//!   process group and sends it the worker.
-//! - `driver` (private): one protocol session (`execnet-core`) per gateway,
-//!   driven by a reader thread and a flusher; the shared state both APIs
-//!   wait on.
-//! - `gateway`: [`Gateway`], [`GatewayBuilder`], [`makegateway`],
-//!   [`RemoteInfo`], [`RemoteStatus`].
-//! - `channel`: [`Channel`] — send, receive, callbacks, channels inside
-//!   values.
-//! - `group`: [`Group`] — ids and termination of many gateways at once.
-//! - [`io`]: `Read`/`Write` over a channel (execnet's `makefile`).
-//! - [`blocking`]: the same types with blocking methods.
 //!
 //! # Waiting and termination
 //!
