@@ -755,3 +755,21 @@ fn callback_holding_its_channel_does_not_block_exit() {
         execnet_tests::assert_reaped(pid, T);
     })
 }
+
+#[test]
+fn a_channel_of_another_gateway_cannot_be_sent() {
+    bounded(LIMIT, || {
+        let a = gw();
+        let b = gw();
+        let ch = a.remote_exec("channel.receive()").unwrap();
+        let foreign = b.newchannel().unwrap();
+        let e = ch.send(&foreign).unwrap_err();
+        assert!(e.to_string().contains("belongs to gateway"), "{e}");
+        // Nothing was sent; the channel still works.
+        ch.send(&1).unwrap();
+        ch.waitclose(Some(T)).unwrap();
+        // Outside a receive a Channel cannot be made from a bare value.
+        let v = execnet::to_value(&foreign).unwrap();
+        assert!(execnet::from_value::<execnet::Channel>(v).is_err());
+    })
+}
