@@ -790,7 +790,7 @@ impl Driver {
 
     /// Takes the next item (or the end) of a channel.
     pub(crate) async fn receive(&self, id: u32, deadline: Option<Instant>) -> Result<Value> {
-        let (value, credit) = self
+        let (value, credit_returned) = self
             .wait_for(
                 |st| Self::chan_listener(st, id),
                 deadline,
@@ -799,8 +799,16 @@ impl Driver {
                     if c.has_callback {
                         return Some(Err(Error::CallbackSet));
                     }
-                    if let Some(item) = c.queue.pop_front() {
-                        return Some(Ok(item));
+                    if let Some((value, credit)) = c.queue.pop_front() {
+                        // Return the credit in the same critical section.
+                        let known = match st.session.channel(ChannelId(id)) {
+                            Some(mut ch) => {
+                                ch.consumed(credit);
+                                true
+                            }
+                            None => false,
+                        };
+                        return Some(Ok((value, known)));
                     }
                     match &c.end {
                         None => None,
@@ -818,17 +826,7 @@ impl Driver {
                 },
             )
             .await??;
-        let wrote = {
-            let mut st = lock(&self.state);
-            match st.session.channel(ChannelId(id)) {
-                Some(mut ch) => {
-                    ch.consumed(credit);
-                    true
-                }
-                None => false,
-            }
-        };
-        if wrote {
+        if credit_returned {
             self.flush(true);
         }
         Ok(value)
