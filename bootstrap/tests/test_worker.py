@@ -145,6 +145,12 @@ class Exec(WorkerTestCase):
         self.assertIn("'Foo'", msg)
         self.assertEqual(h.item(c), "still usable")
 
+    def test_item_larger_than_max_item_is_refused_locally(self):
+        h = self.host(max_item=1000)
+        c = h.exec_("try:\n    channel.send(b'x' * 2000)\nexcept ValueError as e:\n"
+                    "    channel.send(str(e))\n")
+        self.assertIn("exceeds max_item 1000", h.item(c))
+
     def test_unrepresentable_item_closes_channel_with_error(self):
         h = self.host()
         c = h.exec_("try:\n    channel.receive()\nexcept Exception as e:\n    "
@@ -502,6 +508,13 @@ class Termination(WorkerTestCase):
         self.assertEqual(h.finish(), 0)
         self.assertIn("protocol violation", h.terminated)
         self.assertIn("protocol violation", h.stderr_text())
+
+    def test_malformed_item_is_a_violation(self):
+        h = self.host()
+        c = h.exec_("channel.receive()")
+        h.send_frame(W.DATA, c, b"\xc6\x01")  # unknown tag 6
+        h.wait_for(lambda: h.eof)
+        self.assertIn("protocol violation: unknown or malformed tag 6", h.terminated)
 
     def test_oversized_frame_is_a_violation(self):
         h = self.host(max_frame=1024)
