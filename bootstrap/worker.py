@@ -435,6 +435,7 @@ class Channel(object):
         self._cb = None
         self._credit = self._rwin = gw.window if gw else 0
         self._owed = 0
+        self._held = 0  # DATA_MORE credit held while items wait (protocol §6.2)
         self._out = deque()
         self._queued = self._sent = self._w = 0
         self._sc = self._rc = self._rl = self._ended = self._fired = False
@@ -500,6 +501,9 @@ class Channel(object):
                     v, n = self._items.popleft()
                     got = True
                     self._owed += n
+                    if self._held and not self._items:
+                        self._owed += self._held  # §6.2: the last waiting item is consumed
+                        self._held = 0
                     if self._owed >= gw._half:
                         w = gw._winframe(self)
                 elif self._ended:
@@ -783,6 +787,9 @@ class Gateway(object):
     def _consumed(self, ch, n):
         with self._lock:
             ch._owed += n
+            if ch._held and not ch._items:
+                ch._owed += ch._held  # §6.2: the last waiting item is consumed
+                ch._held = 0
             w = self._winframe(ch) if ch._owed >= self._half else None
             if ch._owed:
                 self._owing.add(ch)
@@ -1010,12 +1017,20 @@ class Gateway(object):
                     ch._more += p
                 if len(ch._more) > self.max_item:
                     raise ProtocolError("item exceeds max_item on channel %d" % cid)
-                ch._owed += n
-                w = self._winframe(ch) if ch._owed >= self._half else None
-                if ch._owed:
-                    self._owing.add(ch)
+                if ch._items:
+                    # §6.2: an item waits unconsumed: hold this chunk's credit so
+                    # unconsumed items stay within the window
+                    ch._held += n
+                    w = None
+                else:
+                    ch._owed += n
+                    w = self._winframe(ch) if ch._owed >= self._half else None
+                    if ch._owed:
+                        self._owing.add(ch)
             else:
                 w = None
+                n += ch._held  # the item carries the credit held for it
+                ch._held = 0
                 if ch._more is not None:
                     ch._more += p
                     p, ch._more = ch._more, None

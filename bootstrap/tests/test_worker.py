@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -386,6 +387,29 @@ class FlowControl(WorkerTestCase):
             self.assertEqual(v, b"x" * 100000)
             h.send_frame(W.WINDOW, c, W.dumps(n))
         self.assertEqual(h.item(c), "done")
+
+    def test_unconsumed_chunked_items_stay_within_window(self):
+        # protocol.md 6.2: while an item waits unconsumed, the credit of
+        # DATA_MORE chunks is held, so chunked items cannot pile up beyond the
+        # window (crediting chunks on arrival let ~38 of these through).
+        h = self.host(window=64 * 1024, max_frame=16 * 1024)
+        c = h.exec_("import time\ntime.sleep(1.0)\nn = 0\nfor x in channel:\n    n += len(x)\n"
+                    "channel.send(n)\n")
+        sent = [0]
+
+        def producer():
+            for i in range(40):
+                h.send(c, b"z" * 100000)
+                sent[0] += 1
+            h.send_frame(W.LAST_MESSAGE, c)
+        t = threading.Thread(target=producer)
+        t.daemon = True
+        t.start()
+        time.sleep(0.7)
+        # the window plus the one item reassembled while the receiver kept up
+        self.assertLessEqual(sent[0], 2)
+        self.assertEqual(h.item(c, 30), 40 * 100000)
+        t.join(10)
 
     def test_worker_returns_credit(self):
         h = self.host(window=32 * 1024, max_frame=8 * 1024)
