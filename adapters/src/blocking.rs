@@ -50,6 +50,10 @@ impl Gateway {
     pub fn info(&self) -> &RemoteInfo {
         self.0.info()
     }
+    /// Where the worker was reached (ssh host, socket address).
+    pub fn remoteaddress(&self) -> Option<&str> {
+        self.0.remoteaddress()
+    }
     /// Runs `source` remotely with a new channel as `channel`.
     pub fn remote_exec(&self, source: &str) -> Result<Channel> {
         block_on(self.0.remote_exec(source)).map(Channel)
@@ -117,6 +121,14 @@ impl GatewayBuilder {
     /// Protocol limits.
     pub fn config(self, config: Config) -> Self {
         GatewayBuilder(self.0.config(config))
+    }
+    /// The gateway `via=` / `installvia=` names.
+    pub fn via_gateway(self, gateway: Gateway) -> Self {
+        GatewayBuilder(self.0.via_gateway(gateway.0))
+    }
+    /// The socket server's token.
+    pub fn token(self, token: impl Into<Vec<u8>>) -> Self {
+        GatewayBuilder(self.0.token(token))
     }
     /// Starts the gateway.
     pub fn start(self) -> Result<Gateway> {

@@ -38,8 +38,52 @@ pub enum Error {
     InterpreterNotFound {
         /// The command line that was tried.
         python: String,
-        /// Why it failed (the OS error).
+        /// Why it failed (the OS error; over ssh, the remote shell's
+        /// stderr tail).
         reason: String,
+    },
+    /// The host name could not be resolved (ssh's "Could not resolve
+    /// hostname", a socket's failed DNS lookup).
+    #[error("host not found: {host}{}", tail_suffix(.detail))]
+    HostNotFound {
+        /// The host as given in the spec.
+        host: String,
+        /// ssh's stderr tail, or the resolver's error.
+        detail: String,
+    },
+    /// Nothing listens at the address (TCP connection refused).
+    #[error("connection refused: {host}{}", tail_suffix(.detail))]
+    ConnectionRefused {
+        /// The host (and port) as given in the spec.
+        host: String,
+        /// ssh's stderr tail, or the OS error.
+        detail: String,
+    },
+    /// The host did not answer: the connection timed out, or there is no
+    /// route to it.
+    #[error("host unreachable: {host}{}", tail_suffix(.detail))]
+    HostUnreachable {
+        /// The host as given in the spec.
+        host: String,
+        /// ssh's stderr tail, or the OS error.
+        detail: String,
+    },
+    /// The server refused our credentials: ssh's "Permission denied", or a
+    /// socket server that does not accept our token (nothing was run).
+    #[error("authentication failed: {host}{}", tail_suffix(.detail))]
+    AuthenticationFailed {
+        /// The host as given in the spec.
+        host: String,
+        /// ssh's stderr tail, or what the handshake saw.
+        detail: String,
+    },
+    /// ssh does not trust the server's host key (unknown or changed).
+    #[error("host key verification failed: {host}{}", tail_suffix(.detail))]
+    HostKeyVerificationFailed {
+        /// The host as given in the spec.
+        host: String,
+        /// ssh's stderr tail.
+        detail: String,
     },
     /// The interpreter started but the worker did not come up (it exited, or
     /// said something else than HELLO, or took too long).
@@ -81,6 +125,27 @@ pub enum Error {
     /// An I/O error starting or talking to a transport.
     #[error("i/o error: {0}")]
     Io(Arc<std::io::Error>),
+    /// RSync: a path of the source that cannot be synced (a FIFO, socket
+    /// or device; an unreadable directory; a source that is not a
+    /// directory).
+    #[error("cannot sync {}: {reason}", path.display())]
+    CannotSync {
+        /// The local path.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// RSync: `send` without targets (each `send` uses up its targets).
+    #[error("rsync: no targets (was send() called twice?)")]
+    NoTargets,
+    /// RSync: one target failed (the others were still synced).
+    #[error("rsync to gateway {gateway}: {error}")]
+    SyncTarget {
+        /// The gateway id.
+        gateway: String,
+        /// What went wrong there (often a remote error).
+        error: Box<Error>,
+    },
 }
 
 fn tail_suffix(tail: &str) -> String {

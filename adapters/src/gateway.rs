@@ -117,6 +117,12 @@ pub struct GatewayBuilder {
     output: Option<crate::driver::OutputCallback>,
     startup_timeout: Duration,
     config: Config,
+    /// The gateway named by `via=` / `installvia=`.
+    through: Option<Gateway>,
+    /// The socket server's token (overrides `token=` / `token_file=`).
+    token: Option<Vec<u8>>,
+    /// Where the transport reached the worker (ssh host, socket address).
+    remoteaddress: Option<String>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -143,6 +149,38 @@ impl GatewayBuilder {
             output: None,
             startup_timeout: STARTUP_TIMEOUT,
             config: Config::default(),
+            through: None,
+            token: None,
+            remoteaddress: None,
+        }
+    }
+
+    /// The gateway that `via=GWID` / `installvia=GWID` names (a
+    /// [`Group`](crate::Group) passes its own gateway with that id).
+    pub fn via_gateway(mut self, gateway: Gateway) -> Self {
+        self.through = Some(gateway);
+        self
+    }
+
+    /// The socket server's token (overrides `token=`, `token_file=` and
+    /// `$EXECNET_SOCKET_TOKEN`).
+    pub fn token(mut self, token: impl Into<Vec<u8>>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The gateway named by `via=` or `installvia=`.
+    fn through(&self, id: &str) -> Result<Gateway> {
+        match &self.through {
+            Some(gw) if gw.id() == id => Ok(gw.clone()),
+            Some(gw) => Err(Error::Spec(format!(
+                "the spec goes through {id:?} but the builder was given gateway {:?}",
+                gw.id()
+            ))),
+            None => Err(Error::Spec(format!(
+                "no gateway {id:?} to go through: make both in one Group, \
+                 or pass it with GatewayBuilder::via_gateway"
+            ))),
         }
     }
 
@@ -184,24 +222,64 @@ impl GatewayBuilder {
     }
 
     /// Starts the gateway the spec describes.
-    pub async fn start(self) -> Result<Gateway> {
-        let transport = match self.spec.gateway_type() {
-            Some("popen") if self.spec.via().is_none() => {
-                let mut opts = transport::popen::PopenOptions::from_spec(&self.spec)?;
+    pub async fn start(mut self) -> Result<Gateway> {
+        use transport::{popen, socket, ssh, via};
+        let spec = &self.spec;
+        let via_id = spec.via().map(str::to_string);
+        let transport = match (spec.gateway_type(), via_id) {
+            (Some("popen"), None) => {
+                let mut opts = popen::PopenOptions::from_spec(spec)?;
                 opts.output = self.output_mode;
-                transport::popen::connect(&opts)?
+                popen::connect(&opts)?
             }
-            Some("popen") => {
+            (Some("popen"), Some(id)) => {
+                let opts = popen::PopenOptions::from_spec(spec)?;
+                let t = via::connect_popen(&self.through(&id)?, &opts).await?;
+                return self.start_probed(t).await;
+            }
+            (Some("ssh"), via_id) => {
+                let mut opts = ssh::SshOptions::from_spec(spec)?;
+                opts.output = self.output_mode;
+                self.remoteaddress = Some(opts.host().to_string());
+                let t = match via_id {
+                    None => ssh::connect(&opts)?,
+                    Some(id) => via::connect_ssh(&self.through(&id)?, &opts).await?,
+                };
+                return self.start_probed(t).await;
+            }
+            (Some("socket"), None) => match spec.installvia().map(str::to_string) {
+                Some(id) => {
+                    let bind = spec
+                        .socket()
+                        .filter(|b| !b.is_empty())
+                        .unwrap_or("127.0.0.1:0")
+                        .to_string();
+                    let (t, address) = socket::install_via(&self.through(&id)?, &bind).await?;
+                    self.remoteaddress = Some(address);
+                    t
+                }
+                None => {
+                    let address = spec.socket().unwrap_or("").to_string();
+                    let token = match self.token.take() {
+                        Some(t) => Some(t),
+                        None => socket::token_from_spec(spec)?,
+                    };
+                    let t = socket::connect(&address, &token.unwrap_or_default())?;
+                    self.remoteaddress = Some(address);
+                    t
+                }
+            },
+            (Some("socket"), Some(_)) => {
                 return Err(Error::Spec(
-                    "via= gateways are not implemented yet".to_string(),
+                    "socket= does not go via= a gateway; use socket//installvia=GWID".into(),
                 ))
             }
-            Some(other) => {
+            (Some(other), _) => {
                 return Err(Error::Spec(format!(
                     "{other} gateways are not implemented yet"
                 )))
             }
-            None => {
+            (None, _) => {
                 return Err(Error::Spec(format!(
                     "no gateway type in {:?} (expected popen, ssh=, socket=)",
                     self.spec.to_string()
@@ -209,6 +287,17 @@ impl GatewayBuilder {
             }
         };
         self.start_with_transport(transport).await
+    }
+
+    /// Starts over a transport whose process a probe can explain (ssh,
+    /// via): a failed start becomes the specific error (host not found,
+    /// authentication failed, interpreter not found, …).
+    async fn start_probed(
+        self,
+        (transport, probe): (Transport, transport::ssh::Probe),
+    ) -> Result<Gateway> {
+        let r = self.start_with_transport(transport).await;
+        r.map_err(|e| probe.classify(e))
     }
 
     /// Runs the protocol over a caller-supplied transport (the worker source
@@ -251,6 +340,7 @@ impl GatewayBuilder {
             id,
             spec,
             info: info.into(),
+            remoteaddress: self.remoteaddress,
         });
         let weak = Arc::downgrade(&inner);
         inner
@@ -275,6 +365,7 @@ pub(crate) struct GatewayInner {
     id: String,
     spec: XSpec,
     info: RemoteInfo,
+    remoteaddress: Option<String>,
 }
 
 impl Drop for GatewayInner {
@@ -331,6 +422,13 @@ impl Gateway {
     /// What the worker told about itself.
     pub fn info(&self) -> &RemoteInfo {
         &self.inner.info
+    }
+
+    /// Where the worker was reached: the `[user@]host` of an ssh gateway,
+    /// the `host:port` of a socket gateway (execnet's `remoteaddress`);
+    /// `None` for popen.
+    pub fn remoteaddress(&self) -> Option<&str> {
+        self.inner.remoteaddress.as_deref()
     }
 
     pub(crate) fn same_as(&self, other: &Gateway) -> bool {

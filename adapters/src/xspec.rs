@@ -193,6 +193,9 @@ impl XSpec {
             "execmodel",
             "dont_write_bytecode",
             "ssh_config",
+            "ssh_reuse",
+            "token",
+            "token_file",
             "stdout",
         ];
         self.parts()
@@ -262,6 +265,18 @@ impl XSpec {
     /// `ssh_config=`: an ssh config file.
     pub fn ssh_config(&self) -> Option<&str> {
         self.value("ssh_config")
+    }
+    /// `ssh_reuse` flag: share one ssh connection per host (ControlMaster).
+    pub fn ssh_reuse(&self) -> bool {
+        self.has("ssh_reuse")
+    }
+    /// `token=`: the socket server's token.
+    pub fn token(&self) -> Option<&str> {
+        self.value("token")
+    }
+    /// `token_file=`: a file holding the socket server's token.
+    pub fn token_file(&self) -> Option<&str> {
+        self.value("token_file")
     }
     /// `env:NAME=value` parts, in spec order.
     pub fn env(&self) -> impl Iterator<Item = (&str, &str)> {

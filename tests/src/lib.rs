@@ -11,6 +11,12 @@
 //!   longer than its bound, so no test can hang the suite.
 //! - [`assert_reaped`] checks that a worker process is gone (neither alive
 //!   nor a zombie).
+//! - [`sshd`]: a real OpenSSH server on 127.0.0.1 with throwaway keys.
+//! - [`suite`]: the channel/gateway behaviour every transport must show,
+//!   run over ssh, socket and via gateways.
+
+pub mod sshd;
+pub mod suite;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

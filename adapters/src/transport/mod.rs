@@ -14,6 +14,10 @@
 //! first frame.
 
 pub mod popen;
+pub(crate) mod process;
+pub mod socket;
+pub mod ssh;
+pub mod via;
 
 use std::io::{Read, Write};
 use std::time::Duration;

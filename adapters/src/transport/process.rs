@@ -1,0 +1,293 @@
+//! What every transport that starts a process shares: the interpreter's
+//! arguments (the bootstrap loader with the `chdir=` / `nice=` prelude),
+//! spawning it in its own process group with piped stdio, and
+//! [`ProcessControl`] (reaping, killing the group, the tail of stderr).
+//!
+//! popen runs `PYTHON ARGS…` locally, ssh runs `ssh … 'env … PYTHON ARGS…'`,
+//! and via asks a relay on another gateway to run the same argv: the
+//! arguments come from [`worker_args`] in every case, so `chdir=` and
+//! `nice=` behave the same over all of them (and `env:` is set by each
+//! launcher in the interpreter's environment, before it starts).
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::PeerControl;
+use crate::error::{Error, ExitStatus, Result};
+
+/// How many bytes of stderr are kept for error reports.
+const STDERR_TAIL: usize = 8 * 1024;
+
+/// The interpreter arguments that start the worker: `[-B] -u -c LOADER`,
+/// where LOADER is docs/protocol.md §1's loader preceded by a prelude that
+/// creates and enters `chdir` and applies `nice` (in the main thread, before
+/// the worker starts any thread, so every thread inherits it; the HELLO
+/// already reports the new directory). Values are embedded as JSON strings,
+/// which are valid Python string literals.
+pub(crate) fn worker_args(
+    chdir: Option<&Path>,
+    nice: Option<i32>,
+    dont_write_bytecode: bool,
+) -> Vec<String> {
+    let mut prelude = String::new();
+    if chdir.is_some() || nice.is_some() {
+        prelude.push_str("import os;");
+    }
+    if let Some(dir) = chdir {
+        let d = serde_json::to_string(&dir.to_string_lossy()).unwrap_or_else(|_| "'.'".into());
+        prelude.push_str(&format!("os.makedirs({d},exist_ok=True);os.chdir({d});"));
+    }
+    if let Some(n) = nice {
+        prelude.push_str(&format!("os.nice({n});"));
+    }
+    let loader = execnet_bootstrap::loader(execnet_bootstrap::worker_compressed().len());
+    let mut args = Vec::with_capacity(4);
+    if dont_write_bytecode {
+        args.push("-B".to_string());
+    }
+    args.extend(["-u".to_string(), "-c".to_string(), prelude + &loader]);
+    args
+}
+
+/// A started process: its stdin and stdout, and its control.
+pub(crate) struct Spawned {
+    pub(crate) stdin: ChildStdin,
+    pub(crate) stdout: ChildStdout,
+    pub(crate) control: Arc<ProcessControl>,
+}
+
+/// Spawns `cmd` in its own process group with piped stdin, stdout and
+/// stderr (read by a thread that keeps the tail, and passes it through to
+/// our stderr when `passthrough`). `program` names the command in errors:
+/// a missing or non-executable program is [`Error::InterpreterNotFound`].
+pub(crate) fn spawn(mut cmd: Command, program: &str, passthrough: bool) -> Result<Spawned> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+            Error::InterpreterNotFound {
+                python: program.to_string(),
+                reason: e.to_string(),
+            }
+        }
+        _ => Error::from(e),
+    })?;
+    // Take the pipes before anything can fail, so that the error path below
+    // still kills and reaps the child through `ProcessControl`.
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let control = Arc::new(ProcessControl::new(child, stderr, passthrough));
+    let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+        control.kill();
+        control.wait(Duration::from_secs(1));
+        return Err(Error::BootstrapFailed {
+            reason: "child pipes missing".into(),
+            stderr_tail: String::new(),
+        });
+    };
+    Ok(Spawned {
+        stdin,
+        stdout,
+        control,
+    })
+}
+
+/// Writes the compressed worker to a freshly spawned interpreter; on failure
+/// kills and reaps it and reports its stderr.
+pub(crate) fn send_worker(stdin: &mut impl Write, control: &ProcessControl) -> Result<()> {
+    if let Err(e) = stdin.write_all(execnet_bootstrap::worker_compressed()) {
+        control.kill();
+        control.wait(Duration::from_secs(2));
+        return Err(Error::BootstrapFailed {
+            reason: format!("writing the worker: {e}"),
+            stderr_tail: control.stderr_tail(Duration::from_millis(500)),
+        });
+    }
+    Ok(())
+}
+
+/// A [`PeerControl`] shared with the transport that made it (which keeps a
+/// clone to learn the exit status after a failed start).
+pub(crate) struct Shared<T: PeerControl>(pub(crate) Arc<T>);
+
+impl<T: PeerControl> PeerControl for Shared<T> {
+    fn pid(&self) -> Option<u32> {
+        self.0.pid()
+    }
+    fn kill(&self) {
+        self.0.kill()
+    }
+    fn wait(&self, timeout: Duration) -> Option<ExitStatus> {
+        self.0.wait(timeout)
+    }
+    fn stderr_tail(&self, timeout: Duration) -> String {
+        self.0.stderr_tail(timeout)
+    }
+}
+
+/// The child process: reaping, killing its group, its stderr tail.
+pub(crate) struct ProcessControl {
+    pid: u32,
+    child: Mutex<Child>,
+    status: Mutex<Option<ExitStatus>>,
+    stderr: Arc<StderrTail>,
+}
+
+impl ProcessControl {
+    fn new(
+        child: Child,
+        stderr: Option<std::process::ChildStderr>,
+        passthrough: bool,
+    ) -> ProcessControl {
+        let pid = child.id();
+        let tail = Arc::new(StderrTail::default());
+        match stderr {
+            Some(stderr) => {
+                let t = tail.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("execnet-stderr-{pid}"))
+                    .spawn(move || t.run(stderr, passthrough));
+                if spawned.is_err() {
+                    tail.finish();
+                }
+            }
+            None => tail.finish(),
+        }
+        ProcessControl {
+            pid,
+            child: Mutex::new(child),
+            status: Mutex::new(None),
+            stderr: tail,
+        }
+    }
+
+    fn try_reap(&self) -> Option<ExitStatus> {
+        let mut status = lock(&self.status);
+        if let Some(s) = *status {
+            return Some(s);
+        }
+        let mut child = lock(&self.child);
+        match child.try_wait() {
+            Ok(Some(s)) => {
+                *status = Some(s.into());
+                *status
+            }
+            Ok(None) => None,
+            Err(_) => {
+                // ECHILD: somebody else reaped it; there is nothing to wait for.
+                *status = Some(ExitStatus::Unknown);
+                *status
+            }
+        }
+    }
+}
+
+impl PeerControl for ProcessControl {
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
+    fn kill(&self) {
+        use rustix::process::{kill_process_group, Pid, Signal};
+        // Killing the group also reaches what the worker started. Once the
+        // leader is reaped its id may only be reused after the whole group is
+        // gone, so this cannot hit a stranger while members are left.
+        if let Some(pid) = i32::try_from(self.pid).ok().and_then(Pid::from_raw) {
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+    }
+
+    fn wait(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            if let Some(s) = self.try_reap() {
+                return Some(s);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr_tail(&self, timeout: Duration) -> String {
+        self.stderr.wait_done(timeout);
+        self.stderr.text()
+    }
+}
+
+impl Drop for ProcessControl {
+    fn drop(&mut self) {
+        // Last resort, normally already done by the gateway: never leave a
+        // zombie or a live worker behind.
+        if self.try_reap().is_none() {
+            self.kill();
+            let _ = self.wait(Duration::from_secs(2));
+        }
+    }
+}
+
+/// The last bytes of the child's stderr.
+#[derive(Default)]
+struct StderrTail {
+    buf: Mutex<(VecDeque<u8>, bool)>,
+    done: Condvar,
+}
+
+impl StderrTail {
+    fn run(&self, mut stderr: std::process::ChildStderr, passthrough: bool) {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stderr.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if passthrough {
+                        let _ = std::io::stderr().write_all(&chunk[..n]);
+                    }
+                    let mut g = lock(&self.buf);
+                    g.0.extend(&chunk[..n]);
+                    let excess = g.0.len().saturating_sub(STDERR_TAIL);
+                    g.0.drain(..excess);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.finish();
+    }
+
+    fn finish(&self) {
+        lock(&self.buf).1 = true;
+        self.done.notify_all();
+    }
+
+    fn wait_done(&self, timeout: Duration) {
+        let g = lock(&self.buf);
+        let _ = self.done.wait_timeout_while(g, timeout, |(_, done)| !*done);
+    }
+
+    fn text(&self) -> String {
+        let g = lock(&self.buf);
+        let (a, b) = g.0.as_slices();
+        let mut v = a.to_vec();
+        v.extend_from_slice(b);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+}
+
+/// Locks, ignoring poisoning: the data guarded here stays consistent even if
+/// a holder panicked (every critical section is a few plain assignments).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
