@@ -410,6 +410,9 @@ fn item(seq: i64, size: u16) -> Value {
 /// reached.
 pub fn run_ops(config: &Config, ops: &[Op], chunking: Chunking, now: Instant) -> Trace {
     let mut pair = Pair::with_chunking(config.clone(), chunking);
+    // A transmit limit that is not a multiple of any frame size, so that
+    // poll_transmit often stops with a little room left.
+    pair.transmit_limit = config.max_frame as usize * 3 + 7;
     let mut models: HashMap<Role, SideModel> = HashMap::new();
     models.insert(Role::Host, SideModel::default());
     models.insert(Role::Worker, SideModel::default());

@@ -665,6 +665,8 @@ impl Session {
             ch.in_ready = false;
             let visit_start = buf.len();
             let mut forget = false;
+            // The limit is reached (no room for a worthwhile frame).
+            let mut full = false;
             loop {
                 if buf.len() - visit_start >= QUANTUM || buf.len() >= end {
                     break;
@@ -678,6 +680,7 @@ impl Session {
                     // Do not cut tiny frames just to meet `limit`, unless
                     // nothing was appended yet (progress guarantee).
                     if buf.len() > start && room < HEADER_LEN as u64 + remaining.min(512) {
+                        full = true;
                         break;
                     }
                     let room_payload = room.saturating_sub(HEADER_LEN as u64).max(1);
@@ -731,7 +734,15 @@ impl Session {
                 self.channels.remove(&id);
             } else if ch.is_ready() {
                 ch.in_ready = true;
+                if full {
+                    // Its turn is not over: first again next time.
+                    self.ready.push_front(id);
+                    break;
+                }
                 self.ready.push_back(id);
+            }
+            if full {
+                break;
             }
         }
     }

@@ -909,6 +909,36 @@ fn round_robin_interleaves_channels() {
     assert!(order.windows(2).any(|w| w[0] != w[1]));
 }
 
+/// Regression: with a little room left under `limit` (less than a frame),
+/// poll_transmit looped forever instead of returning.
+#[test]
+fn poll_transmit_returns_when_the_limit_leaves_a_little_room() {
+    for limit in [1, 9, 10, 55, 61, 1000, 4099] {
+        let mut p = connected(small());
+        let id = p.host.open_channel().unwrap();
+        for i in 0..300 {
+            p.host.channel(id).unwrap().send(&Value::Int(i)).unwrap();
+        }
+        let mut wire = Vec::new();
+        let mut calls = 0;
+        loop {
+            let before = wire.len();
+            let n = p.host.poll_transmit(&mut wire, limit);
+            assert_eq!(n, wire.len() - before);
+            if n == 0 {
+                break;
+            }
+            calls += 1;
+            assert!(calls < 10_000);
+        }
+        p.worker.handle_input(&wire).unwrap();
+        let n = std::iter::from_fn(|| p.worker.poll_event())
+            .filter(|e| matches!(e, Event::Data { .. }))
+            .count();
+        assert_eq!(n, 300, "limit {limit}");
+    }
+}
+
 #[test]
 fn poll_transmit_respects_the_limit_roughly() {
     let mut p = connected(small());
