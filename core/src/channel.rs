@@ -66,6 +66,13 @@ pub(crate) struct Channel {
     pub owed: u64,
     /// The id is in the session's WINDOW list.
     pub in_windows: bool,
+    /// Items delivered to the application and not consumed yet
+    /// ("waiting items", protocol.md §6.2).
+    pub waiting: u32,
+    /// Credit of DATA_MORE chunks of the item being reassembled, held
+    /// because items were waiting (returned with the item, or when the last
+    /// waiting item is consumed).
+    pub held: u64,
     /// The chunks of an item arriving in DATA_MORE frames.
     pub reassembly: Vec<u8>,
 }
@@ -88,6 +95,8 @@ impl Channel {
             recv_credit: u64::from(window),
             owed: 0,
             in_windows: false,
+            waiting: 0,
+            held: 0,
             reassembly: Vec::new(),
         }
     }

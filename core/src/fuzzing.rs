@@ -360,6 +360,8 @@ struct SideModel {
     known_set: BTreeSet<ChannelId>,
     /// Data events not yet consumed: (channel, credit).
     unconsumed: Vec<(ChannelId, u32)>,
+    /// Encoded sizes of the unconsumed items, parallel to `unconsumed`.
+    unconsumed_sizes: Vec<u64>,
     /// Sequence numbers sent per channel (accepted by `send`).
     sent: BTreeMap<ChannelId, Vec<i64>>,
     /// Sequence numbers received per channel.
@@ -500,6 +502,7 @@ pub fn run_ops(config: &Config, ops: &[Op], chunking: Chunking, now: Instant) ->
                 let m = model(models, role);
                 let n = (*count as usize).min(m.unconsumed.len());
                 let batch: Vec<(ChannelId, u32)> = m.unconsumed.drain(..n).collect();
+                m.unconsumed_sizes.drain(..n);
                 for (id, credit) in batch {
                     if let Some(mut ch) = pair.side(role).channel(id) {
                         ch.consumed(credit);
@@ -589,8 +592,9 @@ fn settle(
         absorb(pair, models, trace, index, window, now);
         let mut progress = false;
         for role in [Role::Host, Role::Worker] {
-            let unconsumed: Vec<(ChannelId, u32)> =
-                model(models, role).unconsumed.drain(..).collect();
+            let m = model(models, role);
+            m.unconsumed_sizes.clear();
+            let unconsumed: Vec<(ChannelId, u32)> = m.unconsumed.drain(..).collect();
             for (id, credit) in unconsumed {
                 if let Some(mut ch) = pair.side(role).channel(id) {
                     ch.consumed(credit);
@@ -658,16 +662,29 @@ fn absorb(
                         "{role:?}: channel {channel}: item {seq} after {got:?}"
                     );
                     got.push(seq);
+                    let mut encoded = Vec::new();
+                    let _ = codec::encode(value, &mut encoded);
                     m.unconsumed.push((*channel, *credit));
-                    let buffered: u64 = m
-                        .unconsumed
-                        .iter()
-                        .filter(|(c, _)| c == channel)
-                        .map(|(_, credit)| u64::from(*credit))
-                        .sum();
+                    m.unconsumed_sizes.push(encoded.len() as u64);
+                    let mine = || {
+                        m.unconsumed
+                            .iter()
+                            .zip(&m.unconsumed_sizes)
+                            .filter(|((c, _), _)| c == channel)
+                    };
+                    // Waiting items never hold more than a window of credit.
+                    let credits: u64 = mine().map(|((_, credit), _)| u64::from(*credit)).sum();
                     assert!(
-                        buffered <= window,
-                        "{role:?}: channel {channel} buffers {buffered} > window {window}"
+                        credits <= window,
+                        "{role:?}: channel {channel} holds {credits} > window {window}"
+                    );
+                    // Memory: a window plus the one item reassembled while
+                    // the application kept up (protocol.md §6.2).
+                    let sizes: u64 = mine().map(|(_, size)| *size).sum();
+                    let first = mine().next().map_or(0, |(_, size)| *size);
+                    assert!(
+                        sizes <= window + first,
+                        "{role:?}: channel {channel} buffers {sizes} > window {window} + {first}"
                     );
                 }
                 Event::ChannelEnded { channel, how } => {

@@ -45,13 +45,15 @@ pub enum Event {
         options: Value,
     },
     /// An item arrived. Call [`ChannelMut::consumed`] with `credit` once the
-    /// application has taken it.
+    /// application has taken it (received it, or a callback returned).
     Data {
         /// The channel.
         channel: ChannelId,
         /// The item.
         value: Value,
-        /// Credit to return with `consumed`.
+        /// The bytes of window this item holds until it is consumed: its
+        /// DATA payload plus any DATA_MORE credit held for it. Pass it to
+        /// `consumed`.
         credit: u32,
     },
     /// The channel's receive side ended; exactly once per channel.
@@ -1085,7 +1087,7 @@ impl Session {
             // credit back so a peer blocked on it can make progress.
             ch.reassembly = Vec::new();
             if !ch.sent_close {
-                ch.owed += n;
+                ch.owed += n + mem::take(&mut ch.held);
                 if ch.owed >= threshold && !ch.in_windows {
                     ch.in_windows = true;
                     self.windows.push(id);
@@ -1095,13 +1097,24 @@ impl Session {
         }
         if !last {
             ch.reassembly.extend_from_slice(payload);
-            ch.owed += n;
-            if ch.owed >= threshold && !ch.in_windows {
-                ch.in_windows = true;
-                self.windows.push(id);
+            if ch.waiting == 0 {
+                // The application keeps up: return the chunk's credit at
+                // once, so an item larger than the window flows through.
+                ch.owed += n;
+                if ch.owed >= threshold && !ch.in_windows {
+                    ch.in_windows = true;
+                    self.windows.push(id);
+                }
+            } else {
+                // Items are waiting: hold the credit with this item, so
+                // waiting items never hold more than a window.
+                ch.held += n;
             }
             return Ok(());
         }
+        // The item's credit: this chunk plus what was held for it.
+        let credit = n + mem::take(&mut ch.held);
+        ch.waiting = ch.waiting.saturating_add(1);
         self.refs.clear();
         let decoded = if ch.reassembly.is_empty() {
             decode_item(payload, max_depth, &mut self.refs)
@@ -1129,8 +1142,8 @@ impl Session {
         self.events.push_back(Event::Data {
             channel: ChannelId(id),
             value,
-            // n <= max_frame, a u32.
-            credit: n as u32,
+            // Unreturned credit never exceeds the window, a u32.
+            credit: u32::try_from(credit).unwrap_or(u32::MAX),
         });
         Ok(())
     }
@@ -1360,8 +1373,10 @@ impl ChannelMut<'_> {
     }
 
     /// The application consumed an item delivered with `credit`
-    /// ([`Event::Data`]): the credit goes back to the peer (batched: a
-    /// WINDOW frame leaves once half a window is owed).
+    /// ([`Event::Data`]): call it once per item. The credit goes back to the
+    /// peer (batched: a WINDOW frame leaves once half a window is owed), and
+    /// when no delivered item is left unconsumed, so does the credit held
+    /// for an item still being reassembled (protocol.md §6.2).
     pub fn consumed(&mut self, credit: u32) {
         let s = &mut *self.session;
         let threshold = window_threshold(s.config.window);
@@ -1372,6 +1387,12 @@ impl ChannelMut<'_> {
             return;
         }
         ch.owed += u64::from(credit);
+        ch.waiting = ch.waiting.saturating_sub(1);
+        if ch.waiting == 0 {
+            // The last waiting item is consumed: release what was held for
+            // the item being reassembled (protocol.md §6.2).
+            ch.owed += mem::take(&mut ch.held);
+        }
         if ch.owed >= threshold && !ch.in_windows {
             ch.in_windows = true;
             s.windows.push(self.id);

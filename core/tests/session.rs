@@ -1088,3 +1088,47 @@ fn worker_adopts_the_host_limits() {
     assert_eq!(p.worker.config().max_item, 5000);
     assert_eq!(p.host.remote_info(), Some(&sample_worker_info()));
 }
+
+/// protocol.md §6.2: while items wait unconsumed, DATA_MORE credit is held,
+/// so multi-chunk items cannot pile up beyond a window (plus the one item
+/// reassembled while the application kept up).
+#[test]
+fn waiting_items_hold_data_more_credit() {
+    let mut p = connected(Config {
+        window: 256,
+        max_frame: 64,
+        ..Config::default()
+    });
+    let id = p.host.open_channel().unwrap();
+    let mut sent = 0;
+    for _ in 0..200 {
+        if p.host
+            .channel(id)
+            .unwrap()
+            .send(&Value::Bytes(vec![1; 150]))
+            .is_ok()
+        {
+            sent += 1;
+        }
+        p.pump();
+    }
+    let waiting: Vec<u32> = p
+        .worker_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Data { credit, .. } => Some(*credit),
+            _ => None,
+        })
+        .collect();
+    // 152-byte items: the first one flowed while nothing waited, the next
+    // one is fully held, then the window is used up.
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    assert!(waiting.iter().map(|&c| u64::from(c)).sum::<u64>() <= 256);
+    assert!(sent > 2);
+    // consuming releases everything
+    p.pump_consuming();
+    for _ in 0..50 {
+        p.pump_consuming();
+    }
+    assert_eq!(p.host.channel(id).unwrap().queued_bytes(), 0);
+}
