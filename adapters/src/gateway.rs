@@ -169,6 +169,17 @@ impl GatewayBuilder {
         self
     }
 
+    /// Finds the gateway `via=` / `installvia=` names with `lookup` (a
+    /// group's ids), unless one was given with [`via_gateway`](Self::via_gateway).
+    pub(crate) fn resolve_through(mut self, lookup: impl Fn(&str) -> Option<Gateway>) -> Self {
+        if self.through.is_none() {
+            if let Some(id) = self.spec.via().or(self.spec.installvia()) {
+                self.through = lookup(id);
+            }
+        }
+        self
+    }
+
     /// The gateway named by `via=` or `installvia=`.
     fn through(&self, id: &str) -> Result<Gateway> {
         match &self.through {

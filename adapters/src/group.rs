@@ -99,7 +99,10 @@ impl Group {
     /// Opens a gateway (the default spec if `spec` is empty) in this group.
     pub async fn makegateway(&self, spec: &str) -> Result<Gateway> {
         let x = self.prepare(spec)?;
-        let gw = GatewayBuilder::from_spec(x).start().await?;
+        let gw = GatewayBuilder::from_spec(x)
+            .resolve_through(|id| self.get(id))
+            .start()
+            .await?;
         self.add(gw)
     }
 
@@ -108,7 +111,7 @@ impl Group {
     pub async fn makegateway_with(&self, mut builder: GatewayBuilder) -> Result<Gateway> {
         let x = self.prepare(&builder.spec_mut().to_string())?;
         *builder.spec_mut() = x;
-        let gw = builder.start().await?;
+        let gw = builder.resolve_through(|id| self.get(id)).start().await?;
         self.add(gw)
     }
 

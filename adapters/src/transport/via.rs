@@ -16,6 +16,10 @@
 //! If GWID ends first, the relay channel ends with GWID's error, the target
 //! sees the end of its stdin, and every channel of the target gateway ends
 //! with an error naming GWID.
+//!
+//! The control channel travels as the relay channel's first item: a channel
+//! inside `remote_exec_call` kwargs currently ends the intermediate
+//! gateway's session (a worker bug, reported separately).
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
@@ -36,13 +40,15 @@ use crate::transport::popen::PopenOptions;
 /// How many bytes of the target's stderr are kept.
 const STDERR_TAIL: usize = 8 * 1024;
 
-/// The relay, run in the intermediate worker with
-/// `relay(channel, argv, env, ctl)`. `argv[0] is None`: that worker's own
-/// interpreter.
+/// The relay, run in the intermediate worker with `relay(channel, argv,
+/// env)`; the first item it receives is the control channel (sent as an
+/// item rather than in the call's kwargs: see the module docs). `argv[0] is
+/// None`: that worker's own interpreter.
 pub const RELAY: &str = r#"
 import os, signal, subprocess, sys, threading
 
-def relay(channel, argv, env, ctl):
+def relay(channel, argv, env):
+    ctl = channel.receive()
     if argv[0] is None:
         argv = [sys.executable] + list(argv[1:])
     environ = dict(os.environ)
@@ -116,7 +122,6 @@ def relay(channel, argv, env, ctl):
 struct RelayArgs<'a> {
     argv: Vec<Option<String>>,
     env: std::collections::BTreeMap<&'a str, &'a str>,
-    ctl: &'a Channel,
 }
 
 /// What the relay reported, shared by the reader and the control.
@@ -194,9 +199,9 @@ async fn connect(
     let args = RelayArgs {
         argv,
         env: env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-        ctl: &ctl,
     };
     let ch = via.remote_exec_call(RELAY, "relay", &args).await?;
+    ch.send(&ctl).await?;
     ch.send_value(&Value::Bytes(
         execnet_bootstrap::worker_compressed().to_vec(),
     ))
