@@ -133,8 +133,7 @@ struct ValueSerializer;
 
 /// Collects elements of a sequence, tuple or tuple struct/variant.
 #[derive(Debug)]
-#[doc(hidden)]
-pub struct SeqSerializer {
+struct SeqSerializer {
     items: Vec<Value>,
     tuple: bool,
     variant: Option<&'static str>,
@@ -142,8 +141,7 @@ pub struct SeqSerializer {
 
 /// Collects entries of a map or struct/struct variant.
 #[derive(Debug)]
-#[doc(hidden)]
-pub struct MapSerializer {
+struct MapSerializer {
     pairs: Vec<(Value, Value)>,
     key: Option<Value>,
     variant: Option<&'static str>,
