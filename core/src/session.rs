@@ -2,7 +2,7 @@
 //!
 //! Everything protocol.md says about the handshake, channel lifecycle, flow
 //! control and termination happens here; the frame layout lives in
-//! [`frame`](crate::frame), values in [`codec`](crate::codec::encode), per-channel
+//! [`frame`](crate::frame), values in [`codec`], per-channel
 //! state in [`channel`](crate::channel).
 
 use std::collections::VecDeque;
