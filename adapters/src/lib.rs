@@ -1,8 +1,9 @@
-//! Run Python code in other interpreters — subprocesses now, ssh hosts and
-//! socket servers next — and talk to it over multiplexed channels, without
-//! installing anything there first. A Rust reimplementation of the host side
-//! of Python's [execnet](https://execnet.readthedocs.io): remote snippets
-//! written for execnet run unchanged.
+//! Run Python code in other interpreters — subprocesses, ssh hosts, socket
+//! servers, or any of these reached through another gateway — and talk to
+//! it over multiplexed channels, without installing anything there first. A
+//! Rust reimplementation of the host side of Python's
+//! [execnet](https://execnet.readthedocs.io): remote snippets written for
+//! execnet run unchanged.
 //!
 //! # Layout
 //!
@@ -12,7 +13,10 @@
 //!   (`popen//python=…//chdir=…//env:NAME=…`), parsed and printed.
 //! - [`transport`]: the seam between "a byte stream to a worker" and the
 //!   protocol; [`transport::popen`] starts a local interpreter in its own
-//!   process group and sends it the worker.
+//!   process group and sends it the worker, [`transport::ssh`] does the same
+//!   through the system `ssh`, [`transport::socket`] connects to
+//!   `bootstrap/socketserver.py` with a token, [`transport::via`] relays a
+//!   target's bytes through a channel of another gateway.
 //! - `driver` (private): one protocol session (`execnet-core`) per gateway,
 //!   driven by a reader thread and a flusher; the shared state both APIs
 //!   wait on.

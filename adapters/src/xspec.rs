@@ -357,6 +357,49 @@ mod tests {
     }
 
     #[test]
+    fn every_key_parses_and_round_trips() {
+        let specs = [
+            "ssh=-p 2222 -i /k me@host//python=sudo -u app python3//chdir=/w//nice=3//env:A=1//ssh_config=/c//ssh_reuse//id=s1//dont_write_bytecode//execmodel=main_thread_only//stdout=inherit",
+            "popen//via=gw0//python=python3.12//id=v",
+            "ssh=h//via=gw1",
+            "socket=127.0.0.1:8888//token=t0k//id=sock",
+            "socket=[::1]:8888//token_file=/etc/tok",
+            "socket//installvia=gw0",
+            "socket=0.0.0.0:0//installvia=gw0",
+            "vagrant_ssh=box//python=python3",
+        ];
+        for text in specs {
+            let x = XSpec::parse(text).unwrap();
+            assert_eq!(x.to_string(), text);
+            assert_eq!(XSpec::parse(&x.to_string()).unwrap(), x);
+            assert_eq!(x.unknown().count(), 0, "{text}");
+        }
+        let x = XSpec::parse(specs[0]).unwrap();
+        assert_eq!(x.gateway_type(), Some("ssh"));
+        assert_eq!(x.ssh(), Some("-p 2222 -i /k me@host"));
+        assert_eq!(x.ssh_config(), Some("/c"));
+        assert!(x.ssh_reuse());
+        assert_eq!(x.stdout(), OutputMode::Inherit);
+        let x = XSpec::parse(specs[1]).unwrap();
+        assert_eq!((x.gateway_type(), x.via()), (Some("popen"), Some("gw0")));
+        let x = XSpec::parse(specs[3]).unwrap();
+        assert_eq!(
+            (x.socket(), x.token()),
+            (Some("127.0.0.1:8888"), Some("t0k"))
+        );
+        assert_eq!(
+            XSpec::parse(specs[4]).unwrap().token_file(),
+            Some("/etc/tok")
+        );
+        let x = XSpec::parse(specs[5]).unwrap();
+        assert_eq!(
+            (x.gateway_type(), x.socket(), x.installvia()),
+            (Some("socket"), None, Some("gw0"))
+        );
+        assert_eq!(XSpec::parse(specs[7]).unwrap().vagrant_ssh(), Some("box"));
+    }
+
+    #[test]
     fn set_id_replaces() {
         let mut x = XSpec::parse("popen").unwrap();
         x.set_id("gw3");

@@ -4,7 +4,7 @@
 //! process group (so terminate can kill whatever the worker started), stderr
 //! read by a thread that keeps its tail for error reports and passes it
 //! through to our stderr when output is inherited (all of that is
-//! [`super::process`], shared with ssh). The default interpreter is
+//! `transport/process.rs`, shared with ssh). The default interpreter is
 //! the `python3` on `PATH`, resolved once to the real binary (a pyenv shim
 //! costs ~80 ms per start).
 

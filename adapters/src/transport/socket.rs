@@ -8,7 +8,7 @@
 //! are checked), then sends the length-prefixed worker. A wrong token ends
 //! in [`Error::AuthenticationFailed`] before any code runs on the server.
 //!
-//! [`install_via`] starts a server inside another gateway's worker
+//! `install_via` starts a server inside another gateway's worker
 //! (`socket//installvia=GWID`): it binds where asked (loopback and a free
 //! port by default), answers with its address, and is reached with a fresh
 //! random token that only this process and that worker know.

@@ -2,7 +2,7 @@
 //!
 //! `ssh -o BatchMode=yes [-F ssh_config] [reuse options] [ssh options] HOST
 //! 'env NAME=VALUE… PYTHON [-B] -u -c LOADER'`, run like popen (own process
-//! group, stderr tail, reaping: [`super::process`]). The remote command is
+//! group, stderr tail, reaping: `transport/process.rs`). The remote command is
 //! one shell line: `python=` is pasted in unquoted, so
 //! `python=sudo -u app python3` works; the arguments after it (the loader
 //! with the `chdir=`/`nice=` prelude) are quoted, and `env:` parts become an
@@ -15,7 +15,7 @@
 //! (`ssh -O exit`) when the last of them ends.
 //!
 //! A failed start is classified from ssh's exit status and stderr
-//! ([`classify`]): host not found, connection refused, host unreachable,
+//! (`classify`): host not found, connection refused, host unreachable,
 //! authentication failed, host key verification failed, interpreter not
 //! found; each error carries the stderr tail.
 
