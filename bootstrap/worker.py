@@ -274,6 +274,8 @@ def _d_tag(b, p, d, x):
         v = int.from_bytes(v, "big")
         return (v if t == 2 else -1 - v), p
     if t == T_COMPLEX and b[p] == 0x82 and b[p + 1] in _FLOATS:
+        if d + 1 > MAX_DEPTH:  # the [re, im] array is a level too (protocol 7.1)
+            raise LoadError("nesting deeper than %d" % MAX_DEPTH)
         r, p = _DEC[b[p + 1]](b, p + 1, d, x)
         if b[p] in _FLOATS:
             i, p = _DEC[b[p]](b, p, d, x)

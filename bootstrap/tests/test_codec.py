@@ -144,6 +144,14 @@ class RoundTrip(unittest.TestCase):
             W.loads(b"\x81" * 200 + b"\x80")
         W.loads(b"\x81" * 199 + b"\x80")
 
+    def test_depth_counts_tag_and_array(self):
+        # protocol.md 7.1: every array, map and tag is a level: a complex
+        # (tag 40003 + [re, im]) is two, as the Rust decoder counts it
+        cplx = b"\xd9\x9c\x43\x82" + b"\xfb" + b"\0" * 8 + b"\xfb" + b"\0" * 8
+        W.loads(b"\x81" * 198 + cplx)
+        with self.assertRaises(W.LoadError):
+            W.loads(b"\x81" * 199 + cplx)
+
 
 class Point(collections.namedtuple("Point", "x y")):
     pass
