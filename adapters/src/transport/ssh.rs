@@ -285,6 +285,8 @@ fn masters() -> &'static Mutex<HashMap<String, usize>> {
 
 impl MasterRef {
     fn acquire(opts: &SshOptions) -> Result<MasterRef> {
+        let mut m = lock(masters());
+        // Under the lock: the last share to go removes the directory.
         let dir = control_dir()?;
         let key = format!("{:?} {:?}", opts.ssh_config, opts.args);
         // %C: a hash of the connection's parameters, 40 hex digits; keeps the
@@ -293,7 +295,7 @@ impl MasterRef {
         let mut exit_argv = opts.common_args(Some(&path));
         exit_argv.extend(["-O".to_string(), "exit".into()]);
         exit_argv.extend(opts.args.iter().cloned());
-        *lock(masters()).entry(key.clone()).or_insert(0) += 1;
+        *m.entry(key.clone()).or_insert(0) += 1;
         Ok(MasterRef {
             key,
             path,
@@ -316,6 +318,10 @@ impl Drop for MasterRef {
         }
         m.remove(&self.key);
         stop_master(&self.exit_argv);
+        if m.is_empty() {
+            // No connection is shared any more: leave nothing behind.
+            let _ = std::fs::remove_dir(control_path_dir());
+        }
     }
 }
 
@@ -343,36 +349,39 @@ fn stop_master(argv: &[String]) {
     }
 }
 
-/// This process's private directory for ControlMaster sockets (mode 0700):
+/// This process's private directory for ControlMaster sockets:
 /// `$TMPDIR/execnet-ssh-PID`, or under `/tmp` if `$TMPDIR` is too long for
-/// a socket path.
-fn control_dir() -> Result<PathBuf> {
-    static DIR: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+/// a socket path. It exists while a connection is shared.
+fn control_path_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let name = format!("execnet-ssh-{}", std::process::id());
         let mut base = std::env::temp_dir();
         if base.as_os_str().len() + name.len() + 42 > 100 {
             base = PathBuf::from("/tmp");
         }
-        let dir = base.join(name);
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Left by an earlier process with our pid: keep it private.
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                    .map(|()| dir)
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(format!("{}: {e}", dir.display())),
+        base.join(name)
+    })
+}
+
+/// Creates the control directory (mode 0700), or makes an existing one
+/// (left by an earlier process with our pid) private again.
+fn control_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = control_path_dir();
+    let created = match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         }
-    })
-    .clone()
-    .map_err(|e| {
+        r => r,
+    };
+    created.map_err(|e| {
         Error::Spec(format!(
-            "ssh_reuse: cannot create the control directory {e}"
+            "ssh_reuse: cannot create the control directory {}: {e}",
+            dir.display()
         ))
-    })
+    })?;
+    Ok(dir.to_path_buf())
 }
 
 #[cfg(test)]
