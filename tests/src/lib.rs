@@ -12,9 +12,11 @@
 //! - [`assert_reaped`] checks that a worker process is gone (neither alive
 //!   nor a zombie).
 //! - [`sshd`]: a real OpenSSH server on 127.0.0.1 with throwaway keys.
+//! - [`netns`]: two network namespaces as extra hosts (h2 behind h1).
 //! - [`suite`]: the channel/gateway behaviour every transport must show,
 //!   run over ssh, socket and via gateways.
 
+pub mod netns;
 pub mod sshd;
 pub mod suite;
 

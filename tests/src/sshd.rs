@@ -30,6 +30,8 @@ pub const TEST_USER: &str = "execnet-u";
 pub struct Sshd {
     dir: PathBuf,
     port: u16,
+    /// Where it listens; the first is what `sshd-root`/`sshd-user` reach.
+    addresses: Vec<String>,
     child: Option<Child>,
 }
 
@@ -38,6 +40,14 @@ impl Sshd {
     /// failed, the port never opened). The caller decides whether that skips
     /// or fails the test (see `require_all`).
     pub fn start() -> io::Result<Sshd> {
+        Sshd::start_in(None, &["127.0.0.1"])
+    }
+
+    /// Starts a daemon inside network namespace `netns` (if given),
+    /// listening on `addresses` (IPv4 literals). The client config's
+    /// `sshd-root`/`sshd-user` reach the first address; `sshd-root-N`
+    /// reaches address `N` (as root).
+    pub fn start_in(netns: Option<&str>, addresses: &[&str]) -> io::Result<Sshd> {
         if !Path::new(SSHD).exists() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -60,8 +70,12 @@ impl Sshd {
         fs::set_permissions(&auth, fs::Permissions::from_mode(0o644))?;
 
         let port = free_port()?;
+        let listen: String = addresses
+            .iter()
+            .map(|a| format!("ListenAddress {a}\n"))
+            .collect();
         let config = format!(
-            "ListenAddress 127.0.0.1\n\
+            "{listen}\
              Port {port}\n\
              HostKey {dir}/host_key\n\
              PidFile {dir}/sshd.pid\n\
@@ -83,15 +97,23 @@ impl Sshd {
         let host_pub = fs::read_to_string(dir.join("host_key.pub"))?;
         let mut fields = host_pub.split_whitespace();
         let (kind, key) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        let names: Vec<String> = addresses.iter().map(|a| format!("[{a}]:{port}")).collect();
         fs::write(
             dir.join("known_hosts"),
-            format!("[127.0.0.1]:{port} {kind} {key}\n"),
+            format!("{} {kind} {key}\n", names.join(",")),
         )?;
         let mut client = String::new();
-        for (alias, user) in [("sshd-root", "root"), ("sshd-user", TEST_USER)] {
+        let mut hosts = vec![
+            ("sshd-root".to_string(), "root", addresses[0]),
+            ("sshd-user".to_string(), TEST_USER, addresses[0]),
+        ];
+        for (i, a) in addresses.iter().enumerate().skip(1) {
+            hosts.push((format!("sshd-root-{i}"), "root", a));
+        }
+        for (alias, user, address) in hosts {
             let _ = write!(
                 client,
-                "Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  \
+                "Host {alias}\n  HostName {address}\n  Port {port}\n  User {user}\n  \
                  IdentityFile {dir}/client_key\n  IdentitiesOnly yes\n  \
                  UserKnownHostsFile {dir}/known_hosts\n  StrictHostKeyChecking yes\n  \
                  BatchMode yes\n  KexAlgorithms curve25519-sha256\n  LogLevel ERROR\n",
@@ -102,7 +124,16 @@ impl Sshd {
 
         // In the foreground (-D) the daemon is our child: we kill it by pid
         // and reap it ourselves instead of chasing a daemonized process.
-        let child = Command::new(SSHD)
+        let mut cmd = match netns {
+            Some(ns) => {
+                // `ip netns exec` execs the daemon: the child is sshd itself.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        let child = cmd
             .arg("-D")
             .arg("-f")
             .arg(dir.join("sshd_config"))
@@ -115,6 +146,7 @@ impl Sshd {
         let mut sshd = Sshd {
             dir,
             port,
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
             child: Some(child),
         };
         sshd.wait_listening(Duration::from_secs(10))?;
@@ -158,7 +190,8 @@ impl Sshd {
     fn wait_listening(&mut self, limit: Duration) -> io::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+            let address = (self.addresses[0].as_str(), self.port);
+            if let Ok(mut stream) = TcpStream::connect(address) {
                 // A real sshd greets first with its version line.
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut banner = [0u8; 4];
