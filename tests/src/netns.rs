@@ -9,7 +9,9 @@
 //! for `10.200.X.0/24` is added in the root namespace, so that no address
 //! of the range can leave the machine through the default route; each
 //! address used is then checked to go through our veth (`ip route get`).
-//! Everything (namespaces, veths, the route) is removed on drop. `X` comes
+//! `10.200.X.128/25` is an `unreachable` route (connecting there fails
+//! at once with "No route to host", for unreachable-host tests).
+//! Everything (namespaces, veths, the routes) is removed on drop. `X` comes
 //! from our pid, so concurrent test processes do not collide.
 
 use std::io;
@@ -25,6 +27,7 @@ pub struct Topology {
     /// `10.200.X`: the first three octets of every address.
     pub prefix: String,
     route: Option<String>,
+    unreachable: Option<String>,
     veth_root: String,
 }
 
@@ -54,11 +57,12 @@ impl Topology {
         let range = format!("{prefix}.0/24");
         // First of all: nothing in the range may take the default route.
         ip(&["route", "add", "blackhole", &range])?;
-        let t = Topology {
+        let mut t = Topology {
             h1: format!("exn{pid}a"),
             h2: format!("exn{pid}b"),
             prefix: prefix.clone(),
             route: Some(range),
+            unreachable: None,
             veth_root: format!("xa0-{pid}"),
         };
         let (a1, b0, b1) = (
@@ -66,6 +70,9 @@ impl Topology {
             format!("xb0-{pid}"),
             format!("xb1-{pid}"),
         );
+        let unreachable = format!("{prefix}.128/25");
+        ip(&["route", "add", "unreachable", &unreachable])?;
+        t.unreachable = Some(unreachable);
         let (h1, h2, va0) = (t.h1.clone(), t.h2.clone(), t.veth_root.clone());
         ip(&["netns", "add", &h1])?;
         ip(&["netns", "add", &h2])?;
@@ -138,6 +145,9 @@ impl Drop for Topology {
         let _ = ip(&["netns", "del", &self.h2]);
         let _ = ip(&["netns", "del", &self.h1]);
         let _ = ip(&["link", "del", &self.veth_root]);
+        if let Some(range) = self.unreachable.take() {
+            let _ = ip(&["route", "del", "unreachable", &range]);
+        }
         if let Some(range) = self.route.take() {
             let _ = ip(&["route", "del", "blackhole", &range]);
         }

@@ -3,6 +3,7 @@
 //! only h1 can reach) with `ssh=…//via=GWID`.
 
 use execnet::blocking::{makegateway, Gateway};
+use execnet::Error;
 use execnet_tests::netns::Topology;
 use execnet_tests::sshd::Sshd;
 use execnet_tests::{bounded, skip, suite, LIMIT};
@@ -61,5 +62,12 @@ fn sshd_in_a_namespace_reached_directly_and_via_another() {
         via.exit().unwrap();
         inner.exit().unwrap();
         direct.exit().unwrap();
+
+        // An address with no route: a specific error, at once.
+        let nowhere = topo.addr(129);
+        let e = makegateway(&format!("ssh=root@{nowhere}//ssh_config={cfg}")).unwrap_err();
+        assert!(matches!(e, Error::HostUnreachable { .. }), "{e:?}");
+        let e = makegateway(&format!("socket={nowhere}:8888//token=x")).unwrap_err();
+        assert!(matches!(e, Error::HostUnreachable { .. }), "{e:?}");
     })
 }

@@ -105,11 +105,18 @@ pub fn connect(address: &str, token: &[u8]) -> Result<Transport> {
     let Some(mut stream) = stream else {
         let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
         let (host, detail) = (address.to_string(), e.to_string());
-        return Err(match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused { host, detail },
-            std::io::ErrorKind::TimedOut
-            | std::io::ErrorKind::HostUnreachable
-            | std::io::ErrorKind::NetworkUnreachable => Error::HostUnreachable { host, detail },
+        use rustix::io::Errno;
+        let unreachable = [Errno::TIMEDOUT, Errno::HOSTUNREACH, Errno::NETUNREACH];
+        return Err(match e.raw_os_error() {
+            _ if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Error::ConnectionRefused { host, detail }
+            }
+            _ if e.kind() == std::io::ErrorKind::TimedOut => {
+                Error::HostUnreachable { host, detail }
+            }
+            Some(n) if unreachable.iter().any(|u| u.raw_os_error() == n) => {
+                Error::HostUnreachable { host, detail }
+            }
             _ => Error::from(e),
         });
     };
