@@ -17,6 +17,7 @@
 //!   run over ssh, socket and via gateways.
 
 pub mod netns;
+pub mod faults;
 pub mod sshd;
 pub mod suite;
 
