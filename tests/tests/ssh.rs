@@ -368,3 +368,27 @@ fn sshd_killed_mid_session_ends_every_channel() {
         );
     })
 }
+
+/// `socket//installvia=` an ssh gateway: the server runs as the remote
+/// user on the remote host (here: loopback) and we connect to it directly.
+#[test]
+fn socket_installed_via_an_ssh_gateway() {
+    bounded(LIMIT, || {
+        let Some(sshd) = sshd() else { return };
+        let remote = start(&spec(&sshd, "sshd-user", "//id=remote"), &sshd);
+        let gw = Gateway::builder("socket//installvia=remote")
+            .unwrap()
+            .via_gateway(remote.clone())
+            .start()
+            .unwrap();
+        let uid: i64 = gw
+            .remote_exec("import os; channel.send(os.getuid())")
+            .unwrap()
+            .receive()
+            .unwrap();
+        assert_ne!(uid, 0, "the socket worker runs as the ssh user");
+        suite::echo(&gw);
+        gw.exit().unwrap();
+        remote.exit().unwrap();
+    })
+}
