@@ -16,8 +16,8 @@
 //! - [`suite`]: the channel/gateway behaviour every transport must show,
 //!   run over ssh, socket and via gateways.
 
-pub mod netns;
 pub mod faults;
+pub mod netns;
 pub mod sshd;
 pub mod suite;
 
