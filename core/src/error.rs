@@ -116,6 +116,11 @@ pub enum ProtocolError {
         /// The limit in force.
         max: usize,
     },
+    /// The peer ended the session on its own, with open channels (a worker
+    /// that hit a protocol violation or an internal error says so in its
+    /// TERMINATE reason, protocol.md §8, §11).
+    #[error("the peer ended the session: {0}")]
+    PeerTerminated(String),
     /// A frame arrived after the session was over.
     #[error("input after the session ended")]
     AfterEnd,

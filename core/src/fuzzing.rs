@@ -692,8 +692,15 @@ fn absorb(
                     let n = m.ended.entry(*channel).or_default();
                     *n += 1;
                     assert_eq!(*n, 1, "{role:?}: channel {channel} ended twice ({how:?})");
-                    if let ChannelEnd::ConnectionLost(e) = how {
-                        panic!("{role:?}: channel {channel} lost: {e}");
+                    match how {
+                        // A worker-initiated TERMINATE ends the host's open
+                        // channels with the worker's reason (protocol.md §8).
+                        ChannelEnd::ConnectionLost(ProtocolError::PeerTerminated(_))
+                            if role == Role::Host => {}
+                        ChannelEnd::ConnectionLost(e) => {
+                            panic!("{role:?}: channel {channel} lost: {e}")
+                        }
+                        _ => {}
                     }
                     // Items of an ended channel are never consumed by an
                     // application that stopped receiving; keep them counted.

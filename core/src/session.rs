@@ -813,6 +813,15 @@ impl Session {
         }
         let how = match &reason {
             TerminateReason::ConnectionLost(e) => ChannelEnd::ConnectionLost(e.clone()),
+            // A worker ending the session unasked leaves the code on its open
+            // channels unfinished: those end with its reason, not cleanly
+            // (protocol.md §8), or the host could not tell a worker that
+            // failed (say, on a corrupted stream) from code that finished.
+            TerminateReason::PeerInitiated(r) if self.role == Role::Host => {
+                ChannelEnd::ConnectionLost(ProtocolError::PeerTerminated(
+                    r.clone().unwrap_or_else(|| "no reason given".into()),
+                ))
+            }
             _ => ChannelEnd::Terminated,
         };
         self.end_all(how);
