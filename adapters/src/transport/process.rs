@@ -104,10 +104,19 @@ pub(crate) fn spawn(mut cmd: Command, program: &str, passthrough: bool) -> Resul
 /// kills and reaps it and reports its stderr.
 pub(crate) fn send_worker(stdin: &mut impl Write, control: &ProcessControl) -> Result<()> {
     if let Err(e) = stdin.write_all(execnet_bootstrap::worker_compressed()) {
-        control.kill();
-        control.wait(Duration::from_secs(2));
+        // A broken pipe mostly means the interpreter has already ended
+        // (`python=/bin/true`, killed at start): say how, as the reader
+        // would have after a successful write.
+        let ended = control.wait(Duration::from_millis(500));
+        if ended.is_none() {
+            control.kill();
+            control.wait(Duration::from_secs(2));
+        }
+        let how = ended.map_or_else(String::new, |s| {
+            format!("; worker ended before HELLO ({s})")
+        });
         return Err(Error::BootstrapFailed {
-            reason: format!("writing the worker: {e}"),
+            reason: format!("writing the worker: {e}{how}"),
             stderr_tail: control.stderr_tail(Duration::from_millis(500)),
         });
     }
