@@ -195,3 +195,30 @@ fn ssh_via_a_gateway() {
         assert!(matches!(e, Error::HostNotFound { .. }), "{e:?}");
     })
 }
+
+#[test]
+fn exiting_the_via_gateway_ends_its_targets_with_an_error() {
+    bounded(LIMIT, || {
+        let gw0 = gw();
+        let gw1 = through(&gw0, "popen").unwrap();
+        let pid = gw1.info().pid;
+        let c1 = gw1.remote_exec("channel.receive()").unwrap();
+        let t0 = Instant::now();
+        let exited = gw0.exit();
+        eprintln!(
+            "gw0.exit() with a live target: {exited:?} after {:?}",
+            t0.elapsed()
+        );
+        match c1.receive_value(Some(Duration::from_secs(10))) {
+            Err(e @ (Error::WorkerDied { .. } | Error::ConnectionLost(_))) => {
+                assert!(e.to_string().contains(gw0.id()), "{e}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+        assert!(
+            wait_until(Duration::from_secs(10), || !process_alive(pid)),
+            "target {pid} outlived its via gateway"
+        );
+    })
+}

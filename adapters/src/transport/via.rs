@@ -266,7 +266,13 @@ impl Read for RelayReader {
                     return Ok(0);
                 }
                 Err(e) => {
-                    let lost = (!e.is_eof()).then(|| e.to_string());
+                    let lost = if !e.is_eof() {
+                        Some(e.to_string())
+                    } else if self.ch.gateway().is_terminated() {
+                        Some("it was terminated".to_string())
+                    } else {
+                        None
+                    };
                     self.end(None, lost);
                     return Ok(0);
                 }
