@@ -327,11 +327,9 @@ fn worker_side_corruption_ends_the_gateway_with_an_error() {
             let ch = gw.remote_exec("channel.send(channel.receive())").unwrap();
             let _ = ch.send(&1);
             let t0 = Instant::now();
-            let e = loop {
-                match ch.receive_timeout::<Value>(Duration::from_secs(10)) {
-                    Ok(v) => panic!("{name}: expected an error, got {v:?}"),
-                    Err(e) => break e,
-                }
+            let e = match ch.receive_timeout::<Value>(Duration::from_secs(10)) {
+                Ok(v) => panic!("{name}: expected an error, got {v:?}"),
+                Err(e) => e,
             };
             let took = t0.elapsed();
             eprintln!("{name}: {e:?} after {took:?}");
