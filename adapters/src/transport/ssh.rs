@@ -319,8 +319,16 @@ impl Drop for MasterRef {
         m.remove(&self.key);
         stop_master(&self.exit_argv);
         if m.is_empty() {
-            // No connection is shared any more: leave nothing behind.
-            let _ = std::fs::remove_dir(control_path_dir());
+            // No connection is shared any more: leave nothing behind. The
+            // master unlinks its socket just after answering `-O exit`, so
+            // the directory may take a moment to become empty.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while std::fs::remove_dir(control_path_dir())
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 }
