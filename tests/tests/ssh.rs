@@ -326,9 +326,20 @@ pub fn descendants(root: u32) -> Vec<u32> {
 
 #[test]
 fn sshd_killed_mid_session_ends_every_channel() {
-    bounded(LIMIT, || {
+    bounded(LIMIT, || sshd_killed_mid_session(""))
+}
+
+#[test]
+fn sshd_killed_under_a_shared_connection_ends_every_channel() {
+    bounded(LIMIT, || sshd_killed_mid_session("//ssh_reuse"))
+}
+
+fn sshd_killed_mid_session(extra: &str) {
+    {
         let Some(mut sshd) = sshd() else { return };
-        let gw = start(&spec(&sshd, "sshd-root", ""), &sshd);
+        let gw = start(&spec(&sshd, "sshd-root", extra), &sshd);
+        // With a shared connection: a second gateway on it, ended too.
+        let other = (!extra.is_empty()).then(|| start(&spec(&sshd, "sshd-root", extra), &sshd));
         let worker = gw.info().pid;
         let chans: Vec<_> = (0..3)
             .map(|_| gw.remote_exec("channel.receive()").unwrap())
@@ -366,7 +377,15 @@ fn sshd_killed_mid_session_ends_every_channel() {
             wait_until(Duration::from_secs(10), || !process_alive(worker)),
             "the remote worker {worker} outlived its connection"
         );
-    })
+        if let Some(other) = other {
+            let pid = other.info().pid;
+            assert!(
+                wait_until(Duration::from_secs(5), || other.is_terminated()),
+                "the other gateway on the shared connection did not end"
+            );
+            assert!(wait_until(Duration::from_secs(10), || !process_alive(pid)));
+        }
+    }
 }
 
 /// `socket//installvia=` an ssh gateway: the server runs as the remote
