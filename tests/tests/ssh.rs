@@ -186,6 +186,38 @@ fn non_default_python() {
     })
 }
 
+/// Every interpreter on this machine as root's remote Python, over one
+/// shared connection (so each costs an interpreter start, not a login).
+#[test]
+fn every_interpreter_over_a_shared_connection() {
+    bounded(LIMIT, || {
+        let Some(sshd) = sshd() else { return };
+        // Holds the shared connection open between the others.
+        let anchor = start(&spec(&sshd, "sshd-root", "//ssh_reuse"), &sshd);
+        for py in execnet_tests::interpreters() {
+            let gw = start(
+                &spec(
+                    &sshd,
+                    "sshd-root",
+                    &format!("//ssh_reuse//python={}", py.path.display()),
+                ),
+                &sshd,
+            );
+            assert_eq!(
+                std::path::Path::new(&gw.info().executable)
+                    .canonicalize()
+                    .unwrap(),
+                py.path.canonicalize().unwrap(),
+                "{}",
+                py.name
+            );
+            suite::echo(&gw);
+            gw.exit().unwrap();
+        }
+        anchor.exit().unwrap();
+    })
+}
+
 /// An ssh config next to the daemon's with one host changed.
 fn variant_config(sshd: &Sshd, name: &str, lines: &str) -> std::path::PathBuf {
     let path = sshd.dir().join(format!("{name}_config"));
