@@ -1036,6 +1036,18 @@ impl Driver {
         lock(&self.state).ended.is_some()
     }
 
+    /// Waits until the session is over or the reader finished, or
+    /// `deadline` (a group lets via-gateways end before their masters).
+    pub(crate) async fn wait_ended(&self, deadline: Instant) {
+        let _ = self
+            .wait_for(
+                |_| self.gw_event.listen(),
+                Some(deadline),
+                |st| (st.ended.is_some() || st.reader_done).then_some(()),
+            )
+            .await;
+    }
+
     // ------------------------------------------------------------ termination
 
     /// Sends TERMINATE (once). The session ends when the worker answers.
