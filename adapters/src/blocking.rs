@@ -273,6 +273,176 @@ impl Group {
     pub fn terminate(&self, timeout: Option<Duration>) {
         block_on(self.0.terminate(timeout))
     }
+    /// A group with a gateway per spec, started at once.
+    pub fn with_specs<I, S>(specs: I) -> Result<Group>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        block_on(crate::Group::with_specs(specs)).map(Group)
+    }
+    /// Opens a gateway per spec, all at once, in this group.
+    pub fn makegateways<I, S>(&self, specs: I) -> Result<Vec<Gateway>>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        block_on(self.0.makegateways(specs)).map(|v| v.into_iter().map(Gateway).collect())
+    }
+    /// The spec used by `makegateway("")`.
+    pub fn defaultspec(&self) -> String {
+        self.0.defaultspec()
+    }
+    /// The `index`-th gateway in creation order.
+    pub fn get_index(&self, index: usize) -> Option<Gateway> {
+        self.0.get_index(index).map(Gateway)
+    }
+    /// Whether a gateway with this id is in the group.
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.contains(id)
+    }
+    /// Runs `source` on every gateway; the channels as one [`MultiChannel`].
+    pub fn remote_exec(&self, source: &str) -> Result<MultiChannel> {
+        block_on(self.0.remote_exec(source)).map(MultiChannel)
+    }
+}
+
+impl IntoIterator for &Group {
+    type Item = Gateway;
+    type IntoIter = std::vec::IntoIter<Gateway>;
+    /// A snapshot of the gateways, in creation order.
+    fn into_iter(self) -> Self::IntoIter {
+        self.gateways().into_iter()
+    }
+}
+
+/// Several channels used as one; see [`crate::MultiChannel`].
+#[derive(Debug)]
+pub struct MultiChannel(crate::MultiChannel);
+
+impl MultiChannel {
+    /// Groups these channels.
+    pub fn new(channels: Vec<Channel>) -> MultiChannel {
+        MultiChannel(crate::MultiChannel::new(
+            channels.into_iter().map(|c| c.0).collect(),
+        ))
+    }
+    /// How many channels there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether there is no channel.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// The `index`-th channel.
+    pub fn get(&self, index: usize) -> Option<Channel> {
+        self.0.get(index).cloned().map(Channel)
+    }
+    /// The channels, in order.
+    pub fn channels(&self) -> Vec<Channel> {
+        self.0.iter().cloned().map(Channel).collect()
+    }
+    /// Sends `item` on every channel.
+    pub fn send_each<T: Serialize + ?Sized>(&self, item: &T) -> Result<()> {
+        block_on(self.0.send_each(item))
+    }
+    /// Receives one item from every channel, in order.
+    pub fn receive_each<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        block_on(self.0.receive_each())
+    }
+    /// Receives one item from every channel, with the channel.
+    pub fn receive_each_with_channel<T: DeserializeOwned>(&self) -> Result<Vec<(Channel, T)>> {
+        block_on(self.0.receive_each_with_channel())
+            .map(|v| v.into_iter().map(|(c, x)| (Channel(c), x)).collect())
+    }
+    /// The items of every channel merged into one queue (made once); each
+    /// channel's `endmarker`, if given, arrives when it ends.
+    pub fn make_receive_queue(&self, endmarker: Option<Value>) -> Result<ReceiveQueue> {
+        self.0.make_receive_queue(endmarker).map(ReceiveQueue)
+    }
+    /// Waits until every channel closed; the first remote error, if any.
+    pub fn waitclose(&self, timeout: Option<Duration>) -> Result<()> {
+        block_on(self.0.waitclose(timeout))
+    }
+}
+
+/// The merged items of a [`MultiChannel`]; see [`crate::ReceiveQueue`].
+#[derive(Clone, Debug)]
+pub struct ReceiveQueue(crate::ReceiveQueue);
+
+impl ReceiveQueue {
+    /// The next `(channel, item)`; `Err(EndOfChannel)` once every channel
+    /// ended and everything was taken.
+    pub fn recv(&self) -> Result<(Channel, Value)> {
+        block_on(self.0.recv()).map(|(c, v)| (Channel(c), v))
+    }
+    /// Like [`recv`](Self::recv), `Err(Timeout)` after `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<(Channel, Value)> {
+        block_on(self.0.recv_timeout(timeout)).map(|(c, v)| (Channel(c), v))
+    }
+    /// The next item if one is there.
+    pub fn try_recv(&self) -> Option<(Channel, Value)> {
+        self.0.try_recv().map(|(c, v)| (Channel(c), v))
+    }
+    /// How many items wait.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether no item waits.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A directory tree to many gateways; see [`crate::RSync`].
+#[derive(Debug)]
+pub struct RSync(crate::RSync);
+
+impl RSync {
+    /// A sync of the directory `source`.
+    pub fn new(source: impl AsRef<std::path::Path>) -> RSync {
+        RSync(crate::RSync::new(source))
+    }
+    /// Adds a target directory on a gateway.
+    pub fn add_target(
+        &mut self,
+        gateway: &Gateway,
+        dest: impl AsRef<std::path::Path>,
+        delete: bool,
+    ) {
+        self.0.add_target(&gateway.0, dest, delete);
+    }
+    /// Adds a target with options.
+    pub fn add_target_with(
+        &mut self,
+        gateway: &Gateway,
+        dest: impl AsRef<std::path::Path>,
+        options: crate::TargetOptions,
+    ) {
+        self.0.add_target_with(&gateway.0, dest, options);
+    }
+    /// Only paths for which `f(full_path)` is true are synced.
+    pub fn filter(
+        &mut self,
+        f: impl FnMut(&std::path::Path) -> bool + Send + 'static,
+    ) -> &mut Self {
+        self.0.filter(f);
+        self
+    }
+    /// Calls `f` as the send goes on.
+    pub fn progress(&mut self, f: impl FnMut(&crate::Progress<'_>) + Send + 'static) -> &mut Self {
+        self.0.progress(f);
+        self
+    }
+    /// How many targets wait for `send`.
+    pub fn targets(&self) -> usize {
+        self.0.targets()
+    }
+    /// Syncs to every target at once (and uses the targets up).
+    pub fn send(&mut self) -> Result<crate::Stats> {
+        block_on(self.0.send())
+    }
 }
 
 macro_rules! faces {
@@ -297,4 +467,12 @@ macro_rules! faces {
         }
     )*};
 }
-faces!(Gateway, GatewayBuilder, Channel, Group);
+faces!(
+    Gateway,
+    GatewayBuilder,
+    Channel,
+    Group,
+    MultiChannel,
+    ReceiveQueue,
+    RSync
+);

@@ -24,10 +24,16 @@
 //!   [`RemoteInfo`], [`RemoteStatus`].
 //! - `channel`: [`Channel`] — send, receive, callbacks, channels inside
 //!   values.
-//! - `group`: [`Group`] — ids and termination of many gateways at once.
+//! - `group`: [`Group`] — ids, concurrent start and termination of many
+//!   gateways at once.
+//! - `multi`: [`MultiChannel`] (one operation on many channels) and
+//!   [`ReceiveQueue`] (their items merged, with endmarkers).
+//! - `rsync`: [`RSync`] — a directory tree to many gateways at once; the
+//!   remote side is `bootstrap/rsync_remote.py`.
 //! - [`io`]: `Read`/`Write` over a channel (execnet's `makefile`).
 //! - [`blocking`]: the same types with blocking methods.
-//! - `src/bin/execnet.rs`: the `execnet` command line (`execnet run`).
+//! - `src/bin/execnet.rs`: the `execnet` command line (`execnet run`,
+//!   `execnet rsync`).
 //! - `examples/`: remote pid, file server, task farm, a quick bench.
 //!
 //! # Example
@@ -103,6 +109,8 @@ pub mod error;
 mod gateway;
 mod group;
 pub mod io;
+mod multi;
+mod rsync;
 pub mod transport;
 pub mod xspec;
 
@@ -113,5 +121,7 @@ pub use gateway::{
     makegateway, Gateway, GatewayBuilder, RemoteInfo, RemoteStatus, VersionInfo, DROP_TIMEOUT,
     EXIT_TIMEOUT, STARTUP_TIMEOUT,
 };
-pub use group::Group;
+pub use group::{Group, TERMINATE_SLACK};
+pub use multi::{MultiChannel, ReceiveQueue};
+pub use rsync::{Phase, Progress, RSync, Stats, TargetOptions, CHUNK};
 pub use xspec::{ExecModel, OutputMode, XSpec};

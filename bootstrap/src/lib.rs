@@ -61,6 +61,10 @@ pub const WORKER_SOURCE: &str = include_str!("../worker.py");
 /// The socket server's Python source (`bootstrap/socketserver.py`).
 pub const SOCKETSERVER_SOURCE: &str = include_str!("../socketserver.py");
 
+/// The remote side of RSync (`bootstrap/rsync_remote.py`), run with
+/// `remote_exec`.
+pub const RSYNC_SOURCE: &str = include_str!("../rsync_remote.py");
+
 /// The worker source, zlib-compressed (computed once, on first use).
 pub fn worker_compressed() -> &'static [u8] {
     static COMPRESSED: OnceLock<Vec<u8>> = OnceLock::new();

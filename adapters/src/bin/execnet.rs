@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! execnet run [--gw SPEC]... (-c SOURCE | FILE)
+//! execnet rsync SRC [--gw SPEC]... [--delete] DEST
 //! ```
 //!
 //! Every item the remote code sends with `channel.send(...)` is printed as
@@ -45,6 +46,22 @@ enum Command {
         #[arg(value_name = "FILE", required_unless_present = "source")]
         file: Option<PathBuf>,
     },
+    /// Copies the directory SRC to DEST on every gateway at once (unchanged
+    /// files are skipped); a progress bar when stderr is a terminal.
+    Rsync {
+        /// The local directory to send.
+        #[arg(value_name = "SRC")]
+        src: PathBuf,
+        /// A gateway spec; repeat for several gateways. Default: one `popen`.
+        #[arg(long = "gw", value_name = "SPEC")]
+        gw: Vec<String>,
+        /// The directory to create or update on each gateway.
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
+        /// Remove what SRC does not have from DEST.
+        #[arg(long)]
+        delete: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +88,85 @@ fn main() -> ExitCode {
                 gw
             };
             run(&specs, &source)
+        }
+        Command::Rsync {
+            src,
+            gw,
+            dest,
+            delete,
+        } => {
+            let specs = if gw.is_empty() {
+                vec!["popen".to_string()]
+            } else {
+                gw
+            };
+            rsync(&src, &specs, &dest, delete)
+        }
+    }
+}
+
+fn rsync(
+    src: &std::path::Path,
+    specs: &[String],
+    dest: &std::path::Path,
+    delete: bool,
+) -> ExitCode {
+    use std::io::IsTerminal;
+    let group = match Group::with_specs(specs) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("execnet: cannot start the gateways: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut sync = execnet::blocking::RSync::new(src);
+    for gw in &group {
+        sync.add_target(&gw, dest, delete);
+    }
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        sync.progress(move |p| match p.phase {
+            execnet::Phase::Listed => {
+                bar.set_message(format!("{} files listed", p.stats.files_listed));
+            }
+            execnet::Phase::Compared => {
+                bar.set_length(p.stats.bytes_to_send);
+                bar.set_message(format!("{} files to send", p.stats.files_to_send));
+            }
+            execnet::Phase::Sending => {
+                bar.set_position(p.stats.bytes_sent);
+                if let Some(path) = p.path {
+                    bar.set_message(path.display().to_string());
+                }
+            }
+            _ => bar.finish_and_clear(),
+        });
+    }
+    let result = sync.send();
+    group.terminate(None);
+    match result {
+        Ok(s) => {
+            eprintln!(
+                "execnet: {} files ({} bytes) to {} gateway(s): {} files sent ({} bytes), {} unchanged, {} deleted",
+                s.files_listed,
+                s.bytes_listed,
+                s.targets,
+                s.files_sent,
+                s.bytes_sent,
+                s.files_skipped,
+                s.deleted
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("execnet: rsync failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }
