@@ -107,6 +107,7 @@ fn chdir_env_and_nice_as_over_popen() {
 #[test]
 fn connection_reuse() {
     bounded(LIMIT, || {
+        let _one = reuse_lock();
         let Some(sshd) = sshd() else { return };
         let plain = spec(&sshd, "sshd-user", "");
         let t0 = Instant::now();
@@ -153,6 +154,53 @@ fn connection_reuse() {
     })
 }
 
+/// Tests that share ssh connections run one at a time: the control
+/// directory is per process, and `connection_reuse` checks that it goes.
+fn reuse_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every interpreter on this machine as root's remote Python, riding one
+/// shared connection (each costs an interpreter start, not a login).
+#[test]
+fn every_interpreter_over_a_shared_connection() {
+    bounded(LIMIT, || {
+        let _one = reuse_lock();
+        let Some(sshd) = sshd() else { return };
+        // Holds the shared connection open between the others.
+        let anchor = start(&spec(&sshd, "sshd-root", "//ssh_reuse"), &sshd);
+        let t0 = Instant::now();
+        let all = execnet_tests::interpreters();
+        for py in &all {
+            let gw = start(
+                &spec(
+                    &sshd,
+                    "sshd-root",
+                    &format!("//ssh_reuse//python={}", py.path.display()),
+                ),
+                &sshd,
+            );
+            assert_eq!(
+                std::path::Path::new(&gw.info().executable)
+                    .canonicalize()
+                    .unwrap(),
+                py.path.canonicalize().unwrap(),
+                "{}",
+                py.name
+            );
+            suite::echo(&gw);
+            gw.exit().unwrap();
+        }
+        eprintln!(
+            "{} interpreters over the shared connection in {:?}",
+            all.len(),
+            t0.elapsed()
+        );
+        anchor.exit().unwrap();
+    })
+}
+
 #[test]
 fn non_default_python() {
     bounded(LIMIT, || {
@@ -183,38 +231,6 @@ fn non_default_python() {
             .receive()
             .unwrap();
         assert_eq!((p, e), (Value::str("1"), 1));
-    })
-}
-
-/// Every interpreter on this machine as root's remote Python, over one
-/// shared connection (so each costs an interpreter start, not a login).
-#[test]
-fn every_interpreter_over_a_shared_connection() {
-    bounded(LIMIT, || {
-        let Some(sshd) = sshd() else { return };
-        // Holds the shared connection open between the others.
-        let anchor = start(&spec(&sshd, "sshd-root", "//ssh_reuse"), &sshd);
-        for py in execnet_tests::interpreters() {
-            let gw = start(
-                &spec(
-                    &sshd,
-                    "sshd-root",
-                    &format!("//ssh_reuse//python={}", py.path.display()),
-                ),
-                &sshd,
-            );
-            assert_eq!(
-                std::path::Path::new(&gw.info().executable)
-                    .canonicalize()
-                    .unwrap(),
-                py.path.canonicalize().unwrap(),
-                "{}",
-                py.name
-            );
-            suite::echo(&gw);
-            gw.exit().unwrap();
-        }
-        anchor.exit().unwrap();
     })
 }
 
@@ -363,7 +379,10 @@ fn sshd_killed_mid_session_ends_every_channel() {
 
 #[test]
 fn sshd_killed_under_a_shared_connection_ends_every_channel() {
-    bounded(LIMIT, || sshd_killed_mid_session("//ssh_reuse"))
+    bounded(LIMIT, || {
+        let _one = reuse_lock();
+        sshd_killed_mid_session("//ssh_reuse")
+    })
 }
 
 fn sshd_killed_mid_session(extra: &str) {
