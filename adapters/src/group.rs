@@ -220,11 +220,20 @@ impl Group {
             // Each start is polled in turn: `start` spawns the interpreter
             // synchronously and then waits for its HELLO, so the spawns run
             // one after the other and the start-ups overlap.
+            // The second round finds its via= gateways among the first's.
+            let first: Vec<Gateway> = results
+                .iter()
+                .filter_map(|r| r.as_ref().and_then(|r| r.as_ref().ok()).cloned())
+                .collect();
+            let lookup = |id: &str| {
+                self.get(id)
+                    .or_else(|| first.iter().find(|g| g.id() == id).cloned())
+            };
             let started = join_all(
                 idx.iter()
                     .map(|&i| {
                         GatewayBuilder::from_spec(prepared[i].clone())
-                            .resolve_through(|id| self.get(id))
+                            .resolve_through(lookup)
                             .start()
                     })
                     .collect(),

@@ -268,3 +268,28 @@ fn async_group() {
         })
     })
 }
+
+#[test]
+fn via_gateways_start_in_one_batch_and_terminate_first() {
+    bounded(LIMIT, || {
+        let group = Group::new();
+        let gws = group
+            .makegateways(["popen//via=master//id=sub", "popen//id=master"])
+            .unwrap();
+        let ids: Vec<&str> = gws.iter().map(|g| g.id()).collect();
+        assert_eq!(ids, ["sub", "master"]);
+        let (sub, master) = (&gws[0], &gws[1]);
+        assert_ne!(sub.info().pid, master.info().pid);
+        let ch = sub
+            .remote_exec("import os; channel.send(os.getppid())")
+            .unwrap();
+        assert_eq!(ch.receive::<u32>().unwrap(), master.info().pid);
+        let pids = [sub.info().pid, master.info().pid];
+        let took = terminate_within(&group, Duration::from_secs(5));
+        eprintln!("terminate of a via pair: {took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        for pid in pids {
+            assert_reaped(pid, T);
+        }
+    })
+}
