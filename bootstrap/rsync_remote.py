@@ -38,6 +38,7 @@ def serve_rsync(channel):
     import os
     import shutil
     import stat
+    import sys
 
     dest, delete = channel.receive()
     dest = os.path.abspath(dest)
@@ -68,7 +69,10 @@ def serve_rsync(channel):
                 except OSError:
                     pass
 
-            shutil.rmtree(path, onerror=onerror)
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=onerror)  # onerror is deprecated there
+            else:
+                shutil.rmtree(path, onerror=onerror)
         else:
             os.unlink(path)
 

@@ -571,7 +571,7 @@ fn one_gib_file_to_2_targets() {
         let f = fs::File::create(source.join("big")).unwrap();
         f.set_len(1 << 30).unwrap();
         drop(f);
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "one_gib_child",
@@ -579,8 +579,21 @@ fn one_gib_file_to_2_targets() {
                 "--test-threads=1",
             ])
             .env("EXECNET_RSYNC_1GIB_DIR", tmp.path())
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        // The child must not outlive this test, even when it hangs.
+        let deadline = Instant::now() + Duration::from_secs(100);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the 1 GiB sync did not finish in 100 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -651,5 +664,30 @@ fn async_rsync() {
             gw.exit().await.unwrap();
         });
         assert_eq!(fs::read_to_string(d.dest1.join("x")).unwrap(), "y");
+    })
+}
+
+#[test]
+fn every_interpreter() {
+    bounded(Duration::from_secs(120), || {
+        for py in execnet_tests::interpreters() {
+            let d = dirs("interp");
+            write(&d.source.join("a/b"), "1234");
+            write(&d.source.join("big"), vec![7u8; execnet::CHUNK + 5]);
+            symlink("a/b", d.source.join("l")).unwrap();
+            write(&d.dest1.join("extra/x"), "");
+            let gw = execnet::blocking::makegateway(&py.spec()).unwrap();
+            let s = sync(&d.source, &[(&gw, &d.dest1, true)]);
+            assert_eq!((s.files_sent, s.deleted), (2, 1), "{}", py.name);
+            set_mtime(&d.dest1.join("a/b"), SystemTime::UNIX_EPOCH);
+            let s = sync(&d.source, &[(&gw, &d.dest1, true)]);
+            assert_eq!((s.files_sent, s.files_skipped), (0, 2), "{}", py.name);
+            assert_eq!(fs::read_to_string(d.dest1.join("l")).unwrap(), "1234");
+            assert_eq!(
+                fs::read(d.dest1.join("big")).unwrap().len(),
+                execnet::CHUNK + 5
+            );
+            gw.exit().unwrap();
+        }
     })
 }
