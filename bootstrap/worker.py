@@ -986,7 +986,7 @@ class Gateway(object):
             if fire:
                 fire()
         elif kind == EXEC:
-            req = loads(p)
+            req = loads(p, self._chanref)  # call kwargs may carry channels
             src = req.get("source") if isinstance(req, dict) else None
             call = req.get("call") if isinstance(req, dict) else None
             if type(src) is not str or not (

@@ -286,6 +286,15 @@ class ChannelSemantics(WorkerTestCase):
         self.assertEqual(h.receive(a.id)[:2], ("close", None))
 
 
+    def test_channel_in_call_kwargs(self):
+        h = self.host()
+        hc = h.newchannel()
+        c = h.exec_("def f(channel, out, n):\n    out.send(n * 2)\n    channel.send('ok')\n",
+                    call=["f", {"out": ref(hc), "n": 21}])
+        self.assertEqual(h.item(hc), 42)
+        self.assertEqual(h.item(c), "ok")
+
+
 class Execution(WorkerTestCase):
     def test_concurrent_execs(self):
         h = self.host()
