@@ -119,7 +119,8 @@ def serve_rsync(channel):
                     remove(path)
                     st = None
                 if st is None:
-                    os.makedirs(path)
+                    # exist_ok: another target may share this directory
+                    os.makedirs(path, exist_ok=True)
                     st = os.lstat(path)
                 want = stat.S_IMODE(mode) | 0o700
                 if stat.S_IMODE(st.st_mode) != want:
@@ -179,7 +180,8 @@ def serve_rsync(channel):
             continue
         if op == "f" or op == "w":
             head, _, name = path.rpartition(b"/")
-            tmp = head + b"/.#" + name + b".execnet-rsync"
+            # unique per process: two targets may share a directory
+            tmp = b"%s/.#%s.%d.execnet-rsync" % (head, name, os.getpid())
             f = open(tmp, "wb")
             if op == "w":
                 out = (f, tmp, idx)

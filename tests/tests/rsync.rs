@@ -691,3 +691,26 @@ fn every_interpreter() {
         }
     })
 }
+
+#[test]
+fn two_targets_sharing_one_directory() {
+    bounded(LIMIT, || {
+        let d = dirs("shared");
+        let (_group, gw1, gw2) = two();
+        for i in 0..50 {
+            write(&d.source.join(format!("sub{}/f{i}", i % 5)), format!("{i}"));
+        }
+        write(&d.source.join("big"), vec![3u8; 2 * execnet::CHUNK + 1]);
+        sync(
+            &d.source,
+            &[(&gw1, &d.dest1, false), (&gw2, &d.dest1, false)],
+        );
+        assert_eq!(fs::read_to_string(d.dest1.join("sub3/f13")).unwrap(), "13");
+        assert_eq!(
+            fs::read(d.dest1.join("big")).unwrap().len(),
+            2 * execnet::CHUNK + 1
+        );
+        let names = fs::read_dir(&d.dest1).unwrap().count();
+        assert_eq!(names, 6, "no temporary file left");
+    })
+}
