@@ -341,18 +341,22 @@ impl RSync {
         }
         self.report(Phase::Listed, &stats, None);
 
-        // Start the remote side everywhere.
+        // Start the remote side everywhere; a target that cannot start
+        // (its gateway is gone) fails alone.
         let mut live = Vec::new();
+        let mut not_started = None;
         for t in &targets {
             let id = t.gateway.id().to_string();
-            let ch = t
-                .gateway
-                .remote_exec(execnet_bootstrap::RSYNC_SOURCE)
-                .await
-                .map_err(|e| Error::SyncTarget {
-                    gateway: id.clone(),
-                    error: Box::new(e),
-                })?;
+            let ch = match t.gateway.remote_exec(execnet_bootstrap::RSYNC_SOURCE).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    not_started.get_or_insert(Error::SyncTarget {
+                        gateway: id,
+                        error: Box::new(e),
+                    });
+                    continue;
+                }
+            };
             let hello = Value::Tuple(vec![
                 Value::Bytes(t.dest.as_os_str().as_bytes().to_vec()),
                 Value::Bool(t.options.delete),
@@ -477,6 +481,9 @@ impl RSync {
             }
         }
         self.report(Phase::Done, &stats, None);
+        if let Some(e) = not_started {
+            return Err(e);
+        }
         for t in live {
             if let Some(e) = t.failed {
                 // A send that failed because the remote raised: its error

@@ -714,3 +714,22 @@ fn two_targets_sharing_one_directory() {
         assert_eq!(names, 6, "no temporary file left");
     })
 }
+
+#[test]
+fn a_dead_gateway_does_not_stop_the_others() {
+    bounded(LIMIT, || {
+        let d = dirs("deadgw");
+        let (_group, gw1, gw2) = two();
+        write(&d.source.join("f"), "data");
+        gw1.exit().unwrap();
+        let mut rsync = RSync::new(&d.source);
+        rsync.add_target(&gw1, &d.dest1, false);
+        rsync.add_target(&gw2, &d.dest2, false);
+        let e = rsync.send().unwrap_err();
+        assert!(
+            matches!(&e, Error::SyncTarget { gateway, .. } if gateway == "gw1"),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(d.dest2.join("f")).unwrap(), "data");
+    })
+}
