@@ -7,6 +7,30 @@
 //! any reason (close, remote error, termination, worker death). Once every
 //! channel has ended and the queue is empty, `recv` reports
 //! [`Error::EndOfChannel`] instead of waiting forever.
+//!
+//! ```
+//! # fn main() -> execnet::Result<()> {
+//! use execnet::blocking::Group;
+//! use execnet::Value;
+//!
+//! let group = Group::with_specs(["popen", "popen"])?;
+//! let mc = group.remote_exec("channel.send(channel.receive() + 1)")?;
+//! mc.send_each(&41)?;
+//! assert_eq!(mc.receive_each::<i64>()?, [42, 42]);
+//!
+//! let mc = group.remote_exec("import os; channel.send(os.getpid())")?;
+//! let queue = mc.make_receive_queue(Some(Value::str("done")))?;
+//! let mut ended = 0;
+//! while ended < 2 {
+//!     let (channel, item) = queue.recv()?;
+//!     if item == Value::str("done") {
+//!         ended += 1;
+//!     } else {
+//!         println!("{} says {item:?}", channel.gateway().id());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::collections::VecDeque;
 use std::future::Future;
