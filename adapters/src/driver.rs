@@ -773,7 +773,9 @@ impl Driver {
                 let Some(mut ch) = st.session.channel(ChannelId(id)) else {
                     return Some(Err(Error::ChannelClosed));
                 };
-                if !ch.can_send() {
+                // Asks and, when full, registers for WindowOpened, which
+                // wakes this waiter through the channel's event.
+                if !ch.poll_send_ready() {
                     if closed || ch.is_ended() {
                         return Some(Err(Error::ChannelClosed));
                     }

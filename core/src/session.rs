@@ -1408,7 +1408,18 @@ impl ChannelMut<'_> {
         }
     }
 
-    /// Whether a `send` would be accepted now.
+    /// Whether a `send` would be accepted now, registering interest when it
+    /// would not: if the channel buffers a window's worth of unsent bytes,
+    /// [`Event::WindowOpened`] is emitted once room returns. A driver that
+    /// asks before sending (so that no item is handed over only to be refused
+    /// with `WouldBlock`) waits for that event; [`can_send`](Self::can_send)
+    /// only looks and registers nothing.
+    pub fn poll_send_ready(&mut self) -> bool {
+        self.check_send().is_ok()
+    }
+
+    /// Whether a `send` would be accepted now (a pure query: see
+    /// [`poll_send_ready`](Self::poll_send_ready) to be woken when it would).
     pub fn can_send(&self) -> bool {
         self.session.check_commands().is_ok()
             && self.session.channels.get(&self.id).is_some_and(|ch| {

@@ -804,6 +804,31 @@ fn would_block_then_window_opened() {
 }
 
 #[test]
+fn poll_send_ready_registers_for_window_opened() {
+    // A driver that asks before it sends never sees WouldBlock from `send`;
+    // asking must be enough to be woken when room returns.
+    let mut p = connected(Config {
+        window: 1000,
+        max_frame: 1000,
+        ..Config::default()
+    });
+    let id = p.host.open_channel().unwrap();
+    let item = Value::Bytes(vec![7; 300]);
+    while p.host.channel(id).unwrap().poll_send_ready() {
+        p.host.channel(id).unwrap().send(&item).unwrap();
+    }
+    p.pump();
+    assert!(p.host_events.contains(&Event::WindowOpened { channel: id }));
+    // a pure query registers nothing
+    p.host_events.clear();
+    while p.host.channel(id).unwrap().can_send() {
+        p.host.channel(id).unwrap().send(&item).unwrap();
+    }
+    p.pump_consuming();
+    assert!(p.host.channel(id).unwrap().can_send());
+}
+
+#[test]
 fn a_slow_channel_does_not_stall_another() {
     let mut p = connected(Config {
         window: 2000,
