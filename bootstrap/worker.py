@@ -347,7 +347,6 @@ TERMINATE, STATUS_REQUEST, STATUS_REPLY, OUTPUT = 8, 9, 10, 11
 _HDR = struct.Struct(">BII")
 _hdr = _HDR.pack
 _WRITEV = getattr(os, "writev", None)
-IDLE = 2.0  # seconds an idle executor thread waits for the next execution
 HOT = 0.002  # seconds the reader thread leaves the stream to a thread likely to receive again
 
 
@@ -516,8 +515,8 @@ class Channel(object):
                     if e is not None:
                         raise self.RemoteError(e)
                     raise EOFError()
-                elif self._owed >= gw._eager:
-                    w = gw._winframe(self)  # return sizable credit before blocking
+                elif self._owed:
+                    w = gw._winframe(self)  # return credit before blocking
                 elif (end is None and not gw._leader and not gw._bgread and gw._stop is None
                       and not getattr(_tl, "nb", False)):
                     gw._leader = lead = True  # nobody reads: read the stream ourselves
@@ -706,8 +705,6 @@ class Gateway(object):
         self._donecv = threading.Condition(self._lock)
         self._chans, self._closed, self._owing, self._running = {}, set(), set(), {}
         self._execq = deque()
-        self._poolq, self._idle = deque(), 0  # executor threads waiting for work
-        self._poolcv = threading.Condition(self._lock)
         self._next, self._nexec, self._ofds = 2, 0, {}
         self._dead = self._main_idle = self._main_busy = False
         # leader/follower: a thread waiting in receive() reads the stream itself when
@@ -728,10 +725,6 @@ class Gateway(object):
             if type(v) is not int or not 0 < v <= (0xFFFFFFFF if k != "max_item" else 1 << 63):
                 raise ProtocolError("bad %s %r in host HELLO" % (k, v))
         self._half = max(1, self.window // 2)
-        # Credit below _half is returned early only from _eager up, before a thread
-        # blocks: a sender is never stuck on less (it has window - owed >= _half left
-        # once the queue is empty), and a WINDOW frame per small item costs both sides.
-        self._eager = max(1, self.window // 16)
         opts = hello.get("options") or {}
         self.execmodel = opts.get("execmodel") or "thread"
         self.output = opts.get("output") or "inherit"
@@ -1002,15 +995,9 @@ class Gateway(object):
                     self._execq.append((ch, src, call))
                     self._execcv.notify()
                     return
-                if self._idle:
-                    # an executor thread waits for work: hand it over
-                    self._idle -= 1
-                    self._poolq.append((ch, src, call))
-                    self._poolcv.notify()
-                    return
             # a bare thread: threading.Thread.start() would wait for the new thread to
             # run (a hand-off, and GIL convoys with many EXECs in a row)
-            _thread.start_new_thread(self._executor, ((ch, src, call),))
+            _thread.start_new_thread(self._run, (ch, src, call))
         else:
             raise ProtocolError("unexpected frame kind %d" % kind)
 
@@ -1084,7 +1071,7 @@ class Gateway(object):
 
     def _flush_owed(self):
         with self._lock:
-            ws = [self._winframe(ch) for ch in list(self._owing) if ch._owed >= self._eager]
+            ws = [self._winframe(ch) for ch in list(self._owing)]
         ws = [w for w in ws if w]
         if ws:
             self._send_frames(ws)
@@ -1124,11 +1111,8 @@ class Gateway(object):
         lock = self._lock
         while True:
             with lock:
-                # stand back while a leader reads, or for HOT after a hand-off to a
-                # receiver likely to lead next -- unless other threads wait for input
                 while self._stop is None and (self._leader or (
-                        not self._need and not self._waiting
-                        and time.monotonic() - self._hot < HOT)):
+                        not self._need and time.monotonic() - self._hot < HOT)):
                     self._bgcv.wait(0.01 if self._leader else HOT)
                 if self._stop is not None:
                     break
@@ -1169,25 +1153,6 @@ class Gateway(object):
                     self._running.pop(ch, None)
                     self._donecv.notify_all()
 
-    def _executor(self, task):
-        # runs executions; idle, it waits IDLE seconds for the next one (reuse saves
-        # the thread start); invariant under _lock: _idle == waiting threads - len(_poolq)
-        while task is not None:
-            self._run(*task)
-            with self._lock:
-                self._idle += 1
-                end = time.monotonic() + IDLE
-                while not self._poolq and not self._dead:
-                    left = end - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._poolcv.wait(left)
-                if self._poolq:
-                    task = self._poolq.popleft()
-                else:
-                    self._idle -= 1
-                    task = None
-
     def serve(self):
         """Main thread: the primary executor until the session ends."""
         self._main_idle = True  # the first EXEC goes to the main thread
@@ -1225,9 +1190,6 @@ class Gateway(object):
             self._execq.clear()
             fires = [self._end(ch) for ch in list(self._chans.values())]
             self._execcv.notify_all()
-            self._poolcv.notify_all()
-            queued += list(self._poolq)
-            self._poolq.clear()
             busy = self._main_busy
         for ch, _, _ in queued:
             self._safe(self._close, ch, "worker terminated before this execution started")
