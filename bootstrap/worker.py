@@ -515,8 +515,8 @@ class Channel(object):
                     if e is not None:
                         raise self.RemoteError(e)
                     raise EOFError()
-                elif self._owed:
-                    w = gw._winframe(self)  # return credit before blocking
+                elif self._owed >= gw._eager:
+                    w = gw._winframe(self)  # return sizable credit before blocking
                 elif (end is None and not gw._leader and not gw._bgread and gw._stop is None
                       and not getattr(_tl, "nb", False)):
                     gw._leader = lead = True  # nobody reads: read the stream ourselves
@@ -725,6 +725,10 @@ class Gateway(object):
             if type(v) is not int or not 0 < v <= (0xFFFFFFFF if k != "max_item" else 1 << 63):
                 raise ProtocolError("bad %s %r in host HELLO" % (k, v))
         self._half = max(1, self.window // 2)
+        # Credit below _half is returned early only from _eager up, before a thread
+        # blocks: a sender is never stuck on less (it has window - owed >= _half left
+        # once the queue is empty), and a WINDOW frame per small item costs both sides.
+        self._eager = max(1, self.window // 16)
         opts = hello.get("options") or {}
         self.execmodel = opts.get("execmodel") or "thread"
         self.output = opts.get("output") or "inherit"
@@ -1071,7 +1075,7 @@ class Gateway(object):
 
     def _flush_owed(self):
         with self._lock:
-            ws = [self._winframe(ch) for ch in list(self._owing)]
+            ws = [self._winframe(ch) for ch in list(self._owing) if ch._owed >= self._eager]
         ws = [w for w in ws if w]
         if ws:
             self._send_frames(ws)
@@ -1111,8 +1115,11 @@ class Gateway(object):
         lock = self._lock
         while True:
             with lock:
+                # stand back while a leader reads, or for HOT after a hand-off to a
+                # receiver likely to lead next -- unless other threads wait for input
                 while self._stop is None and (self._leader or (
-                        not self._need and time.monotonic() - self._hot < HOT)):
+                        not self._need and not self._waiting
+                        and time.monotonic() - self._hot < HOT)):
                     self._bgcv.wait(0.01 if self._leader else HOT)
                 if self._stop is not None:
                     break
