@@ -301,6 +301,9 @@ impl Driver {
             let r = st.session.handle_input(bytes);
             self.dispatch(&mut st, &mut work);
             self.pump_for_flusher(&mut st);
+            // Transmitting can free room (WindowOpened): drain events after
+            // poll_transmit, as the core's drain order says.
+            self.dispatch(&mut st, &mut work);
             r.err()
         };
         if let Some(e) = violated {
@@ -459,6 +462,7 @@ impl Driver {
 
     /// Holds the writing token: writes until the session has nothing left.
     fn write_loop<'a>(&'a self, mut st: MutexGuard<'a, State>) {
+        let mut work = Vec::new();
         loop {
             if st.outbuf.len() < WRITE_CHUNK {
                 let State {
@@ -469,9 +473,17 @@ impl Driver {
                         break;
                     }
                 }
+                // Draining the send queues frees room: a sender waiting for
+                // WindowOpened must hear of it now, not at the next input
+                // (which may never come while the peer only consumes).
+                self.dispatch(&mut st, &mut work);
             }
             if st.outbuf.is_empty() {
                 st.writing = false;
+                drop(st);
+                // Callbacks (endmarkers of a session answered TERMINATE)
+                // run after the writing token is given back, as in flush().
+                self.do_work(work);
                 return;
             }
             let spare = std::mem::take(&mut st.spare);

@@ -33,3 +33,32 @@ fn bulk_to_a_busy_consumer_is_paced_not_stalled() {
         gw.exit().expect("exit");
     });
 }
+
+/// Bulk host→worker to a consumer that sends nothing back while it reads:
+/// the room a sender waits for is made by the writer draining the session,
+/// not by any input, and the waiter must be woken all the same (it hung
+/// about one run in two when only the reader dispatched WindowOpened).
+#[test]
+fn bulk_to_a_silent_consumer_never_waits_for_input() {
+    bounded(Duration::from_secs(60), || {
+        let gw = gw();
+        for round in 0..8 {
+            let ch = gw
+                .remote_exec(
+                    "n = 0\nfor x in iter(channel.receive, None):\n    n += len(x)\n\
+                     channel.send(n)\n",
+                )
+                .expect("exec");
+            let item = execnet::Value::Bytes(vec![1u8; 1 << 20]);
+            for _ in 0..64 {
+                ch.send(&item).expect("send");
+            }
+            ch.send(&execnet::Value::Null).expect("end marker");
+            let n: u64 = ch
+                .receive_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(n, 64 << 20);
+        }
+        gw.exit().expect("exit");
+    });
+}
