@@ -10,6 +10,9 @@ use execnet::{Error, ExitStatus, Value};
 use execnet_tests::faults::signal;
 use execnet_tests::{assert_reaped, bounded, LIMIT};
 
+/// The signal numbers used here (Linux).
+const SIGKILL: i32 = 9;
+
 /// How long every channel may take to report the death.
 const TO_ERROR: Duration = Duration::from_secs(1);
 
@@ -209,5 +212,74 @@ fn interpreters_that_are_not_a_working_python() {
         assert!(execnet_tests::wait_until(Duration::from_secs(2), || {
             execnet_tests::faults::children().is_empty()
         }));
+    })
+}
+
+/// One rsync target's worker killed by SIGKILL while a large file streams to
+/// it: `send` reports that target (the worker's death inside), the other
+/// target still receives the whole file, nothing hangs, the victim is
+/// reaped.
+#[test]
+fn worker_killed_during_rsync() {
+    use std::sync::{Arc, Mutex};
+
+    use execnet::blocking::RSync;
+    use execnet::Phase;
+    use execnet_tests::TempDir;
+
+    bounded(LIMIT, || {
+        const SIZE: u64 = 512 << 20;
+        let dir = TempDir::new("rsynckill");
+        let (src, dest1, dest2) = (
+            dir.path().join("src"),
+            dir.path().join("d1"),
+            dir.path().join("d2"),
+        );
+        std::fs::create_dir_all(&src).unwrap();
+        // Sparse: reading it costs no disk time, the transfer is real.
+        let f = std::fs::File::create(src.join("big")).unwrap();
+        f.set_len(SIZE).unwrap();
+        drop(f);
+        let gw1 = makegateway("popen//id=victim").unwrap();
+        let gw2 = makegateway("popen//id=survivor").unwrap();
+        let victim = gw1.info().pid;
+        let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let mut rsync = RSync::new(&src);
+        rsync.add_target(&gw1, &dest1, false);
+        rsync.add_target(&gw2, &dest2, false);
+        let k = killed_at.clone();
+        rsync.progress(move |p| {
+            let mut k = k.lock().unwrap();
+            if p.phase == Phase::Sending && p.stats.bytes_sent > 64 << 20 && k.is_none() {
+                signal(victim, SIGKILL);
+                *k = Some(Instant::now());
+            }
+        });
+        let e = rsync.send().expect_err("the victim's target must fail");
+        let kill = killed_at.lock().unwrap().expect("killed mid-transfer");
+        let after = kill.elapsed();
+        match &e {
+            Error::SyncTarget { gateway, error } => {
+                assert_eq!(gateway, "victim", "{e}");
+                assert!(
+                    matches!(**error, Error::WorkerDied { .. }),
+                    "the cause is named: {error:?}"
+                );
+            }
+            other => panic!("expected SyncTarget(victim), got {other:?}"),
+        }
+        // The survivor's remaining transfer is included in this bound.
+        assert!(
+            after < Duration::from_secs(5),
+            "send returned {after:?} after the kill"
+        );
+        eprintln!("rsync: send returned {after:?} after SIGKILL of one target");
+        assert_eq!(
+            std::fs::metadata(dest2.join("big")).unwrap().len(),
+            SIZE,
+            "the survivor got the whole file"
+        );
+        assert_reaped(victim, TO_ERROR);
+        gw2.exit().unwrap();
     })
 }
