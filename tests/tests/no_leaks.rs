@@ -7,19 +7,8 @@ use std::time::Duration;
 
 use execnet::blocking::{makegateway, Group};
 use execnet::Value;
+use execnet_tests::faults::children;
 use execnet_tests::{bounded, wait_until};
-
-fn children() -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
-        for t in rd.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
-        }
-    }
-    out
-}
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |rd| rd.count())
