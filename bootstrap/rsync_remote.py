@@ -16,16 +16,14 @@ Conversation (host -> remote, remote -> host):
        a file is needed when its size or mtime differs; the digest of the
        present file is sent when only the mtime differs
     -> ("t", index)                 content is equal: set mode and mtime
-    -> ("f", index, data)           whole file
+    -> ("F", [(index, data), ...])  whole files (the small ones, together)
     -> ("w", index), data..., ("e", index, ok)   file in chunks; ok False:
                                     the source vanished, keep what was there
     -> None
     <- ("done", files_written)
 
-Every item after the first is acknowledged with the int 1 as soon as it is
-taken (the acks interleave with the answers above): the host keeps at most
-a few chunks unacknowledged per target, well inside the channel window, so
-a slow disk here never lets the window run dry.
+Nothing is acknowledged item by item: the channel window is the flow
+control.
 
 Directories are made writable for their owner (mode | 0o700), files are
 written to a temporary name and renamed into place, then get their mode
@@ -43,10 +41,9 @@ def serve_rsync(channel):
     dest, delete = channel.receive()
     dest = os.path.abspath(dest)
 
-    def get():
-        item = channel.receive()
-        channel.send(1)
-        return item
+    get = channel.receive
+    utime_fd = os.utime in os.supports_fd
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
     def full(rel):
         return os.path.join(dest, rel) if rel else dest
@@ -163,47 +160,66 @@ def serve_rsync(channel):
                     deleted += 1
     channel.send(("needs", needs, deleted))
 
+    def write_all(fd, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def begin(idx):
+        rel = entries[idx][0]
+        head, _, name = full(rel).rpartition(b"/")
+        # unique per process: two targets may share a directory
+        tmp = b"%s/.#%s.%d.execnet-rsync" % (head, name, os.getpid())
+        return os.open(tmp, flags, 0o600), tmp
+
+    def finish(fd, tmp, idx, ok):
+        rel, mode, mtime_ns = entries[idx]
+        try:
+            if ok:
+                os.fchmod(fd, stat.S_IMODE(mode))
+                if utime_fd:
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+        if not ok:
+            os.unlink(tmp)
+            return 0
+        if not utime_fd:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, full(rel))
+        return 1
+
     written = 0
-    out = None  # (file object, tmp path, index) while a file streams in
+    out = None  # (fd, tmp path, index) while a file streams in
     while True:
         item = get()
         if item is None:
             break
         if isinstance(item, bytes):
-            out[0].write(item)
+            write_all(out[0], item)
             continue
-        op, idx = item[0], item[1]
-        rel, mode, mtime_ns = entries[idx]
-        path = full(rel)
-        if op == "t":
-            set_meta(path, mode, mtime_ns)
-            continue
-        if op == "f" or op == "w":
-            head, _, name = path.rpartition(b"/")
-            # unique per process: two targets may share a directory
-            tmp = b"%s/.#%s.%d.execnet-rsync" % (head, name, os.getpid())
-            f = open(tmp, "wb")
-            if op == "w":
-                out = (f, tmp, idx)
-                continue
-            try:
-                f.write(item[2])
-            finally:
-                f.close()
-            ok = True
+        op = item[0]
+        if op == "F":
+            for idx, data in item[1]:
+                fd, tmp = begin(idx)
+                try:
+                    write_all(fd, data)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                written += finish(fd, tmp, idx, True)
+        elif op == "t":
+            rel, mode, mtime_ns = entries[item[1]]
+            set_meta(full(rel), mode, mtime_ns)
+        elif op == "w":
+            fd, tmp = begin(item[1])
+            out = (fd, tmp, item[1])
         elif op == "e":
-            f, tmp, _ = out
+            fd, tmp, idx = out
             out = None
-            f.close()
-            ok = item[2]
+            written += finish(fd, tmp, idx, item[2])
         else:
             raise ValueError("unknown operation %r" % (op,))
-        if ok:
-            set_meta(tmp, mode, mtime_ns)
-            os.replace(tmp, path)
-            written += 1
-        else:
-            os.unlink(tmp)
     channel.send(("done", written))
 
 

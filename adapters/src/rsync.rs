@@ -5,10 +5,12 @@
 //! (`bootstrap/rsync_remote.py`) creates directories, symlinks, deletes
 //! extras (with `delete`) and answers which files it needs: those whose
 //! size or mtime differ, with the SHA-256 of its copy when only the mtime
-//! differs. The host then reads each needed file once and streams it, in
-//! chunks of [`CHUNK`] bytes, to every target that needs it; a file whose
-//! content turns out equal only gets its mode and mtime set. Channel
-//! windows give backpressure, so memory stays at a few chunks per target
+//! differs. The host then reads each needed file once and sends it to every
+//! target that needs it: files smaller than [`CHUNK`] travel together, up
+//! to [`BATCH_BYTES`] per item, larger ones are streamed in chunks of
+//! [`CHUNK`] bytes; a file whose content turns out equal only gets its mode
+//! and mtime set. Channel windows give backpressure (nothing is
+//! acknowledged item by item), so memory stays at a few chunks per target
 //! whatever the file sizes.
 //!
 //! Symlinks pointing inside the tree become relative links (the tree stays
@@ -17,7 +19,7 @@
 //! naming the path ([`Error::CannotSync`]). Files that vanish during the
 //! walk or before they are read are skipped.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
@@ -39,11 +41,8 @@ pub const CHUNK: usize = 1 << 20;
 const BATCH: usize = 4096;
 /// How long a failed target may take to report why.
 const ERROR_WAIT: Duration = Duration::from_secs(10);
-/// Bytes (estimated) sent to a target and not yet acknowledged by it, at
-/// most: below the default 4 MiB channel window, so that the window never
-/// runs dry while the target is busy writing (the acks are the flow
-/// control; see `bootstrap/rsync_remote.py`).
-const MAX_UNACKED: u64 = 3 << 20;
+/// Bytes of small files gathered into one item (per target), at most about.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// Options of one target.
 #[derive(Debug, Clone, Default)]
@@ -190,9 +189,9 @@ struct Live {
     id: String,
     ch: Channel,
     failed: Option<Error>,
-    /// Estimated sizes of the items not acknowledged yet, oldest first.
-    inflight: VecDeque<u64>,
-    unacked: u64,
+    /// Small files waiting to go out together: `(index, data)` items.
+    batch: Vec<Value>,
+    batch_bytes: usize,
 }
 
 impl Live {
@@ -201,58 +200,40 @@ impl Live {
             id,
             ch,
             failed: None,
-            inflight: VecDeque::new(),
-            unacked: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
         }
     }
 
-    /// Sends `v` (of estimated size `cost`) once few enough bytes are
-    /// unacknowledged; a failure marks the target.
-    async fn send(&mut self, v: &Value, cost: u64) {
+    /// Sends `v` (waiting for room in the channel window); a failure marks
+    /// the target.
+    async fn send(&mut self, v: &Value) {
         if self.failed.is_some() {
             return;
         }
-        while self.unacked > 0 && self.unacked + cost > MAX_UNACKED {
-            match self.ch.receive_value(None).await {
-                Ok(Value::Int(_)) => self.acked(),
-                Ok(_) => {
-                    self.failed = Some(Error::Spec(
-                        "rsync: unexpected item from the target while sending".into(),
-                    ));
-                    return;
-                }
-                Err(e) => {
-                    self.failed = Some(e);
-                    return;
-                }
-            }
-        }
-        match self.ch.send_value(v).await {
-            Ok(()) => {
-                self.inflight.push_back(cost);
-                self.unacked += cost;
-            }
-            Err(e) => {
-                tracing::debug!(gateway = %self.id, error = %e, "rsync target failed");
-                self.failed = Some(e);
-            }
+        if let Err(e) = self.ch.send_value(v).await {
+            tracing::debug!(gateway = %self.id, error = %e, "rsync target failed");
+            self.failed = Some(e);
         }
     }
 
-    fn acked(&mut self) {
-        if let Some(c) = self.inflight.pop_front() {
-            self.unacked -= c;
+    /// Sends the small files gathered so far, if any.
+    async fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
         }
+        let files = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if self.failed.is_some() {
+            return;
+        }
+        let item = Value::Tuple(vec![Value::str("F"), Value::List(files)]);
+        self.send(&item).await;
     }
 
-    /// The next item from the target that is not an acknowledgement.
+    /// The next item from the target.
     async fn reply(&mut self) -> Result<Value> {
-        loop {
-            match self.ch.receive_value(None).await? {
-                Value::Int(_) => self.acked(),
-                v => return Ok(v),
-            }
-        }
+        self.ch.receive_value(None).await
     }
 }
 
@@ -460,6 +441,7 @@ impl RSync {
             self.stream_file(&mut live, &to, &path, rel, index, &mut stats)
                 .await;
         }
+        join_all(live.iter_mut().map(|t| t.flush()).collect()).await;
         send_all(&mut live, &Value::Null).await;
 
         // Every target confirms, then closes.
@@ -522,7 +504,7 @@ impl RSync {
             }
         };
         let first = read_chunk(&mut file);
-        let mut first = match first {
+        let first = match first {
             Ok(b) => b,
             Err(_) => {
                 stats.files_vanished += 1;
@@ -531,13 +513,33 @@ impl RSync {
         };
         let n = to.len() as u64;
         if first.len() < CHUNK {
-            let len = first.len() as u64;
-            let item = Value::Tuple(vec![
-                Value::str("f"),
-                index,
-                Value::Bytes(std::mem::take(&mut first)),
-            ]);
-            send_some(live, to, &item).await;
+            // Goes out with other small files.
+            let len = first.len();
+            let mut full = Vec::new();
+            for (ti, t) in live.iter_mut().enumerate() {
+                if !to.contains(&ti) || t.failed.is_some() {
+                    continue;
+                }
+                t.batch.push(Value::Tuple(vec![
+                    index.clone(),
+                    Value::Bytes(first.clone()),
+                ]));
+                t.batch_bytes += len + 64;
+                if t.batch_bytes >= BATCH_BYTES {
+                    full.push(ti);
+                }
+            }
+            if !full.is_empty() {
+                join_all(
+                    live.iter_mut()
+                        .enumerate()
+                        .filter(|(ti, _)| full.contains(ti))
+                        .map(|(_, t)| t.flush())
+                        .collect(),
+                )
+                .await;
+            }
+            let len = len as u64;
             stats.files_sent += n;
             stats.bytes_sent += len * n;
             self.report(Phase::Sending, stats, Some(rel));
@@ -592,24 +594,13 @@ async fn send_all(live: &mut [Live], v: &Value) {
 
 /// Sends `v` to the targets `to` at once; a failure marks the target.
 async fn send_some(live: &mut [Live], to: &[usize], v: &Value) {
-    let cost = weight(v);
     let sends = live
         .iter_mut()
         .enumerate()
         .filter(|(i, _)| to.contains(i))
-        .map(|(_, t)| t.send(v, cost))
+        .map(|(_, t)| t.send(v))
         .collect();
     join_all(sends).await;
-}
-
-/// About how many bytes `v` takes on the wire (for [`MAX_UNACKED`]).
-fn weight(v: &Value) -> u64 {
-    match v {
-        Value::Bytes(b) => b.len() as u64 + 8,
-        Value::Str(s) => s.len() as u64 + 8,
-        Value::List(xs) | Value::Tuple(xs) => 8 + xs.iter().map(weight).sum::<u64>(),
-        _ => 9,
-    }
 }
 
 /// Reads up to [`CHUNK`] bytes (less only at the end of the file).
