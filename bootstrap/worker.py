@@ -7,7 +7,7 @@
 # Size is start-up time: ~45 KB of source, ~12 KB compressed (zlib level 9).
 # Env EXECNET_DEBUG=1 traces to stderr, EXECNET_DEBUG=/path appends to a file.
 import os
-import struct
+import _struct as struct  # the C module: "struct" is a Python wrapper around it
 import sys
 import _thread
 import threading
@@ -391,6 +391,12 @@ class Reader(object):
 
     def read(self, max_frame):
         """Return (kind, channel, payload) or None at a clean end of stream."""
+        s = self.s
+        if self.e - s >= 9:  # fast path: the whole frame is buffered
+            kind, cid, n = _HDR.unpack_from(self.buf, s)
+            if n <= max_frame and self.e - s - 9 >= n:
+                self.s = s + 9 + n
+                return kind, cid, bytes(self.mv[s + 9 : s + 9 + n])
         if not self._fill(9):
             if self.e != self.s:
                 raise ProtocolError("truncated frame header")
@@ -422,6 +428,7 @@ class TimeoutError(IOError):
 
 
 _NOENDMARKER = object()
+_NOITEM = object()  # Gateway._lead: no item handed back
 
 
 class Channel(object):
@@ -520,6 +527,7 @@ class Channel(object):
                 elif (end is None and not gw._leader and not gw._bgread and gw._stop is None
                       and not getattr(_tl, "nb", False)):
                     gw._leader = lead = True  # nobody reads: read the stream ourselves
+                    gw._mine = self
                 else:
                     left = None if end is None else end - time.monotonic()
                     if left is not None and left <= 0:
@@ -533,7 +541,9 @@ class Channel(object):
             if got:
                 return v
             if lead:
-                gw._lead(self)
+                v = gw._lead(self)
+                if v is not _NOITEM:
+                    return v  # fast path: our item, decoded by this thread, never queued
 
     def __iter__(self):
         return self
@@ -713,6 +723,8 @@ class Gateway(object):
         self._bgcv = threading.Condition(self._lock)
         self._leader = self._bgread = self._need = False
         self._waiting, self._hot, self._stop = 0, 0.0, None
+        # the leader's channel, and its item handed straight back by _data (not queued)
+        self._mine, self._handed = None, _NOITEM
         self.id = "<worker>"
         if not isinstance(hello, dict) or hello.get("version") != 1:
             v = hello.get("version") if isinstance(hello, dict) else hello
@@ -902,23 +914,36 @@ class Gateway(object):
             self._waiting -= 1
 
     def _lead(self, ch):
+        # ch.receive() found nothing and nobody reads: read the stream in this thread
+        # until ch has news. Returns ch's next item when _data handed it back (fast
+        # path, never queued), else _NOITEM and receive() looks at the channel again.
         nb, _tl.nb = getattr(_tl, "nb", False), True
+        done = False
         try:
-            while True:
+            while not done:
                 stop = self._read_one()
                 with self._lock:
                     if stop:
                         self._stop = stop
-                    if stop or ch._items or ch._ended:
-                        break
+                    v, self._handed = self._handed, _NOITEM
+                    done = v is not _NOITEM or stop or ch._items or ch._ended
+                    if done:
+                        self._end_lead()
         finally:
             _tl.nb = nb
-            with self._lock:
-                self._leader = False
-                self._hot = time.monotonic()
-                if self._waiting or self._stop:
-                    self._need = True
-                    self._bgcv.notify()
+            if not done:
+                with self._lock:
+                    self._handed = _NOITEM
+                    self._end_lead()
+        return v
+
+    def _end_lead(self):
+        # under _lock: the leader steps back; the reader thread takes over if needed
+        self._leader, self._mine = False, None
+        self._hot = time.monotonic()
+        if self._waiting or self._stop:
+            self._need = True
+            self._bgcv.notify()
 
     def _dispatch(self, kind, cid, p):
         if kind == DATA or kind == DATA_MORE:
@@ -1008,7 +1033,7 @@ class Gateway(object):
     def _data(self, kind, cid, p):
         n = len(p)
         with self._lock:
-            ch = self._get(cid, kind)
+            ch = self._chans.get(cid) or self._get(cid, kind)
             if ch is None:
                 return
             if ch._rc or ch._rl:
@@ -1056,16 +1081,27 @@ class Gateway(object):
             with self._lock:
                 ch._err = str(e)
             return self._close(ch, str(e))
-        with self._rlock:
-            with self._lock:
-                cb = ch._cb
-                if cb is None:
+        with self._lock:
+            cb = ch._cb
+            if cb is None:
+                if ch is self._mine and not ch._items:
+                    # the leader reads for this channel: hand the item straight back
+                    # to its receive(), consumed (no queue, no second lock round trip)
+                    self._handed = v
+                    ch._owed += n
+                    w = self._winframe(ch) if ch._owed >= self._half else None
+                else:
                     ch._items.append((v, n))
                     if ch._w:
                         ch._cv.notify_all()
                         if self._bgread:
                             self._hot = time.monotonic()
                     return
+        if cb is None:
+            if w:
+                self._send_frames([w])
+            return
+        with self._rlock:  # in order with setcallback's delivery of queued items
             try:
                 cb[0](v)
             except Exception as e:
@@ -1111,25 +1147,28 @@ class Gateway(object):
         return (reason,)
 
     def _read_loop(self):
-        _tl.nb = True
-        lock = self._lock
-        while True:
-            with lock:
-                # stand back while a leader reads, or for HOT after a hand-off to a
-                # receiver likely to lead next -- unless other threads wait for input
-                while self._stop is None and (self._leader or (
-                        not self._need and not self._waiting
-                        and time.monotonic() - self._hot < HOT)):
-                    self._bgcv.wait(0.01 if self._leader else HOT)
-                if self._stop is not None:
-                    break
-                self._bgread, self._need = True, False
-            stop = self._read_one()
-            with lock:
-                self._bgread = False
-                if stop:
-                    self._stop = stop
-        self._shutdown(self._stop[0])
+        try:
+            _tl.nb = True
+            lock = self._lock
+            while True:
+                with lock:
+                    # stand back while a leader reads, or for HOT after a hand-off to a
+                    # receiver likely to lead next -- unless other threads wait for input
+                    while self._stop is None and (self._leader or (
+                            not self._need and not self._waiting
+                            and time.monotonic() - self._hot < HOT)):
+                        self._bgcv.wait(0.01 if self._leader else HOT)
+                    if self._stop is not None:
+                        break
+                    self._bgread, self._need = True, False
+                stop = self._read_one()
+                with lock:
+                    self._bgread = False
+                    if stop:
+                        self._stop = stop
+            self._shutdown(self._stop[0])
+        finally:
+            self._rdone.release()  # serve() waits for it
 
     # -- execution
     def _run(self, ch, src, call):
@@ -1163,9 +1202,10 @@ class Gateway(object):
     def serve(self):
         """Main thread: the primary executor until the session ends."""
         self._main_idle = True  # the first EXEC goes to the main thread
-        self._rthread = threading.Thread(target=self._read_loop)
-        self._rthread.daemon = True
-        self._rthread.start()
+        # bare threads: threading.Thread.start() waits until the new thread runs
+        self._rdone = _thread.allocate_lock()
+        self._rdone.acquire()
+        _thread.start_new_thread(self._read_loop, ())
         while not self._dead:
             try:
                 try:
@@ -1184,7 +1224,8 @@ class Gateway(object):
                 pass  # sent by _shutdown to interrupt an execution
         for _ in range(20):  # the reader ends the process (os._exit) after its shutdown
             try:
-                self._rthread.join(1)
+                if self._rdone.acquire(True, 1):
+                    break
             except KeyboardInterrupt:
                 pass
         os._exit(1)
@@ -1242,9 +1283,7 @@ class Gateway(object):
                 os.dup2(w, fd)
                 os.close(w)
                 self._ofds[r] = fd
-            t = threading.Thread(target=self._output_loop)
-            t.daemon = True
-            t.start()
+            _thread.start_new_thread(self._output_loop, ())  # no start-up hand-off
         elif mode == "discard":
             dn = os.open(os.devnull, os.O_WRONLY)
             os.dup2(dn, 1)
