@@ -97,19 +97,38 @@ def serve_rsync(channel):
     needs = []
     dirs = {}  # rel of a listed directory -> names listed in it
     index = 0
+    prefix = os.path.join(dest, b"")
+    os_lstat = os.lstat
+    S_ISREG = stat.S_ISREG
+    S_IMODE = stat.S_IMODE
     while True:
         batch = get()
         if batch is None:
             break
         for entry in batch:
             rel, kind = entry[0], entry[1]
-            path = full(rel)
-            if rel:
+            path = prefix + rel if rel else dest
+            if delete and rel:
                 parent, _, name = rel.rpartition(b"/")
                 names = dirs.get(parent)
                 if names is not None:
                     names.add(name)
-            st = lstat(path)
+            try:
+                st = os_lstat(path)
+            except OSError:
+                st = None
+            if (
+                kind == 1
+                and st is not None
+                and st.st_size == entry[4]
+                and st.st_mtime_ns == entry[3]
+                and S_ISREG(st.st_mode)
+            ):
+                # The common case of an unchanged tree: nothing to send.
+                if S_IMODE(st.st_mode) != S_IMODE(entry[2]):
+                    os.chmod(path, S_IMODE(entry[2]))
+                index += 1
+                continue
             if kind == 0:
                 mode = entry[2]
                 if st is not None and not stat.S_ISDIR(st.st_mode):

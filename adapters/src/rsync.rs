@@ -37,8 +37,8 @@ use crate::{Channel, Value};
 
 /// Bytes per data item when streaming a file.
 pub const CHUNK: usize = 1 << 20;
-/// Listing entries per item.
-const BATCH: usize = 4096;
+/// Listing entries per item (small: the targets start comparing early).
+const BATCH: usize = 256;
 /// How long a failed target may take to report why.
 const ERROR_WAIT: Duration = Duration::from_secs(10);
 /// Bytes of small files gathered into one item (per target), at most about.
@@ -305,25 +305,10 @@ impl RSync {
                 reason: "not a directory".into(),
             });
         }
-        let entries = walk(&root, self.filter.as_mut())?;
-        let mut stats = Stats {
-            targets: targets.len() as u64,
-            ..Stats::default()
-        };
-        for e in &entries {
-            match e.kind {
-                Kind::Dir { .. } => stats.dirs_listed += 1,
-                Kind::File { size, .. } => {
-                    stats.files_listed += 1;
-                    stats.bytes_listed += size;
-                }
-                Kind::Link { .. } => stats.links_listed += 1,
-            }
-        }
-        self.report(Phase::Listed, &stats, None);
-
-        // Start the remote side everywhere; a target that cannot start
-        // (its gateway is gone) fails alone.
+        let mut walker = Walker::new(&root)?;
+        // Start the remote side everywhere (it starts up while the source is
+        // walked); a target that cannot start (its gateway is gone) fails
+        // alone.
         let mut live = Vec::new();
         let mut not_started = None;
         for t in &targets {
@@ -347,12 +332,50 @@ impl RSync {
             send_all(&mut live[n..], &hello).await;
         }
 
-        // The listing, then every target's needs.
-        for batch in entries.chunks(BATCH) {
-            let items = batch.iter().map(entry_value).collect();
-            send_all(&mut live, &Value::List(items)).await;
+        // The listing, sent as the walk goes (the targets compare while the
+        // walk goes on), then every target's needs.
+        let mut entries = Vec::new();
+        let mut sent = 0;
+        loop {
+            let more = match walker.step(&mut entries, self.filter.as_mut()) {
+                Ok(more) => more,
+                Err(e) => {
+                    for t in &live {
+                        let _ = t.ch.close();
+                    }
+                    return Err(e);
+                }
+            };
+            if entries.len() - sent >= BATCH || (!more && entries.len() > sent) {
+                let end = entries.len().min(sent + BATCH);
+                let items = entries[sent..end].iter().map(entry_value).collect();
+                send_all(&mut live, &Value::List(items)).await;
+                sent = end;
+                if entries.len() > sent {
+                    continue;
+                }
+            }
+            if !more {
+                break;
+            }
         }
         send_all(&mut live, &Value::Null).await;
+        let mut stats = Stats {
+            targets: targets.len() as u64,
+            ..Stats::default()
+        };
+        for e in &entries {
+            match e.kind {
+                Kind::Dir { .. } => stats.dirs_listed += 1,
+                Kind::File { size, .. } => {
+                    stats.files_listed += 1;
+                    stats.bytes_listed += size;
+                }
+                Kind::Link { .. } => stats.links_listed += 1,
+            }
+        }
+        self.report(Phase::Listed, &stats, None);
+
         let answers = join_all(
             live.iter_mut()
                 .map(|t| async move {
@@ -672,22 +695,47 @@ fn parse_needs(v: &Value) -> Option<(Vec<Need>, u64)> {
     Some((out, deleted))
 }
 
-/// Walks `root` (canonical), directories before their contents, names
-/// sorted. Paths that vanish are skipped; special files are an error.
-fn walk(root: &Path, mut filter: Option<&mut Filter>) -> Result<Vec<Entry>> {
-    let meta = std::fs::metadata(root)?;
-    let mut out = vec![Entry {
-        rel: PathBuf::new(),
-        kind: Kind::Dir {
-            mode: meta.permissions().mode() & 0o7777,
-        },
-    }];
-    let mut stack = vec![PathBuf::new()];
-    while let Some(dir_rel) = stack.pop() {
-        let dir = root.join(&dir_rel);
+/// Walks a root (canonical), directories before their contents, names
+/// sorted, one directory per [`step`](Walker::step). Paths that vanish are
+/// skipped; special files are an error.
+struct Walker {
+    root: PathBuf,
+    /// Directories still to list, the next last.
+    stack: Vec<PathBuf>,
+}
+
+impl Walker {
+    /// A walk of `root`; its entry is the first [`step`](Walker::step)
+    /// gives.
+    fn new(root: &Path) -> Result<Walker> {
+        std::fs::metadata(root)?;
+        Ok(Walker {
+            root: root.to_path_buf(),
+            stack: Vec::new(),
+        })
+    }
+
+    /// Appends the entries of the next directory to `out`; false when
+    /// the walk is over.
+    fn step(&mut self, out: &mut Vec<Entry>, mut filter: Option<&mut Filter>) -> Result<bool> {
+        if out.is_empty() {
+            let meta = std::fs::metadata(&self.root)?;
+            out.push(Entry {
+                rel: PathBuf::new(),
+                kind: Kind::Dir {
+                    mode: meta.permissions().mode() & 0o7777,
+                },
+            });
+            self.stack.push(PathBuf::new());
+            return Ok(true);
+        }
+        let Some(dir_rel) = self.stack.pop() else {
+            return Ok(false);
+        };
+        let dir = self.root.join(&dir_rel);
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
             Err(e) => {
                 return Err(Error::CannotSync {
                     path: dir,
@@ -727,7 +775,7 @@ fn walk(root: &Path, mut filter: Option<&mut Filter>) -> Result<Vec<Entry>> {
                     Err(_) => continue, // vanished
                 };
                 Kind::Link {
-                    target: link_target(root, &full, &target),
+                    target: link_target(&self.root, &full, &target),
                 }
             } else {
                 let what = if ft.is_fifo() {
@@ -749,9 +797,9 @@ fn walk(root: &Path, mut filter: Option<&mut Filter>) -> Result<Vec<Entry>> {
             out.push(Entry { rel, kind });
         }
         // Depth first, in name order: push in reverse.
-        stack.extend(subdirs.into_iter().rev());
+        self.stack.extend(subdirs.into_iter().rev());
+        Ok(!self.stack.is_empty())
     }
-    Ok(out)
 }
 
 /// The target to create for the link at `link` (under `root`): relative
