@@ -2,6 +2,8 @@
 //! root, waiting by blocking the calling thread. Every type here wraps its
 //! async counterpart and every method is that method under
 //! `futures_lite::future::block_on`: one implementation, two faces.
+//! [`Channel::receive`] additionally lets its thread read the transport
+//! itself while it waits (leader/follower, see the driver).
 //!
 //! ```no_run
 //! use execnet::blocking::makegateway;
@@ -168,7 +170,7 @@ impl Channel {
     }
     /// Receives the next item.
     pub fn receive<T: DeserializeOwned>(&self) -> Result<T> {
-        block_on(self.0.receive())
+        crate::driver::leading_allowed(|| block_on(self.0.receive()))
     }
     /// Receives the next item, `Err(Timeout)` after `timeout`.
     pub fn receive_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T> {
@@ -176,7 +178,7 @@ impl Channel {
     }
     /// Receives the next item as a [`Value`].
     pub fn receive_value(&self, timeout: Option<Duration>) -> Result<Value> {
-        block_on(self.0.receive_value(timeout))
+        crate::driver::leading_allowed(|| block_on(self.0.receive_value(timeout)))
     }
     /// The items until the end of the channel; a remote error is the last.
     pub fn iter<T: DeserializeOwned>(&self) -> impl Iterator<Item = Result<T>> + '_ {

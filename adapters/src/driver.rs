@@ -26,9 +26,25 @@
 //! releases the lock, and awaits the listener (the blocking API blocks on
 //! that future). Deadlines race the listener against an `async_io::Timer`.
 //!
-//! Room for leader/follower reading (DESIGN.md §7): the reader's loop body is
-//! [`Driver::feed`] and the transport reader is owned by the reader thread; a
-//! waiter could take the reader over when it is idle and call `feed` itself.
+//! **Leader/follower reading** (DESIGN.md §7). Reading the transport needs
+//! the *read token* (`State::reading`); the transport reader and its buffer
+//! sit in `Driver::source`, used only by the token holder. A thread waiting
+//! in a blocking [`receive`](crate::blocking::Channel::receive) without a
+//! deadline (the thread-local set by [`leading_allowed`]) takes the token
+//! when it is free and reads itself: `feed` (handle_input, dispatch, pump)
+//! and the callbacks/output it produced, on its own thread, until its own
+//! item is there; then it gives the token back at once. That saves the
+//! cross-CPU wake-up of a hand-off from the reader thread per item. Waiters
+//! that may not lead (async tasks, deadlines) never read: they register as
+//! *waiters*; blocking receivers register as *candidates*.
+//!
+//! The reader thread holds the token otherwise. After each read it stands
+//! back (gives the token away and wakes the candidates) when a candidate
+//! waits; it takes the token again when it is free and nobody is a
+//! candidate, at once if anyone may need input (a waiter, a callback, a
+//! shutdown), else after at most [`READER_GRACE`] (unattended output, EOF).
+//! So every byte is read by someone whenever anyone waits or a callback is
+//! set, and the reader thread sleeps in `read` when the gateway is idle.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -51,6 +67,30 @@ const WRITE_CHUNK: usize = 1 << 20;
 const READ_CHUNK: usize = 256 << 10;
 /// How long the reader waits for a process that closed its stdout to exit.
 const REAP_ON_EOF: Duration = Duration::from_secs(1);
+/// How long the reader thread leaves a free read token alone while nobody
+/// waits (so that the next blocking receive can lead).
+const READER_GRACE: Duration = Duration::from_millis(2);
+
+thread_local! {
+    /// Set by the blocking API around a receive: this thread may read the
+    /// transport itself while it waits.
+    static LEAD_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The driver whose read token this thread holds (its address), or 0.
+    static LEADING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` (a `block_on` of a receive) with leader/follower reading
+/// allowed on this thread. Only for threads that may block.
+pub(crate) fn leading_allowed<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LEAD_OK.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(LEAD_OK.with(|c| c.replace(true)));
+    f()
+}
 
 /// A callback on a channel's items.
 pub(crate) type Callback = Box<dyn FnMut(Value) + Send>;
@@ -70,6 +110,13 @@ pub(crate) enum OutputSink {
 /// One gateway's shared state and threads.
 pub(crate) struct Driver {
     state: Mutex<State>,
+    /// The transport reader and its buffer: only the read token's holder
+    /// locks it.
+    source: Mutex<ReadSide>,
+    /// Wakes the reader thread (token free and needed, shutdown).
+    read_cv: Condvar,
+    /// Wakes the candidates when the read token is given back.
+    token_event: Event,
     /// Wakes the flusher.
     flush_cv: Condvar,
     /// Gateway-level changes: ready, status reply, terminated, reader done.
@@ -111,6 +158,14 @@ struct State {
     shutdown: bool,
     ready: Option<WorkerInfo>,
     status_replies: HashMap<u64, Status>,
+    /// Someone holds the read token.
+    reading: bool,
+    /// Blocking receivers waiting to take the read token.
+    candidates: usize,
+    /// Other waiters (they need someone to read).
+    waiters: usize,
+    /// Channels with a live callback.
+    callbacks: usize,
     /// Why the session ended, once it has.
     ended: Option<TerminateReason>,
     /// What a connection loss means, once the reader found out (the
@@ -120,6 +175,11 @@ struct State {
     terminate_started: bool,
     /// `finish_terminate` ran; its result.
     finished: Option<bool>,
+}
+
+struct ReadSide {
+    reader: Option<Box<dyn Read + Send>>,
+    buf: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -152,6 +212,94 @@ enum End {
 enum Work {
     Output(u8, Vec<u8>),
     Callbacks(u32),
+}
+
+/// The read token, held by this thread (see the module comment). Dropping
+/// it (a panic in a callback) gives it back.
+struct ReadToken<'a> {
+    driver: &'a Driver,
+    /// `LEADING` before this thread took the token.
+    prev: usize,
+    armed: bool,
+}
+
+impl<'a> ReadToken<'a> {
+    /// Takes the free token (under the lock).
+    fn take(driver: &'a Driver, st: &mut State) -> ReadToken<'a> {
+        debug_assert!(!st.reading);
+        st.reading = true;
+        Self::held(driver)
+    }
+
+    /// The token this thread already holds (`reading` is set).
+    fn held(driver: &'a Driver) -> ReadToken<'a> {
+        let prev = LEADING.with(|l| l.replace(driver as *const Driver as usize));
+        ReadToken {
+            driver,
+            prev,
+            armed: true,
+        }
+    }
+
+    /// Gives the token back (under the lock).
+    fn release(mut self, st: &mut State) {
+        self.armed = false;
+        LEADING.with(|l| l.set(self.prev));
+        self.driver.token_released(st);
+    }
+}
+
+impl Drop for ReadToken<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            LEADING.with(|l| l.set(self.prev));
+            let mut st = lock(&self.driver.state);
+            self.driver.token_released(&mut st);
+        }
+    }
+}
+
+/// A registered waiter or candidate (see the module comment); unregisters
+/// when dropped (a cancelled async wait).
+struct Registration<'a> {
+    driver: &'a Driver,
+    /// `Some(true)`: a candidate; `Some(false)`: a waiter.
+    kind: Option<bool>,
+}
+
+impl Registration<'_> {
+    fn register(&mut self, st: &mut State, candidate: bool) {
+        debug_assert!(self.kind.is_none());
+        self.kind = Some(candidate);
+        if candidate {
+            st.candidates += 1;
+        } else {
+            st.waiters += 1;
+            self.driver.input_wanted(st);
+        }
+    }
+
+    fn unregister(&mut self, st: &mut State) {
+        match self.kind.take() {
+            None => {}
+            Some(true) => {
+                st.candidates -= 1;
+                if st.candidates == 0 && !st.reading && Driver::input_needed(st) {
+                    self.driver.read_cv.notify_one();
+                }
+            }
+            Some(false) => st.waiters -= 1,
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.kind.is_some() {
+            let mut st = lock(&self.driver.state);
+            self.unregister(&mut st);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -194,7 +342,18 @@ impl Driver {
                 reader_done: false,
                 terminate_started: false,
                 finished: None,
+                // The reader thread starts with the token.
+                reading: true,
+                candidates: 0,
+                waiters: 0,
+                callbacks: 0,
             }),
+            source: Mutex::new(ReadSide {
+                reader: Some(reader),
+                buf: vec![0u8; READ_CHUNK],
+            }),
+            read_cv: Condvar::new(),
+            token_event: Event::new(),
             flush_cv: Condvar::new(),
             gw_event: Event::new(),
             writer: Mutex::new(writer),
@@ -209,7 +368,7 @@ impl Driver {
         let r = driver.clone();
         let reader_thread = std::thread::Builder::new()
             .name("execnet-reader".into())
-            .spawn(move || r.reader_loop(reader));
+            .spawn(move || r.reader_loop());
         let reader_thread = match reader_thread {
             Ok(t) => t,
             Err(e) => {
@@ -239,9 +398,11 @@ impl Driver {
         let _ = self.callback_context.set(f);
     }
 
-    /// Whether the caller is this gateway's reader thread (in a callback).
+    /// Whether the caller is this gateway's reader thread or holds its read
+    /// token (in a callback).
     pub(crate) fn on_reader_thread(&self) -> bool {
         self.reader_id.get() == Some(&std::thread::current().id())
+            || LEADING.with(|l| l.get()) == self as *const Driver as usize
     }
 
     /// Finishes termination on a helper thread (for callers on the reader
@@ -267,30 +428,108 @@ impl Driver {
 
     // ---------------------------------------------------------------- reader
 
-    fn reader_loop(self: Arc<Self>, mut reader: Box<dyn Read + Send>) {
+    fn reader_loop(self: Arc<Self>) {
         let _g = self.span.clone().entered();
-        let mut buf = vec![0u8; READ_CHUNK];
+        // Starts with the token (set in `start`).
+        let mut token = Some(ReadToken::held(&self));
         loop {
-            let n = match reader.read(&mut buf) {
-                Ok(n) => n,
+            if let Some(t) = token.take() {
+                // Read until the end, or until a candidate wants the token.
+                loop {
+                    let more = self.read_once();
+                    let mut st = lock(&self.state);
+                    if !more || st.candidates > 0 {
+                        t.release(&mut st);
+                        break;
+                    }
+                }
+            }
+            let mut st = lock(&self.state);
+            loop {
+                if st.reader_done {
+                    drop(st);
+                    tracing::debug!("reader finished");
+                    return;
+                }
+                if !st.reading && st.candidates == 0 {
+                    if Self::input_needed(&st) {
+                        break;
+                    }
+                    let (g, timeout) = self
+                        .read_cv
+                        .wait_timeout(st, READER_GRACE)
+                        .unwrap_or_else(|e| e.into_inner());
+                    st = g;
+                    if timeout.timed_out() && !st.reading && st.candidates == 0 && !st.reader_done {
+                        break;
+                    }
+                    continue;
+                }
+                st = self
+                    .read_cv
+                    .wait_timeout(st, READER_GRACE)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            token = Some(ReadToken::take(&self, &mut st));
+        }
+    }
+
+    /// Whether input is awaited by someone who will not read it himself.
+    fn input_needed(st: &State) -> bool {
+        st.waiters > 0 || st.callbacks > 0 || st.shutdown
+    }
+
+    /// The read token is free again (under the lock): wake who may take it.
+    fn token_released(&self, st: &mut State) {
+        st.reading = false;
+        if st.candidates > 0 {
+            self.token_event.notify(usize::MAX);
+        } else if Self::input_needed(st) || st.reader_done {
+            self.read_cv.notify_one();
+        }
+    }
+
+    /// A waiter or callback appeared (under the lock): make sure the reader
+    /// thread reads if nobody else does.
+    fn input_wanted(&self, st: &State) {
+        if !st.reading && st.candidates == 0 {
+            self.read_cv.notify_one();
+        }
+    }
+
+    /// With the read token: one read from the transport, fed to the session
+    /// (callbacks and output run here too). `false` at the end of the
+    /// stream (then `reader_done` is set).
+    fn read_once(&self) -> bool {
+        let mut side = lock(&self.source);
+        let ReadSide { reader, buf } = &mut *side;
+        let Some(r) = reader.as_mut() else {
+            return false;
+        };
+        let n = loop {
+            match r.read(buf) {
+                Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(error = %e, "transport read failed; treating as end of stream");
-                    0
+                    break 0;
                 }
-            };
-            if n == 0 {
-                self.handle_eof();
-                break;
             }
+        };
+        if n > 0 {
             self.feed(&buf[..n]);
+            return true;
         }
-        drop(reader);
+        self.handle_eof();
+        side.reader = None;
+        drop(side);
         let mut st = lock(&self.state);
         st.reader_done = true;
         self.gw_event.notify(usize::MAX);
-        drop(st);
-        tracing::debug!("reader finished");
+        self.token_event.notify(usize::MAX);
+        self.read_cv.notify_all();
+        false
     }
 
     /// Feeds received bytes to the session and dispatches what follows.
@@ -560,17 +799,48 @@ impl Driver {
         deadline: Option<Instant>,
         mut check: impl FnMut(&mut State) -> Option<R>,
     ) -> Result<R> {
+        // Leader/follower: only a blocking receive without a deadline (a
+        // read cannot be cut short).
+        let may_lead = deadline.is_none() && LEAD_OK.with(|c| c.get());
+        let mut reg = Registration {
+            driver: self,
+            kind: None,
+        };
         loop {
-            let listener = {
+            let (listener, token_listener) = {
                 let mut st = lock(&self.state);
+                reg.unregister(&mut st);
                 if let Some(r) = check(&mut st) {
                     return Ok(r);
                 }
-                event(&st)
+                if may_lead && !st.reading && !st.reader_done {
+                    // Lead: read until our own item is there.
+                    let token = ReadToken::take(self, &mut st);
+                    drop(st);
+                    loop {
+                        let more = self.read_once();
+                        let mut st = lock(&self.state);
+                        if let Some(r) = check(&mut st) {
+                            token.release(&mut st);
+                            return Ok(r);
+                        }
+                        if !more {
+                            token.release(&mut st);
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                let listener = event(&st);
+                let token_listener =
+                    (may_lead && !st.reader_done).then(|| self.token_event.listen());
+                reg.register(&mut st, token_listener.is_some());
+                (listener, token_listener)
             };
-            match deadline {
-                None => listener.await,
-                Some(d) => {
+            match (deadline, token_listener) {
+                (_, Some(t)) => futures_lite::future::or(listener, t).await,
+                (None, None) => listener.await,
+                (Some(d), None) => {
                     let woke = futures_lite::future::or(
                         async {
                             listener.await;
@@ -584,6 +854,7 @@ impl Driver {
                     .await;
                     if !woke {
                         let mut st = lock(&self.state);
+                        reg.unregister(&mut st);
                         return check(&mut st).ok_or(Error::Timeout);
                     }
                 }
@@ -920,6 +1191,8 @@ impl Driver {
             c.has_callback = true;
             c.callback = Some(callback);
             c.endmarker = endmarker;
+            st.callbacks += 1;
+            self.input_wanted(&st);
         }
         self.run_callbacks(id, true);
         Ok(())
@@ -993,6 +1266,8 @@ impl Driver {
             true
         };
         if done {
+            // The callback is dropped here.
+            st.callbacks = st.callbacks.saturating_sub(1);
             Self::maybe_forget(&mut st, id);
         }
         if consumed_any && !inline_flush {
@@ -1090,7 +1365,7 @@ impl Driver {
         }
         // From a callback the reader thread itself is here: it cannot see
         // the end of the stream, so the session's end has to do.
-        let on_reader = self.reader_id.get() == Some(&std::thread::current().id());
+        let on_reader = self.on_reader_thread();
         let exited = self
             .wait_for(
                 |_| self.gw_event.listen(),
@@ -1161,6 +1436,7 @@ impl Driver {
             let mut st = lock(&self.state);
             st.shutdown = true;
             self.flush_cv.notify_all();
+            self.read_cv.notify_all();
         }
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
