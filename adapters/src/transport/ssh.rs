@@ -186,13 +186,15 @@ pub(crate) fn connect(opts: &SshOptions) -> Result<(Transport, Probe)> {
         process: control,
         master: Mutex::new(master),
     });
-    process::send_worker(&mut stdin, &control.process)?;
     let probe = Probe {
         control: control.clone(),
         host: opts.host().to_string(),
         python: opts.python.clone(),
         ssh: true,
     };
+    // ssh that fails fast (a refused port, a bad key) may exit before the
+    // worker is written: the broken pipe is explained like any failed start.
+    process::send_worker(&mut stdin, &control.process).map_err(|e| probe.classify(e))?;
     Ok((
         Transport {
             reader: Box::new(stdout),
