@@ -302,6 +302,23 @@ impl Drop for Registration<'_> {
     }
 }
 
+/// Waits for `listener` until `deadline`: `true` when it fired, `false`
+/// when the deadline passed first (the caller then re-checks its condition
+/// once more before it reports a timeout).
+pub(crate) async fn listen_until(listener: EventListener, deadline: Instant) -> bool {
+    futures_lite::future::or(
+        async {
+            listener.await;
+            true
+        },
+        async {
+            async_io::Timer::at(deadline).await;
+            false
+        },
+    )
+    .await
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the state consistent between statements
     // that can panic, so a poisoned lock is still usable.
@@ -841,18 +858,7 @@ impl Driver {
                 (_, Some(t)) => futures_lite::future::or(listener, t).await,
                 (None, None) => listener.await,
                 (Some(d), None) => {
-                    let woke = futures_lite::future::or(
-                        async {
-                            listener.await;
-                            true
-                        },
-                        async {
-                            async_io::Timer::at(d).await;
-                            false
-                        },
-                    )
-                    .await;
-                    if !woke {
+                    if !listen_until(listener, d).await {
                         let mut st = lock(&self.state);
                         reg.unregister(&mut st);
                         return check(&mut st).ok_or(Error::Timeout);

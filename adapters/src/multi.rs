@@ -288,18 +288,7 @@ impl ReceiveQueue {
             match deadline {
                 None => listener.await,
                 Some(d) => {
-                    let woke = futures_lite::future::or(
-                        async {
-                            listener.await;
-                            true
-                        },
-                        async {
-                            async_io::Timer::at(d).await;
-                            false
-                        },
-                    )
-                    .await;
-                    if !woke {
+                    if !crate::driver::listen_until(listener, d).await {
                         let mut st = self.inner.lock();
                         if let Some((i, v)) = st.items.pop_front() {
                             return Ok((self.inner.channels[i].clone(), v));
