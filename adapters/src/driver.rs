@@ -1130,6 +1130,12 @@ impl Driver {
             deadline,
             |st| {
                 let c = st.channels.entry(id).or_default();
+                // With a callback, the channel is closed for a waiter once
+                // every item and the endmarker went through it, as in
+                // execnet (its receiver runs callbacks before the close).
+                if c.has_callback && (!c.endmarker_done || c.callback_busy) {
+                    return None;
+                }
                 match &c.end {
                     None => None,
                     Some(End::Closed) => Some(Ok(())),
@@ -1260,6 +1266,8 @@ impl Driver {
         }
         let done = if let Some(c) = st.channels.get_mut(&id) {
             c.callback_busy = false;
+            // waitclose waits for the callbacks to have run.
+            c.event.notify(usize::MAX);
             if c.endmarker_done {
                 // The channel is over: drop the callback (it may hold
                 // handles that keep the gateway alive).

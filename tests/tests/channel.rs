@@ -277,6 +277,32 @@ fn channels_in_structures_remote_to_host() {
     })
 }
 
+/// `waitclose` returns only after every item and the endmarker went through
+/// the callback (execnet's receiver runs them before it processes the close);
+/// looped, because the callbacks run on another thread than the waiter.
+#[test]
+fn waitclose_returns_after_the_callbacks_ran() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        for round in 0..200 {
+            let ch = gw
+                .remote_exec("channel.send(1)\nchannel.send(2)\nchannel.send(3)\n")
+                .unwrap();
+            let items = Arc::new(Mutex::new(Vec::new()));
+            let i2 = items.clone();
+            ch.set_callback(move |v| i2.lock().unwrap().push(v), Some(Value::Null))
+                .unwrap();
+            ch.waitclose(Some(T)).unwrap();
+            let got = items.lock().unwrap().clone();
+            assert_eq!(
+                got,
+                vec![Value::Int(1), Value::Int(2), Value::Int(3), Value::Null],
+                "round {round}"
+            );
+        }
+    })
+}
+
 #[test]
 fn callback_gets_queued_then_new_items() {
     bounded(LIMIT, || {
