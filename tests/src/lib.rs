@@ -208,3 +208,19 @@ pub const LIMIT: Duration = Duration::from_secs(60);
 pub fn gw() -> execnet::blocking::Gateway {
     execnet::blocking::makegateway("popen").unwrap_or_else(|e| panic!("makegateway(popen): {e}"))
 }
+
+/// A port on 127.0.0.1 where nothing listens, for "connection refused"
+/// tests. Taken below the ephemeral range (32768 and up here), which
+/// `bind(0)` never hands out: a port freed by a dropped listener could be
+/// reused by a server another test starts in parallel.
+pub fn refused_port() -> u16 {
+    (1..1024)
+        .rev()
+        .find(|&p| {
+            matches!(
+                std::net::TcpStream::connect(("127.0.0.1", p)),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        })
+        .expect("some port below 1024 refuses connections on 127.0.0.1")
+}

@@ -205,11 +205,7 @@ fn wrong_token_is_refused_before_anything_runs() {
 #[test]
 fn connection_failures_are_specific() {
     bounded(LIMIT, || {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let closed = execnet_tests::refused_port();
         let e = makegateway(&format!("socket=127.0.0.1:{closed}//token=x")).unwrap_err();
         assert!(matches!(e, Error::ConnectionRefused { .. }), "{e:?}");
         let e = makegateway("socket=no-such-host.invalid:8888//token=x").unwrap_err();

@@ -296,11 +296,7 @@ fn startup_failures_are_specific() {
         );
 
         // Nobody listening.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let closed = execnet_tests::refused_port();
         let cfg = variant_config(&sshd, "closed", &format!("  Port {closed}\n"));
         let e = fail(&format!("ssh=closed//ssh_config={}", cfg.display()));
         assert!(
