@@ -14,6 +14,8 @@ impl fmt::Display for ChannelId {
 }
 
 use std::collections::VecDeque;
+
+use crate::error::ProtocolError;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// What a channel still has to send once its queued items are out.
@@ -107,6 +109,19 @@ impl Channel {
     }
 
     /// `send` may queue an item (protocol.md §6.1, first row).
+    /// The peer may still send items (DATA, DATA_MORE, LAST_MESSAGE): it has
+    /// sent neither CLOSE nor LAST_MESSAGE (protocol.md §6.1); `kind` names
+    /// the offending frame otherwise.
+    pub fn check_peer_sending(&self, kind: &'static str) -> Result<(), ProtocolError> {
+        if self.recv_close || self.recv_last {
+            return Err(ProtocolError::UnexpectedFrame {
+                kind,
+                reason: "after the peer's CLOSE or LAST_MESSAGE",
+            });
+        }
+        Ok(())
+    }
+
     pub fn accepts_items(&self) -> bool {
         !self.sent_close && !self.recv_close && !self.sent_last && self.pending_end.is_none()
     }

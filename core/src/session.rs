@@ -1065,12 +1065,7 @@ impl Session {
             .channels
             .get_mut(&id)
             .ok_or(ProtocolError::UnknownChannel(id))?;
-        if ch.recv_close || ch.recv_last {
-            return Err(ProtocolError::UnexpectedFrame {
-                kind: kind.name(),
-                reason: "after the peer's CLOSE or LAST_MESSAGE",
-            });
-        }
+        ch.check_peer_sending(kind.name())?;
         let n = payload.len() as u64;
         if n > ch.recv_credit {
             return Err(ProtocolError::CreditExceeded {
@@ -1209,12 +1204,7 @@ impl Session {
             .channels
             .get_mut(&id)
             .ok_or(ProtocolError::UnknownChannel(id))?;
-        if ch.recv_close || ch.recv_last {
-            return Err(ProtocolError::UnexpectedFrame {
-                kind: K.name(),
-                reason: "after the peer's CLOSE or LAST_MESSAGE",
-            });
-        }
+        ch.check_peer_sending(K.name())?;
         if ch.closing() {
             return Ok(());
         }
