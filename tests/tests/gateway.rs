@@ -482,6 +482,57 @@ fn python2_is_refused_with_a_bootstrap_error() {
     })
 }
 
+/// Which loader started the worker: `None` compiled the source (and handed
+/// the code back), `Some(true)` loaded the code an earlier start compiled.
+fn boot_kind(gw: &Gateway) -> Option<bool> {
+    gw.remote_exec(
+        "import sys; channel.send(getattr(sys.modules['__main__'], '_execnet_boot', None))",
+    )
+    .unwrap()
+    .receive()
+    .unwrap()
+}
+
+#[test]
+fn later_popen_starts_load_the_worker_the_first_one_compiled() {
+    bounded(LIMIT, || {
+        // An environment of its own: no other test's start shares the entry.
+        let spec = format!("popen//env:EXECNET_CACHE_TEST={}", std::process::id());
+        let first = makegateway(&spec).unwrap();
+        assert_eq!(boot_kind(&first), None, "the first start compiles");
+        let later: Vec<Gateway> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4).map(|_| s.spawn(|| makegateway(&spec))).collect();
+            hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        for gw in later.iter().chain([&first]) {
+            if !std::ptr::eq(gw, &first) {
+                assert_eq!(boot_kind(gw), Some(true), "a later start loads the code");
+            }
+            // The loaded worker is the whole worker: values, errors, channels.
+            let ch = gw
+                .remote_exec("x = channel.receive(); channel.send((x, [x] * 2, {'k': x}))")
+                .unwrap();
+            ch.send(&7i64).unwrap();
+            let v: (i64, Vec<i64>, std::collections::BTreeMap<String, i64>) = ch.receive().unwrap();
+            assert_eq!(v, (7, vec![7, 7], [("k".to_string(), 7)].into()));
+            let e = gw
+                .remote_exec("1/0")
+                .unwrap()
+                .waitclose(Some(T))
+                .unwrap_err();
+            assert!(e.to_string().contains("ZeroDivisionError"), "{e}");
+        }
+        // A different command line is a different interpreter for the cache.
+        let other = makegateway(&format!("{spec}//env:EXECNET_CACHE_TEST2=1")).unwrap();
+        assert_eq!(boot_kind(&other), None);
+        for gw in later.into_iter().chain([first, other]) {
+            let pid = gw.info().pid;
+            gw.exit().unwrap();
+            assert_reaped(pid, T);
+        }
+    })
+}
+
 #[test]
 fn spec_errors() {
     bounded(LIMIT, || {

@@ -20,7 +20,9 @@ fn every_interpreter_present_runs_the_worker() {
             );
         }
         let mut failures = Vec::new();
-        for py in &found {
+        // Twice each: the first start compiles the worker and hands the
+        // code back, the second loads that code (transport/code_cache.rs).
+        for (py, round) in found.iter().flat_map(|py| [(py, 0), (py, 1)]) {
             let gw = match makegateway(&py.spec()) {
                 Ok(gw) => gw,
                 Err(e) => {
@@ -34,7 +36,8 @@ fn every_interpreter_present_runs_the_worker() {
                     r#"
                     import sys
                     x = channel.receive()
-                    channel.send((sys.implementation.name, list(sys.version_info[:2]), x))
+                    boot = getattr(sys.modules["__main__"], "_execnet_boot", None)
+                    channel.send((sys.implementation.name, list(sys.version_info[:2]), x, boot))
                     c = channel.gateway.newchannel()
                     channel.send(c)
                     c.send(b"bytes" * 1000)
@@ -50,8 +53,11 @@ fn every_interpreter_present_runs_the_worker() {
                 Value::Complex(1.0, 1.0),
             ]);
             ch.send_value(&v).unwrap();
-            let (imp, ver, back): (String, Vec<u32>, Value) = ch.receive().unwrap();
+            let (imp, ver, back, boot): (String, Vec<u32>, Value, Option<bool>) =
+                ch.receive().unwrap();
             assert_eq!(back, v, "{}", py.name);
+            let compiled = if round == 0 { None } else { Some(true) };
+            assert_eq!(boot, compiled, "{} start {round}", py.name);
             assert_eq!(ver[0], 3, "{}", py.name);
             assert_eq!(ver[0], gw.info().version_info.major);
             assert_eq!(ver[1], gw.info().version_info.minor);
@@ -71,7 +77,10 @@ fn every_interpreter_present_runs_the_worker() {
             let pid = gw.info().pid;
             gw.exit().unwrap();
             assert_reaped(pid, Duration::from_secs(10));
-            eprintln!("ok: {} ({} {}.{})", py.name, imp, ver[0], ver[1]);
+            eprintln!(
+                "ok: {} ({} {}.{}) start {round}",
+                py.name, imp, ver[0], ver[1]
+            );
         }
         assert!(
             failures.is_empty(),

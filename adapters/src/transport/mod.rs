@@ -13,6 +13,7 @@
 //! before the `Transport` is returned: the driver starts with the protocol's
 //! first frame.
 
+pub(crate) mod code_cache;
 pub mod popen;
 pub(crate) mod process;
 pub mod socket;

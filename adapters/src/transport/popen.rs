@@ -4,16 +4,19 @@
 //! process group (so terminate can kill whatever the worker started), stderr
 //! read by a thread that keeps its tail for error reports and passes it
 //! through to our stderr when output is inherited (all of that is
-//! `transport/process.rs`, shared with ssh). The default interpreter is
+//! `transport/process.rs`, shared with ssh). The first start of an
+//! interpreter has it hand back its compiled worker, which later starts load
+//! instead of compiling (`transport/code_cache.rs`). The default interpreter is
 //! the `python3` on `PATH`, resolved once to the real binary (a pyenv shim
 //! costs ~80 ms per start).
 
 use std::ffi::OsString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use super::{process, PeerControl, Transport};
+use super::{code_cache, process, PeerControl, Transport};
 use crate::error::{Error, Result};
 use crate::xspec::{OutputMode, XSpec};
 
@@ -79,7 +82,7 @@ pub fn default_python() -> Result<String> {
 }
 
 fn resolve_python3() -> Option<String> {
-    let found = find_in_path("python3")?;
+    let found = find_in_path("python3", None)?;
     let out = Command::new(&found)
         .args(["-c", "import sys;sys.stdout.write(sys.executable or '')"])
         .stdin(Stdio::null())
@@ -98,9 +101,13 @@ fn resolve_python3() -> Option<String> {
     Some(found.to_string_lossy().into_owned())
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
+/// The first executable `name` in the directories of `path` (default: our
+/// `PATH`).
+pub(crate) fn find_in_path(name: &str, path: Option<OsString>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    let path = path
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| {
@@ -121,11 +128,13 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
     let (program, pre_args) = argv
         .split_first()
         .ok_or_else(|| Error::Spec("python= is empty".into()))?;
+    let boot = code_cache::boot(&argv, &opts.env);
     let mut cmd = Command::new(program);
     cmd.args(pre_args).args(process::worker_args(
         opts.chdir.as_deref(),
         opts.nice,
         opts.dont_write_bytecode,
+        &boot.loader,
     ));
     for (k, v) in &opts.env {
         cmd.env(k, v);
@@ -144,9 +153,13 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
     let _ = rustix::pipe::fcntl_setpipe_size(&stdin, PIPE_SIZE);
     let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_SIZE);
 
-    process::send_worker(&mut stdin, &control)?;
+    process::send_worker(&mut stdin, &control, &boot.payload())?;
+    let reader: Box<dyn Read + Send> = match boot.learn {
+        Some(key) => Box::new(code_cache::LearningReader::new(stdout, key)),
+        None => Box::new(stdout),
+    };
     Ok(Transport {
-        reader: Box::new(stdout),
+        reader,
         writer: Box::new(stdin),
         control: Some(Box::new(process::Shared(control))),
         description,

@@ -32,6 +32,7 @@ pub(crate) fn worker_args(
     chdir: Option<&Path>,
     nice: Option<i32>,
     dont_write_bytecode: bool,
+    loader: &str,
 ) -> Vec<String> {
     let mut prelude = String::new();
     if chdir.is_some() || nice.is_some() {
@@ -44,12 +45,11 @@ pub(crate) fn worker_args(
     if let Some(n) = nice {
         prelude.push_str(&format!("os.nice({n});"));
     }
-    let loader = execnet_bootstrap::loader(execnet_bootstrap::worker_compressed().len());
     let mut args = Vec::with_capacity(4);
     if dont_write_bytecode {
         args.push("-B".to_string());
     }
-    args.extend(["-u".to_string(), "-c".to_string(), prelude + &loader]);
+    args.extend(["-u".to_string(), "-c".to_string(), prelude + loader]);
     args
 }
 
@@ -100,10 +100,22 @@ pub(crate) fn spawn(mut cmd: Command, program: &str, passthrough: bool) -> Resul
     })
 }
 
-/// Writes the compressed worker to a freshly spawned interpreter; on failure
-/// kills and reaps it and reports its stderr.
-pub(crate) fn send_worker(stdin: &mut impl Write, control: &ProcessControl) -> Result<()> {
-    if let Err(e) = stdin.write_all(execnet_bootstrap::worker_compressed()) {
+/// The loader of a plain source start: [`execnet_bootstrap::loader`] for
+/// [`execnet_bootstrap::worker_compressed`], the payload of [`send_worker`].
+pub(crate) fn source_loader() -> String {
+    execnet_bootstrap::loader(execnet_bootstrap::worker_compressed().len())
+}
+
+/// Writes the bootstrap payload (`parts`, in order: what the loader reads)
+/// to a freshly spawned interpreter; on failure kills and reaps it and
+/// reports its stderr.
+pub(crate) fn send_worker(
+    stdin: &mut impl Write,
+    control: &ProcessControl,
+    parts: &[&[u8]],
+) -> Result<()> {
+    let written = parts.iter().try_for_each(|p| stdin.write_all(p));
+    if let Err(e) = written {
         // A broken pipe mostly means the interpreter has already ended
         // (`python=/bin/true`, killed at start): say how, as the reader
         // would have after a successful write.

@@ -102,7 +102,12 @@ impl SshOptions {
             line.push(' ');
         }
         line.push_str(&self.python);
-        for a in process::worker_args(self.chdir.as_deref(), self.nice, self.dont_write_bytecode) {
+        for a in process::worker_args(
+            self.chdir.as_deref(),
+            self.nice,
+            self.dont_write_bytecode,
+            &process::source_loader(),
+        ) {
             line.push(' ');
             line.push_str(&shell_words::quote(&a));
         }
@@ -194,7 +199,12 @@ pub(crate) fn connect(opts: &SshOptions) -> Result<(Transport, Probe)> {
     };
     // ssh that fails fast (a refused port, a bad key) may exit before the
     // worker is written: the broken pipe is explained like any failed start.
-    process::send_worker(&mut stdin, &control.process).map_err(|e| probe.classify(e))?;
+    process::send_worker(
+        &mut stdin,
+        &control.process,
+        &[execnet_bootstrap::worker_compressed()],
+    )
+    .map_err(|e| probe.classify(e))?;
     Ok((
         Transport {
             reader: Box::new(stdout),
@@ -421,7 +431,7 @@ mod tests {
         let words = shell_words::split(remote).unwrap();
         assert_eq!(
             words.last().unwrap(),
-            &process::worker_args(None, None, false)[2]
+            &process::worker_args(None, None, false, &process::source_loader())[2]
         );
     }
 

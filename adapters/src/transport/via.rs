@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use execnet_core::Value;
 
-use super::process::{lock, worker_args, Shared};
+use super::process::{lock, source_loader, worker_args, Shared};
 use super::ssh::{Probe, SshOptions};
 use super::{PeerControl, Transport};
 use crate::channel::Channel;
@@ -151,9 +151,14 @@ pub(crate) async fn connect_popen(
         None => vec![None],
     };
     argv.extend(
-        worker_args(opts.chdir.as_deref(), opts.nice, opts.dont_write_bytecode)
-            .into_iter()
-            .map(Some),
+        worker_args(
+            opts.chdir.as_deref(),
+            opts.nice,
+            opts.dont_write_bytecode,
+            &source_loader(),
+        )
+        .into_iter()
+        .map(Some),
     );
     let python = opts
         .python
