@@ -384,7 +384,41 @@ fn ours_rss(python: &Path, mib: u64) -> Res<f64> {
     Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }
 
+/// The child process of the cold-start measurement: the first start in a
+/// process compiles the worker (nothing in the compiled-worker cache yet).
+fn first_start_child(python: &Path) -> Res<()> {
+    println!("{}", ours_start(&spec(python))?);
+    Ok(())
+}
+
+fn ours_first_start(python: &Path) -> Res<f64> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("--first-start-child")
+        .arg(python)
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err("first-start child failed".into());
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
 // ------------------------------------------------------------------ limits
+
+/// `n` bare interpreters started at once, until the last has ended: what
+/// `n` concurrent starts cost on this machine's cores at the least.
+fn bare_start_many(python: &Path, n: usize) -> Res<f64> {
+    let t = Instant::now();
+    let children = (0..n)
+        .map(|_| Command::new(python).args(["-c", "pass"]).spawn())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for mut c in children {
+        if !c.wait()?.success() {
+            return Err("python -c pass failed".into());
+        }
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
 
 fn bare_start(python: &Path) -> Res<f64> {
     let t = Instant::now();
@@ -652,6 +686,9 @@ fn main() -> Res<()> {
         let mib: u64 = args.get(3).ok_or("mib")?.parse()?;
         return rss_child(&python, mib);
     }
+    if args.get(1).map(String::as_str) == Some("--first-start-child") {
+        return first_start_child(Path::new(args.get(2).ok_or("python")?));
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let python = args
         .iter()
@@ -706,6 +743,16 @@ fn main() -> Res<()> {
             peer: p,
             target: Target::TimesLimit(1.15, "bare", bare),
         });
+        // execnet compiles its source on every start; ours only on the
+        // first start of an interpreter in a process (transport/code_cache.rs).
+        let first = limit(n, || ours_first_start(&python));
+        rows.push(Row {
+            metric: "popen first start in a fresh host process (compiles)".into(),
+            unit: Unit::Ms,
+            ours: first,
+            peer: p,
+            target: Target::None,
+        });
         rows.push(Row {
             metric: "limit: bare `python -c pass`".into(),
             unit: Unit::Ms,
@@ -726,6 +773,14 @@ fn main() -> Res<()> {
             ours: o16,
             peer: p16,
             target: Target::TimesLimit(3.0, "one start", o),
+        });
+        let bare_many = limit(n.min(3), || bare_start_many(&python, g));
+        rows.push(Row {
+            metric: format!("limit: {g} bare `python -c pass` at once"),
+            unit: Unit::Ms,
+            ours: bare_many,
+            peer: None,
+            target: Target::None,
         });
     }
     if want("pingpong") {
