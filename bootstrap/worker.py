@@ -186,6 +186,11 @@ def _arg(b, p):
 
 
 def _d_uint(b, p, d, x):
+    c = b[p]  # values below 24 went to _d_small
+    if c == 0x18:
+        return b[p + 1], p + 2
+    if c == 0x19:
+        return _U2(b, p + 1)[0], p + 3
     return _arg(b, p)
 
 
@@ -204,7 +209,11 @@ def _d_bytes(b, p, d, x):
 
 
 def _d_str(b, p, d, x):
-    n, p = _arg(b, p)
+    n = b[p] - 0x60
+    if n < 24:
+        p += 1
+    else:
+        n, p = _arg(b, p)
     e = p + n
     if e > len(b):
         raise LoadError("truncated text string")
@@ -290,6 +299,27 @@ def _d_tag(b, p, d, x):
     raise LoadError("unknown or malformed tag %d" % t)
 
 
+def _d_tag2(b, p, d, x):
+    # 0xD9 (two-byte tag): a short tuple decoded inline, the most common tagged value
+    # (same depth rules as _d_tag + _d_items); anything else goes the general way
+    c = b[p + 3]
+    if b[p + 1] == 0x9C and b[p + 2] == 0x41 and 0x80 <= c < 0x98 and d + 2 <= MAX_DEPTH:
+        d += 2
+        p += 4
+        r = []
+        a = r.append
+        for _ in range(c - 0x80):
+            c = b[p]
+            if c < 24:
+                a(c)
+                p += 1
+            else:
+                v, p = _DEC[c](b, p, d, x)
+                a(v)
+        return tuple(r), p
+    return _d_tag(b, p, d, x)
+
+
 def _d_simple(b, p, d, x):
     c = b[p]
     if c == 0xFB:
@@ -314,6 +344,7 @@ def _d_small(b, p, d, x):
 _FLOATS = (0xF9, 0xFA, 0xFB)
 _DEC = [_d_uint, _d_nint, _d_bytes, _d_str, _d_items, _d_map, _d_tag, _d_simple]
 _DEC = [_d_small if i < 24 else _DEC[i >> 5] for i in range(256)]
+_DEC[0xD9] = _d_tag2
 
 
 class _Ctx(list):
@@ -389,14 +420,20 @@ class Reader(object):
     def buffered(self):
         return self.e - self.s
 
-    def read(self, max_frame):
-        """Return (kind, channel, payload) or None at a clean end of stream."""
+    def buffered_frame(self, max_frame):
+        """(kind, channel, payload) if the next frame is buffered whole, else None."""
         s = self.s
-        if self.e - s >= 9:  # fast path: the whole frame is buffered
+        if self.e - s >= 9:
             kind, cid, n = _HDR.unpack_from(self.buf, s)
             if n <= max_frame and self.e - s - 9 >= n:
                 self.s = s + 9 + n
                 return kind, cid, bytes(self.mv[s + 9 : s + 9 + n])
+
+    def read(self, max_frame):
+        """Return (kind, channel, payload) or None at a clean end of stream."""
+        f = self.buffered_frame(max_frame)
+        if f:
+            return f
         if not self._fill(9):
             if self.e != self.s:
                 raise ProtocolError("truncated frame header")
@@ -725,6 +762,7 @@ class Gateway(object):
         self._waiting, self._hot, self._stop = 0, 0.0, None
         # the leader's channel, and its item handed straight back by _data (not queued)
         self._mine, self._handed = None, _NOITEM
+        self._codes = {}  # source -> code: the same snippet is often executed many times
         self.id = "<worker>"
         if not isinstance(hello, dict) or hello.get("version") != 1:
             v = hello.get("version") if isinstance(hello, dict) else hello
@@ -996,7 +1034,9 @@ class Gateway(object):
                     _trace("error on callback channel", cid, err)
                 self._forget(ch)
                 fire = self._end(ch)
-            self._pump(ch)
+                pending = bool(ch._out)  # usually empty: our CLOSE went out first
+            if pending:
+                self._pump(ch)
             if fire:
                 fire()
         elif kind == LAST_MESSAGE:
@@ -1035,72 +1075,81 @@ class Gateway(object):
 
     def _data(self, kind, cid, p):
         n = len(p)
-        with self._lock:
-            ch = self._chans.get(cid) or self._get(cid, kind)
-            if ch is None:
-                return
-            if ch._rc or ch._rl:
-                raise ProtocolError("data after CLOSE/LAST_MESSAGE on channel %d" % cid)
-            ch._rwin -= n
-            if ch._rwin < 0:
-                raise ProtocolError("channel %d: peer exceeded its credit" % cid)
-            if kind == DATA_MORE:
-                if not n:
-                    raise ProtocolError("empty DATA_MORE on channel %d" % cid)
-                if ch._more is None:
-                    ch._more = bytearray(p)
-                else:
-                    ch._more += p
-                if len(ch._more) > self.max_item:
-                    raise ProtocolError("item exceeds max_item on channel %d" % cid)
-                if ch._items:
-                    # §6.2: an item waits unconsumed: hold this chunk's credit so
-                    # unconsumed items stay within the window
-                    ch._held += n
-                    w = None
-                else:
-                    ch._owed += n
-                    w = self._winframe(ch) if ch._owed >= self._half else None
-                    if ch._owed:
-                        self._owing.add(ch)
-            else:
-                w = None
-                if ch._held:
-                    n += ch._held  # the item carries the credit held for it
-                    ch._held = 0
-                if ch._more is not None:
-                    ch._more += p
-                    p, ch._more = ch._more, None
-                    if len(p) > self.max_item:
-                        raise ProtocolError("item exceeds max_item on channel %d" % cid)
+        ch = self._chans.get(cid)
+        if kind == DATA and ch is not None and ch._more is None and not (ch._rc or ch._rl):
+            # fast path, a whole item on an open channel: decoded first, then one lock
+            # round trip (only the reading thread changes _more, _rc and _rl; a local
+            # close meanwhile drops the item, as below)
+            try:
+                v, err = loads(p, self._chanref), None
+            except Unrepresentable as e:
+                v, err = None, str(e)
+            with self._lock:
+                ch._rwin -= n
+                if ch._rwin < 0:
+                    raise ProtocolError("channel %d: peer exceeded its credit" % cid)
                 if ch._sc:
                     return  # closed locally: items are dropped
-        if w:
-            self._send_frames([w])
-        if kind == DATA_MORE:
-            return
-        try:
-            v = loads(p, self._chanref)
-        except Unrepresentable as e:
-            with self._lock:
-                ch._err = str(e)
-            return self._close(ch, str(e))
-        with self._lock:
-            cb = ch._cb
-            if cb is None:
-                if ch is self._mine and not ch._items:
-                    # the leader reads for this channel: hand the item straight back
-                    # to its receive(), consumed (no queue, no second lock round trip)
-                    self._handed = v
-                    ch._owed += n
-                    w = self._winframe(ch) if ch._owed >= self._half else None
+                if err is None:
+                    cb, w = self._deliver(ch, v, n)
                 else:
-                    ch._items.append((v, n))
-                    if ch._w:
-                        ch._cv.notify_all()
-                        if self._bgread:
-                            self._hot = time.monotonic()
+                    ch._err = err
+        else:
+            with self._lock:
+                ch = ch or self._get(cid, kind)
+                if ch is None:
                     return
+                if ch._rc or ch._rl:
+                    raise ProtocolError("data after CLOSE/LAST_MESSAGE on channel %d" % cid)
+                ch._rwin -= n
+                if ch._rwin < 0:
+                    raise ProtocolError("channel %d: peer exceeded its credit" % cid)
+                if kind == DATA_MORE:
+                    if not n:
+                        raise ProtocolError("empty DATA_MORE on channel %d" % cid)
+                    if ch._more is None:
+                        ch._more = bytearray(p)
+                    else:
+                        ch._more += p
+                    if len(ch._more) > self.max_item:
+                        raise ProtocolError("item exceeds max_item on channel %d" % cid)
+                    if ch._items:
+                        # §6.2: an item waits unconsumed: hold this chunk's credit so
+                        # unconsumed items stay within the window
+                        ch._held += n
+                        w = None
+                    else:
+                        ch._owed += n
+                        w = self._winframe(ch) if ch._owed >= self._half else None
+                        if ch._owed:
+                            self._owing.add(ch)
+                else:
+                    w = None
+                    if ch._held:
+                        n += ch._held  # the item carries the credit held for it
+                        ch._held = 0
+                    if ch._more is not None:
+                        ch._more += p
+                        p, ch._more = ch._more, None
+                        if len(p) > self.max_item:
+                            raise ProtocolError("item exceeds max_item on channel %d" % cid)
+                    if ch._sc:
+                        return  # closed locally: items are dropped
+            if w:
+                self._send_frames([w])
+            if kind == DATA_MORE:
+                return
+            try:
+                v, err = loads(p, self._chanref), None
+            except Unrepresentable as e:
+                v, err = None, str(e)
+            with self._lock:
+                if err is None:
+                    cb, w = self._deliver(ch, v, n)
+                else:
+                    ch._err = err
+        if err is not None:
+            return self._close(ch, err)
         if cb is None:
             if w:
                 self._send_frames([w])
@@ -1113,6 +1162,24 @@ class Gateway(object):
                 return self._close(ch, _tb(e))
         self._consumed(ch, n)
 
+    def _deliver(self, ch, v, n):
+        # under _lock: hand over a decoded item; returns (callback to call, WINDOW frame)
+        cb = ch._cb
+        if cb is not None:
+            return cb, None
+        if ch is self._mine and not ch._items and self._handed is _NOITEM:
+            # the leader reads for this channel: hand the item straight back to its
+            # receive(), consumed (no queue, no second lock round trip)
+            self._handed = v
+            ch._owed += n
+            return None, self._winframe(ch) if ch._owed >= self._half else None
+        ch._items.append((v, n))
+        if ch._w:
+            ch._cv.notify_all()
+            if self._bgread:
+                self._hot = time.monotonic()
+        return None, None
+
     def _flush_owed(self):
         with self._lock:
             ws = [self._winframe(ch) for ch in list(self._owing) if ch._owed >= self._eager]
@@ -1121,7 +1188,9 @@ class Gateway(object):
             self._send_frames(ws)
 
     def _read_one(self):
-        """Read and dispatch one frame: None, or (reason,) when reading must end."""
+        """Read and dispatch one frame, then the frames already buffered whole (the
+        per-read bookkeeping of the reader and the leader is paid once per batch):
+        None, or (reason,) when reading must end."""
         r = self._reader
         try:
             if self._owing and r.buffered() < 9:
@@ -1130,11 +1199,13 @@ class Gateway(object):
             if f is None:
                 _trace("end of input stream: terminating")
                 return (None,)
-            if _tfd is not None:
-                _trace("recv kind=%d channel=%d len=%d" % (f[0], f[1], len(f[2])))
-            if self._dispatch(*f):
-                _trace("TERMINATE received")
-                return (None,)
+            while f:
+                if _tfd is not None:
+                    _trace("recv kind=%d channel=%d len=%d" % (f[0], f[1], len(f[2])))
+                if self._dispatch(*f):
+                    _trace("TERMINATE received")
+                    return (None,)
+                f = r.buffered_frame(self.max_frame)
             return None
         except (ProtocolError, LoadError) as e:
             reason = "protocol violation: %s" % (e,)
@@ -1185,7 +1256,12 @@ class Gateway(object):
             if _tfd is not None:
                 _trace("exec on channel %d: %r" % (ch.id, src[:60]))
             g = {"channel": ch, "__name__": "__channelexec__"}
-            exec(compile(src + "\n", "<remote exec>", "exec"), g)
+            code = self._codes.get(src)
+            if code is None:
+                code = compile(src + "\n", "<remote exec>", "exec")
+                if len(self._codes) < 64:
+                    self._codes[src] = code
+            exec(code, g)
             if call:
                 g[call[0]](ch, **call[1])
         except BaseException as e:
