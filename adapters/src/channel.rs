@@ -207,8 +207,11 @@ impl Channel {
 
     /// Delivers every item to `callback` instead of the receive queue:
     /// items already queued first, then each new item as it arrives (on the
-    /// gateway's reader thread: keep it short, and do not wait for items of
-    /// the same gateway in it). When the channel ends for any reason
+    /// thread that reads the gateway's input: keep it short). A wait in the
+    /// callback that needs more input of the same gateway (`receive`,
+    /// `waitclose`, a `send` out of credit, `status`) fails at once with
+    /// [`Error::WouldDeadlock`](crate::Error::WouldDeadlock) instead of
+    /// waiting for itself. When the channel ends for any reason
     /// (close, remote error, termination, worker death) `endmarker` is
     /// delivered once, if given. A second callback is an error. The
     /// callback is dropped after the endmarker; until then a callback that

@@ -830,6 +830,16 @@ impl Driver {
                 if let Some(r) = check(&mut st) {
                     return Ok(r);
                 }
+                if !st.reader_done && self.on_reader_thread() {
+                    // A callback or output handler: this thread holds the
+                    // read token (or is the reader thread), so nobody would
+                    // read what this wait needs.
+                    return Err(Error::WouldDeadlock(
+                        "waiting for the gateway's input inside a channel callback or output \
+                         handler, which run on the thread that reads that input"
+                            .into(),
+                    ));
+                }
                 if may_lead && !st.reading && !st.reader_done {
                     // Lead: read until our own item is there.
                     let token = ReadToken::take(self, &mut st);

@@ -32,6 +32,13 @@ pub enum Error {
     /// `receive` on a channel that has a callback.
     #[error("channel has a callback; receive is not possible")]
     CallbackSet,
+    /// A wait that could never end, refused at once instead of hanging:
+    /// channel callbacks and output handlers run on the thread that reads
+    /// the gateway's input, so from there a wait for more input of the same
+    /// gateway (`receive`, `waitclose`, a `send` out of flow-control credit,
+    /// `status`) would wait for itself. Wait on another thread instead.
+    #[error("would wait forever: {0}")]
+    WouldDeadlock(String),
     /// The interpreter named by `python=` (or the default `python3`) could not
     /// be started.
     #[error("interpreter not found: {python}: {reason}")]

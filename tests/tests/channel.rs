@@ -757,6 +757,49 @@ fn panicking_callback_is_removed_and_the_gateway_lives_on() {
 }
 
 #[test]
+fn a_callback_waiting_for_input_gets_an_error_not_a_hang() {
+    bounded(LIMIT, || {
+        let gw = gw();
+        let a = gw
+            .remote_exec("import time\ntime.sleep(0.3)\nchannel.send(2)\nchannel.receive()")
+            .unwrap();
+        let b = gw
+            .remote_exec("channel.receive()\nchannel.send('b')\nchannel.receive()")
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (a2, b2) = (a.clone(), b.clone());
+        b.set_callback(
+            move |v| {
+                // Both need input that only this thread could read: without
+                // a deadline they waited forever, with one they timed out.
+                let t0 = Instant::now();
+                let r1 = a2.receive_value(None).map_err(|e| e.to_string());
+                let r2 = b2.waitclose(Some(T)).map_err(|e| e.to_string());
+                let _ = tx.send((v, r1, r2, t0.elapsed()));
+            },
+            None,
+        )
+        .unwrap();
+        // Nothing is queued yet: the callback runs on the reader thread.
+        b.send(&"go").unwrap();
+        let (v, r1, r2, took) = rx.recv_timeout(T).unwrap();
+        assert_eq!(v, Value::str("b"));
+        for r in [r1.map(|_| ()), r2] {
+            let e = r.unwrap_err();
+            assert!(e.starts_with("would wait forever"), "{e}");
+        }
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        // Outside the callback both waits work, and the gateway lives on.
+        assert_eq!(a.receive::<i64>().unwrap(), 2);
+        a.send(&0).unwrap();
+        b.send(&0).unwrap();
+        b.waitclose(Some(T)).unwrap();
+        a.waitclose(Some(T)).unwrap();
+        gw.exit().unwrap();
+    })
+}
+
+#[test]
 fn callback_holding_its_channel_does_not_block_exit() {
     bounded(LIMIT, || {
         let gw = gw();
