@@ -16,6 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where Debian's `openssh-server` puts the daemon.
@@ -30,8 +31,6 @@ pub const TEST_USER: &str = "execnet-u";
 pub struct Sshd {
     dir: PathBuf,
     port: u16,
-    /// Where it listens; the first is what `sshd-root`/`sshd-user` reach.
-    addresses: Vec<String>,
     child: Option<Child>,
 }
 
@@ -69,88 +68,30 @@ impl Sshd {
         fs::write(&auth, client_pub)?;
         fs::set_permissions(&auth, fs::Permissions::from_mode(0o644))?;
 
-        let port = free_port()?;
-        let listen: String = addresses
-            .iter()
-            .map(|a| format!("ListenAddress {a}\n"))
-            .collect();
-        let config = format!(
-            "{listen}\
-             Port {port}\n\
-             HostKey {dir}/host_key\n\
-             PidFile {dir}/sshd.pid\n\
-             AuthorizedKeysFile {dir}/authorized_keys\n\
-             StrictModes no\n\
-             UsePAM no\n\
-             PermitRootLogin prohibit-password\n\
-             PasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\n\
-             MaxSessions 64\n\
-             MaxStartups 64:30:128\n\
-             PrintMotd no\n\
-             AcceptEnv EXECNET_*\n\
-             LogLevel VERBOSE\n",
-            dir = dir.display()
-        );
-        fs::write(dir.join("sshd_config"), config)?;
-
-        let host_pub = fs::read_to_string(dir.join("host_key.pub"))?;
-        let mut fields = host_pub.split_whitespace();
-        let (kind, key) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-        let names: Vec<String> = addresses.iter().map(|a| format!("[{a}]:{port}")).collect();
-        fs::write(
-            dir.join("known_hosts"),
-            format!("{} {kind} {key}\n", names.join(",")),
-        )?;
-        let mut client = String::new();
-        let mut hosts = vec![
-            ("sshd-root".to_string(), "root", addresses[0]),
-            ("sshd-user".to_string(), TEST_USER, addresses[0]),
-        ];
-        for (i, a) in addresses.iter().enumerate().skip(1) {
-            hosts.push((format!("sshd-root-{i}"), "root", a));
-        }
-        for (alias, user, address) in hosts {
-            let _ = write!(
-                client,
-                "Host {alias}\n  HostName {address}\n  Port {port}\n  User {user}\n  \
-                 IdentityFile {dir}/client_key\n  IdentitiesOnly yes\n  \
-                 UserKnownHostsFile {dir}/known_hosts\n  StrictHostKeyChecking yes\n  \
-                 BatchMode yes\n  KexAlgorithms curve25519-sha256\n  LogLevel ERROR\n",
-                dir = dir.display()
-            );
-        }
-        fs::write(dir.join("ssh_config"), client)?;
-
-        // In the foreground (-D) the daemon is our child: we kill it by pid
-        // and reap it ourselves instead of chasing a daemonized process.
-        let mut cmd = match netns {
-            Some(ns) => {
-                // `ip netns exec` execs the daemon: the child is sshd itself.
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, SSHD]);
-                c
+        // A port below the ephemeral range (which bind(0) and every outgoing
+        // connection draw from, so a port found free with bind(0) could be
+        // taken before sshd binds it); if sshd still finds it taken it
+        // exits at once, and the next candidate is tried.
+        let mut last = None;
+        for attempt in 0..8 {
+            let port = candidate_port(attempt, netns.is_none());
+            match launch(&dir, netns, addresses, port) {
+                Ok(child) => {
+                    return Ok(Sshd {
+                        dir,
+                        port,
+                        child: Some(child),
+                    })
+                }
+                Err(Launch::PortTaken(e)) => last = Some(e),
+                Err(Launch::Failed(e)) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
             }
-            None => Command::new(SSHD),
-        };
-        let child = cmd
-            .arg("-D")
-            .arg("-f")
-            .arg(dir.join("sshd_config"))
-            .arg("-E")
-            .arg(dir.join("sshd.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut sshd = Sshd {
-            dir,
-            port,
-            addresses: addresses.iter().map(|a| a.to_string()).collect(),
-            child: Some(child),
-        };
-        sshd.wait_listening(Duration::from_secs(10))?;
-        Ok(sshd)
+        }
+        let _ = fs::remove_dir_all(&dir);
+        Err(last.unwrap_or_else(|| io::Error::other("no port for sshd")))
     }
 
     /// The port the daemon listens on (127.0.0.1).
@@ -186,36 +127,149 @@ impl Sshd {
             let _ = child.wait();
         }
     }
+}
 
-    fn wait_listening(&mut self, limit: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let address = (self.addresses[0].as_str(), self.port);
-            if let Ok(mut stream) = TcpStream::connect(address) {
-                // A real sshd greets first with its version line.
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut banner = [0u8; 4];
-                if stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {
-                    return Ok(());
-                }
-            }
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    return Err(io::Error::other(format!(
-                        "sshd exited with {status} before listening: {}",
-                        self.log()
-                    )));
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("sshd did not listen within {limit:?}: {}", self.log()),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// Why one launch of sshd failed.
+enum Launch {
+    /// sshd exited before listening (the port was taken): try another.
+    PortTaken(io::Error),
+    Failed(io::Error),
+}
+
+/// Writes the configs for `port` into `dir`, starts sshd and waits until it
+/// greets on the first address.
+fn launch(dir: &Path, netns: Option<&str>, addresses: &[&str], port: u16) -> Result<Child, Launch> {
+    (|| -> io::Result<Child> {
+        let listen: String = addresses
+            .iter()
+            .map(|a| format!("ListenAddress {a}\n"))
+            .collect();
+        let config = format!(
+            "{listen}\
+                 Port {port}\n\
+                 HostKey {dir}/host_key\n\
+                 PidFile {dir}/sshd.pid\n\
+                 AuthorizedKeysFile {dir}/authorized_keys\n\
+                 StrictModes no\n\
+                 UsePAM no\n\
+                 PermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 MaxSessions 64\n\
+                 MaxStartups 64:30:128\n\
+                 PrintMotd no\n\
+                 AcceptEnv EXECNET_*\n\
+                 LogLevel VERBOSE\n",
+            dir = dir.display()
+        );
+        fs::write(dir.join("sshd_config"), config)?;
+
+        let host_pub = fs::read_to_string(dir.join("host_key.pub"))?;
+        let mut fields = host_pub.split_whitespace();
+        let (kind, key) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        let names: Vec<String> = addresses.iter().map(|a| format!("[{a}]:{port}")).collect();
+        fs::write(
+            dir.join("known_hosts"),
+            format!("{} {kind} {key}\n", names.join(",")),
+        )?;
+        let mut client = String::new();
+        let mut hosts = vec![
+            ("sshd-root".to_string(), "root", addresses[0]),
+            ("sshd-user".to_string(), TEST_USER, addresses[0]),
+        ];
+        for (i, a) in addresses.iter().enumerate().skip(1) {
+            hosts.push((format!("sshd-root-{i}"), "root", a));
         }
+        for (alias, user, address) in hosts {
+            let _ = write!(
+                client,
+                "Host {alias}\n  HostName {address}\n  Port {port}\n  User {user}\n  \
+                     IdentityFile {dir}/client_key\n  IdentitiesOnly yes\n  \
+                     UserKnownHostsFile {dir}/known_hosts\n  StrictHostKeyChecking yes\n  \
+                     BatchMode yes\n  KexAlgorithms curve25519-sha256\n  LogLevel ERROR\n",
+                dir = dir.display()
+            );
+        }
+        fs::write(dir.join("ssh_config"), client)?;
+
+        // In the foreground (-D) the daemon is our child: we kill it by pid
+        // and reap it ourselves instead of chasing a daemonized process.
+        let mut cmd = match netns {
+            Some(ns) => {
+                // `ip netns exec` execs the daemon: the child is sshd itself.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        let child = cmd
+            .arg("-D")
+            .arg("-f")
+            .arg(dir.join("sshd_config"))
+            .arg("-E")
+            .arg(dir.join("sshd.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(child)
+    })()
+    .map_err(Launch::Failed)
+    .and_then(|mut child| {
+        wait_listening(&mut child, dir, addresses[0], port, Duration::from_secs(10)).map_err(
+            |e| {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = fs::read_to_string(dir.join("sshd.log")).unwrap_or_default();
+                if log.contains("Address already in use") {
+                    Launch::PortTaken(e)
+                } else {
+                    Launch::Failed(e)
+                }
+            },
+        )?;
+        Ok(child)
+    })
+}
+
+/// Waits until sshd greets on `address:port`; fails if it exits first.
+fn wait_listening(
+    child: &mut Child,
+    dir: &Path,
+    address: &str,
+    port: u16,
+    limit: Duration,
+) -> io::Result<()> {
+    let log = || fs::read_to_string(dir.join("sshd.log")).unwrap_or_default();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(mut stream) = TcpStream::connect((address, port)) {
+            // A real sshd greets first with its version line.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut banner = [0u8; 4];
+            // ...and it is ours, not another test's daemon on the same port.
+            if stream.read_exact(&mut banner).is_ok()
+                && &banner == b"SSH-"
+                && log().contains("Server listening on")
+                && child.try_wait()?.is_none()
+            {
+                return Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "sshd exited with {status} before listening: {}",
+                log()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("sshd did not listen within {limit:?}: {}", log()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -266,8 +320,25 @@ fn ensure_test_user() -> io::Result<()> {
     Ok(())
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// The `attempt`th port to try, from 20000-31999 (below the ephemeral
+/// range, 32768 and up here), spread by pid; with `check`, one that is free
+/// on 127.0.0.1 right now.
+fn candidate_port(attempt: u32, check: bool) -> u16 {
+    // Daemons started at once by one test binary get different candidates.
+    static STARTS: AtomicU32 = AtomicU32::new(0);
+    let n = STARTS.fetch_add(1, Ordering::Relaxed);
+    let base = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(n.wrapping_mul(389))
+        .wrapping_add(attempt * 1543);
+    let mut port = 20000 + (base % 12000) as u16;
+    for _ in 0..100 {
+        if !check || TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        port = 20000 + ((port - 20000 + 97) % 12000);
+    }
+    port
 }
 
 fn unique_dir() -> io::Result<PathBuf> {
@@ -316,6 +387,24 @@ mod tests {
                 sshd.log()
             );
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+        }
+        // A second daemon on the same port fails to bind, is told apart
+        // from the first (which also greets there) and reported as a taken
+        // port, so that start_in tries another one.
+        let other = unique_dir().unwrap();
+        for f in ["host_key", "host_key.pub", "client_key", "authorized_keys"] {
+            fs::copy(sshd.dir.join(f), other.join(f)).unwrap();
+        }
+        let second = launch(&other, None, &["127.0.0.1"], sshd.port());
+        let _ = fs::remove_dir_all(&other);
+        match second {
+            Err(Launch::PortTaken(e)) => assert!(e.to_string().contains("exited"), "{e}"),
+            Err(Launch::Failed(e)) => panic!("expected a taken port, got {e}"),
+            Ok(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a second sshd on port {} was taken for ready", sshd.port());
+            }
         }
         let pid = sshd.pid().expect("running");
         drop(sshd);
