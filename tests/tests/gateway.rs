@@ -496,8 +496,10 @@ fn boot_kind(gw: &Gateway) -> Option<bool> {
 #[test]
 fn later_popen_starts_load_the_worker_the_first_one_compiled() {
     bounded(LIMIT, || {
-        // An environment of its own: no other test's start shares the entry.
-        let spec = format!("popen//env:EXECNET_CACHE_TEST={}", std::process::id());
+        // A command line of its own (`-X` takes any name): no other test's
+        // start shares the entry.
+        let python = execnet::transport::popen::default_python().unwrap();
+        let spec = format!("popen//python={python} -X execnet_cache_test");
         let first = makegateway(&spec).unwrap();
         assert_eq!(boot_kind(&first), None, "the first start compiles");
         let later: Vec<Gateway> = std::thread::scope(|s| {
@@ -522,10 +524,13 @@ fn later_popen_starts_load_the_worker_the_first_one_compiled() {
                 .unwrap_err();
             assert!(e.to_string().contains("ZeroDivisionError"), "{e}");
         }
-        // A different command line is a different interpreter for the cache.
-        let other = makegateway(&format!("{spec}//env:EXECNET_CACHE_TEST2=1")).unwrap();
+        // A different command line is a different interpreter for the cache;
+        // a different environment is not.
+        let other = makegateway(&format!("{spec}=2")).unwrap();
         assert_eq!(boot_kind(&other), None);
-        for gw in later.into_iter().chain([first, other]) {
+        let env = makegateway(&format!("{spec}//env:EXECNET_CACHE_TEST=1")).unwrap();
+        assert_eq!(boot_kind(&env), Some(true));
+        for gw in later.into_iter().chain([first, other, env]) {
             let pid = gw.info().pid;
             gw.exit().unwrap();
             assert_reaped(pid, T);

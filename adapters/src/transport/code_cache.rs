@@ -13,11 +13,12 @@
 //!
 //! Marshal data is specific to an interpreter version, and loading another
 //! version's could crash the interpreter. Entries are keyed by the command
-//! line, the extra environment and the identity of the program file (device,
-//! inode, size, modification time), and the loader itself compares
-//! `sys.version` before loading: on any mismatch it compiles the source,
-//! which is always sent too. The cache lives in memory only: nothing is
-//! written anywhere, and the first start in each process pays the compile.
+//! line and the identity of the program file it runs (device, inode, size,
+//! modification time; found on the child's `PATH`), and the loader itself
+//! compares `sys.version` before loading: on any mismatch it compiles the
+//! source, which is always sent too. The cache lives in memory only:
+//! nothing is written anywhere, and the first start in each process pays
+//! the compile. It holds at most [`MAX_ENTRIES`] interpreters (~90 KB each).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -32,12 +33,14 @@ const MAX_VERSION: usize = 1024;
 const MAX_CODE: usize = 16 << 20;
 /// Bytes read from the interpreter at once while the record comes in.
 const READ_CHUNK: usize = 64 << 10;
+/// Interpreters kept; a start of another one then compiles as without a
+/// cache (and replaces an entry).
+const MAX_ENTRIES: usize = 16;
 
 /// What identifies "the same interpreter" for the cache.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
     argv: Vec<String>,
-    env: Vec<(String, String)>,
     /// (device, inode, size, mtime in ns) of the program file.
     program: (u64, u64, u64, i128),
 }
@@ -51,9 +54,41 @@ struct Compiled {
     code: Vec<u8>,
 }
 
-fn cache() -> &'static Mutex<HashMap<Key, Arc<Compiled>>> {
-    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Compiled>>>> = OnceLock::new();
-    CACHE.get_or_init(Default::default)
+/// Compiled workers by interpreter, at most `max` of them.
+pub(crate) struct Cache {
+    entries: Mutex<HashMap<Key, Arc<Compiled>>>,
+    max: usize,
+}
+
+impl Cache {
+    fn new(max: usize) -> Cache {
+        Cache {
+            entries: Mutex::default(),
+            max,
+        }
+    }
+
+    fn get(&self, key: &Key) -> Option<Arc<Compiled>> {
+        lock(&self.entries).get(key).cloned()
+    }
+
+    fn insert(&self, key: Key, compiled: Compiled) {
+        let mut entries = lock(&self.entries);
+        if entries.len() >= self.max && !entries.contains_key(&key) {
+            // Any one: a host cycling through more interpreters than this
+            // gains little from keeping them all.
+            if let Some(old) = entries.keys().next().cloned() {
+                entries.remove(&old);
+            }
+        }
+        entries.insert(key, Arc::new(compiled));
+    }
+}
+
+/// The process's cache, used by every popen start.
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| Cache::new(MAX_ENTRIES))
 }
 
 /// How to start one worker: the `-c` loader, what to write to stdin ahead of
@@ -93,16 +128,17 @@ pub(crate) fn boot(argv: &[String], env: &[(String, String)]) -> Boot {
         // Not found: the spawn will say so; nothing to key a cache entry on.
         return Boot::source();
     };
+    // The rest of the environment cannot change which binary runs, and the
+    // loader's version check covers what it could change.
     let key = Key {
         argv: argv.to_vec(),
-        env: env.to_vec(),
         program,
     };
     let source_len = execnet_bootstrap::worker_compressed().len();
-    match lock(cache()).get(&key) {
+    match cache().get(&key) {
         Some(c) => Boot {
             loader: execnet_bootstrap::cached_loader(c.code.len(), &c.version, source_len),
-            compiled: Some(c.clone()),
+            compiled: Some(c),
             learn: None,
         },
         None => Boot {
@@ -145,6 +181,7 @@ fn program_id(program: &str, env: &[(String, String)]) -> Option<(u64, u64, u64,
 pub(crate) struct LearningReader<R> {
     inner: R,
     state: Learn,
+    cache: &'static Cache,
 }
 
 enum Learn {
@@ -209,12 +246,17 @@ fn parse(buf: &[u8]) -> Parsed {
 impl<R: Read> LearningReader<R> {
     /// Wraps the stdout of a start planned with `learn` set.
     pub(crate) fn new(inner: R, key: Key) -> LearningReader<R> {
+        Self::with_cache(inner, key, cache())
+    }
+
+    fn with_cache(inner: R, key: Key, cache: &'static Cache) -> LearningReader<R> {
         LearningReader {
             inner,
             state: Learn::Record {
                 buf: Vec::new(),
                 key,
             },
+            cache,
         }
     }
 
@@ -231,7 +273,7 @@ impl<R: Read> LearningReader<R> {
                         version = %compiled.version,
                         "cached the compiled worker"
                     );
-                    lock(cache()).insert(key.clone(), Arc::new(compiled));
+                    self.cache.insert(key.clone(), compiled);
                     let rest = buf.split_off(end);
                     self.state = Learn::Leftover { buf: rest, pos: 0 };
                     return Ok(());
@@ -304,10 +346,14 @@ mod tests {
         super::super::popen::default_python().ok()
     }
 
+    /// A cache of the test's own (the process's is shared by every test).
+    fn own_cache() -> &'static Cache {
+        Box::leak(Box::new(Cache::new(MAX_ENTRIES)))
+    }
+
     fn test_key(tag: &str) -> Key {
         Key {
             argv: vec![format!("test-{tag}")],
-            env: vec![],
             program: (0, 0, 0, 0),
         }
     }
@@ -356,11 +402,12 @@ mod tests {
             &[source],
         );
         let key = test_key("learn");
-        let mut r = LearningReader::new(&out[..], key.clone());
+        let c = own_cache();
+        let mut r = LearningReader::with_cache(&out[..], key.clone(), c);
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).unwrap();
         assert!(starts_with_hello(&rest), "frames follow the record");
-        let compiled = lock(cache()).remove(&key).expect("the record was cached");
+        let compiled = c.get(&key).expect("the record was cached");
         assert!(compiled.version.starts_with(char::is_numeric));
         assert!(compiled.code.len() > 10_000);
 
@@ -381,18 +428,19 @@ mod tests {
     fn a_stream_without_a_record_passes_through_untouched() {
         let data = b"\x00\x00\x00\x05garbage and more".to_vec();
         let key = test_key("invalid");
+        let c = own_cache();
         let mut out = Vec::new();
-        LearningReader::new(&data[..], key.clone())
+        LearningReader::with_cache(&data[..], key.clone(), c)
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, data);
-        assert!(lock(cache()).get(&key).is_none());
+        assert!(c.get(&key).is_none());
 
         // A record claiming an absurd size is not one either.
         let mut huge = execnet_bootstrap::CODE_RECORD_MAGIC.to_vec();
         huge.extend(&(u32::MAX).to_be_bytes());
         let mut out = Vec::new();
-        LearningReader::new(&huge[..], key.clone())
+        LearningReader::with_cache(&huge[..], key.clone(), c)
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, huge);
@@ -406,12 +454,13 @@ mod tests {
         rec.extend(&100u32.to_be_bytes());
         rec.extend(&[7u8; 40]);
         let key = test_key("truncated");
+        let c = own_cache();
         let mut out = Vec::new();
-        LearningReader::new(&rec[..], key.clone())
+        LearningReader::with_cache(&rec[..], key.clone(), c)
             .read_to_end(&mut out)
             .unwrap();
         assert!(out.is_empty());
-        assert!(lock(cache()).get(&key).is_none());
+        assert!(c.get(&key).is_none());
     }
 
     #[test]
@@ -433,12 +482,31 @@ mod tests {
         rec.extend(b"CODE!");
         rec.extend(b"frames");
         let key = test_key("trickle");
+        let cache = own_cache();
         let mut out = Vec::new();
-        LearningReader::new(Trickle(&rec), key.clone())
+        LearningReader::with_cache(Trickle(&rec), key.clone(), cache)
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, b"frames");
-        let c = lock(cache()).remove(&key).unwrap();
+        let c = cache.get(&key).unwrap();
         assert_eq!((c.version.as_str(), &c.code[..]), ("3.99", &b"CODE!"[..]));
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_its_bound() {
+        let c = own_cache();
+        let compiled = || Compiled {
+            version: "3.x".into(),
+            code: vec![1, 2, 3],
+        };
+        for i in 0..MAX_ENTRIES + 5 {
+            c.insert(test_key(&i.to_string()), compiled());
+        }
+        assert_eq!(lock(&c.entries).len(), MAX_ENTRIES);
+        // The newest is always kept; replacing an entry evicts nothing.
+        let last = test_key(&(MAX_ENTRIES + 4).to_string());
+        assert!(c.get(&last).is_some());
+        c.insert(last.clone(), compiled());
+        assert_eq!(lock(&c.entries).len(), MAX_ENTRIES);
     }
 }
