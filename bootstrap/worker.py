@@ -293,9 +293,9 @@ def _d_tag(b, p, d, x):
             return complex(r, i), p
     if t == T_CHANNEL and m == 0:
         n, p = _arg(b, p)
-        if n > 0xFFFFFFFF or x.chan is None:
+        if n > 0xFFFFFFFF or x[0] is None:
             raise LoadError("bad channel reference %d" % n)
-        return x.chan(n), p
+        return x[0](n), p
     raise LoadError("unknown or malformed tag %d" % t)
 
 
@@ -347,16 +347,9 @@ _DEC = [_d_small if i < 24 else _DEC[i >> 5] for i in range(256)]
 _DEC[0xD9] = _d_tag2
 
 
-class _Ctx(list):
-    """Decoding context: collects unrepresentable-value errors, resolves channels."""
-
-    __slots__ = ("chan",)
-
-
 def loads(b, chan=None):
     """Decode exactly one CBOR value. chan(id) resolves channel references."""
-    x = _Ctx()
-    x.chan = chan
+    x = [chan]  # decoding context: x[0] resolves channels, errors are appended
     try:
         v, p = _DEC[b[0]](b, 0, 0, x)
     except LoadError:
@@ -367,8 +360,8 @@ def loads(b, chan=None):
         raise LoadError("text string is not valid UTF-8")
     if p != len(b):
         raise LoadError("%d trailing bytes after item" % (len(b) - p))
-    if x:
-        raise Unrepresentable("received a value Python cannot represent: " + x[0])
+    if len(x) > 1:
+        raise Unrepresentable("received a value Python cannot represent: " + x[1])
     return v
 
 
@@ -485,7 +478,7 @@ class Channel(object):
         self._owed = 0
         self._held = 0  # DATA_MORE credit held while items wait (protocol §6.2)
         self._out = deque()
-        self._queued = self._sent = self._w = 0
+        self._queued = self._sent = self._w = self._fed = 0
         self._sc = self._rc = self._rl = self._ended = self._fired = False
         self._err = None
         self._more = None
@@ -572,6 +565,9 @@ class Channel(object):
                     self._w += 1
                     gw._wait(self._cv, left)
                     self._w -= 1
+                    if self._fed:
+                        self._fed -= 1
+                        gw._fed -= 1
                     continue
             if w:
                 gw._send_frames([w])
@@ -760,6 +756,10 @@ class Gateway(object):
         self._bgcv = threading.Condition(self._lock)
         self._leader = self._bgread = self._need = False
         self._waiting, self._hot, self._stop = 0, 0.0, None
+        # receivers among _waiting that were already handed an item but are not awake
+        # yet: they need no reading, and counting them kept the reader thread reading
+        # ahead of a ping-pong receiver (a thread hand-off per item instead of leading)
+        self._fed = 0
         # the leader's channel, and its item handed straight back by _data (not queued)
         self._mine, self._handed = None, _NOITEM
         self._codes = {}  # source -> code: the same snippet is often executed many times
@@ -982,7 +982,7 @@ class Gateway(object):
         # under _lock: the leader steps back; the reader thread takes over if needed
         self._leader, self._mine = False, None
         self._hot = time.monotonic()
-        if self._waiting or self._stop:
+        if self._waiting > self._fed or self._stop:
             self._need = True
             self._bgcv.notify()
 
@@ -1176,6 +1176,8 @@ class Gateway(object):
         ch._items.append((v, n))
         if ch._w:
             ch._cv.notify_all()
+            self._fed += ch._w - ch._fed
+            ch._fed = ch._w
             if self._bgread:
                 self._hot = time.monotonic()
         return None, None
@@ -1199,13 +1201,16 @@ class Gateway(object):
             if f is None:
                 _trace("end of input stream: terminating")
                 return (None,)
+            data, dispatch, more, m = self._data, self._dispatch, r.buffered_frame, self.max_frame
             while f:
                 if _tfd is not None:
                     _trace("recv kind=%d channel=%d len=%d" % (f[0], f[1], len(f[2])))
-                if self._dispatch(*f):
+                if f[0] == DATA:
+                    data(*f)
+                elif dispatch(*f):
                     _trace("TERMINATE received")
                     return (None,)
-                f = r.buffered_frame(self.max_frame)
+                f = more(m)
             return None
         except (ProtocolError, LoadError) as e:
             reason = "protocol violation: %s" % (e,)
@@ -1230,7 +1235,7 @@ class Gateway(object):
                     # stand back while a leader reads, or for HOT after a hand-off to a
                     # receiver likely to lead next -- unless other threads wait for input
                     while self._stop is None and (self._leader or (
-                            not self._need and not self._waiting
+                            not self._need and self._waiting <= self._fed
                             and time.monotonic() - self._hot < HOT)):
                         self._bgcv.wait(0.01 if self._leader else HOT)
                     if self._stop is not None:
