@@ -371,6 +371,7 @@ TERMINATE, STATUS_REQUEST, STATUS_REPLY, OUTPUT = 8, 9, 10, 11
 _HDR = struct.Struct(">BII")
 _hdr = _HDR.pack
 _WRITEV = getattr(os, "writev", None)
+IDLE = 10.0  # seconds an executor thread waits for another EXEC before it ends
 HOT = 0.002  # seconds the reader thread leaves the stream to a thread likely to receive again
 
 
@@ -563,11 +564,14 @@ class Channel(object):
                     if left is not None and left <= 0:
                         raise self.TimeoutError("no item after %r seconds" % timeout)
                     self._w += 1
-                    gw._wait(self._cv, left)
-                    self._w -= 1
-                    if self._fed:
-                        self._fed -= 1
-                        gw._fed -= 1
+                    try:
+                        gw._wait(self._cv, left)
+                    finally:
+                        self._w -= 1
+                        if self._fed:
+                            self._fed -= 1
+                            gw._fed -= 1
+                        gw._woke()
                     continue
             if w:
                 gw._send_frames([w])
@@ -763,6 +767,8 @@ class Gateway(object):
         # the leader's channel, and its item handed straight back by _data (not queued)
         self._mine, self._handed = None, _NOITEM
         self._codes = {}  # source -> code: the same snippet is often executed many times
+        # executor threads waiting for a task ([task, lock] each); the wake-up chain
+        self._idle, self._wakeq, self._waking = [], deque(), False
         self.id = "<worker>"
         if not isinstance(hello, dict) or hello.get("version") != 1:
             v = hello.get("version") if isinstance(hello, dict) else hello
@@ -978,6 +984,44 @@ class Gateway(object):
                     self._end_lead()
         return v
 
+    def _wake(self, w):
+        # under _lock: wake a blocked thread (w: see _kick) -- or queue the wake-up
+        # while the thread woken last has not run yet: a burst (1000 execs handed
+        # their items) then never has hundreds of threads contending for the GIL, each
+        # polling it every 5 ms (a convoy of context switches costing more than the work)
+        if self._waking:
+            self._wakeq.append(w)
+        else:
+            self._waking = self._kick(w)
+
+    def _woke(self):
+        # under _lock: a thread woken by _wake (or any receiver back from waiting) runs:
+        # wake the next queued one
+        q = self._wakeq
+        while q:
+            if self._kick(q.popleft()):
+                return
+        self._waking = False
+
+    def _kick(self, w):
+        # under _lock: True if a thread was woken that will call _woke
+        if type(w) is Channel:
+            if not w._w:
+                return False  # its receivers left meanwhile
+            w._cv.notify_all()
+        elif type(w) is tuple:
+            # a bare thread: threading.Thread.start() would wait for it to run
+            try:
+                _thread.start_new_thread(self._pooled, (w,))
+            except RuntimeError as e:  # can't start new thread: the main thread will run it
+                _trace("cannot start an executor thread:", e)
+                self._execq.append(w)
+                self._execcv.notify()
+                return False
+        else:
+            w.release()  # an idle executor's lock
+        return True
+
     def _end_lead(self):
         # under _lock: the leader steps back; the reader thread takes over if needed
         self._leader, self._mine = False, None
@@ -1067,9 +1111,13 @@ class Gateway(object):
                     self._execq.append((ch, src, call))
                     self._execcv.notify()
                     return
-            # a bare thread: threading.Thread.start() would wait for the new thread to
-            # run (a hand-off, and GIL convoys with many EXECs in a row)
-            _thread.start_new_thread(self._run, (ch, src, call))
+                task = (ch, src, call)
+                if self._idle:
+                    slot = self._idle.pop()
+                    slot[0] = task
+                    self._wake(slot[1])
+                else:
+                    self._wake(task)  # a new executor thread
         else:
             raise ProtocolError("unexpected frame kind %d" % kind)
 
@@ -1175,7 +1223,7 @@ class Gateway(object):
             return None, self._winframe(ch) if ch._owed >= self._half else None
         ch._items.append((v, n))
         if ch._w:
-            ch._cv.notify_all()
+            self._wake(ch)
             self._fed += ch._w - ch._fed
             ch._fed = ch._w
             if self._bgread:
@@ -1251,6 +1299,28 @@ class Gateway(object):
             self._rdone.release()  # serve() waits for it
 
     # -- execution
+    def _pooled(self, task):
+        # an executor thread: runs tasks until idle for IDLE seconds
+        with self._lock:
+            self._woke()
+        while True:
+            self._run(*task)
+            slot = [None, _thread.allocate_lock()]
+            slot[1].acquire()
+            with self._lock:
+                if self._dead:
+                    return
+                self._idle.append(slot)
+            if not slot[1].acquire(True, IDLE):
+                with self._lock:
+                    if slot[0] is None:
+                        self._idle.remove(slot)
+                        return
+                slot[1].acquire()  # a task came meanwhile: wait for our turn to wake
+            task = slot[0]
+            with self._lock:
+                self._woke()
+
     def _run(self, ch, src, call):
         with self._lock:
             self._nexec += 1

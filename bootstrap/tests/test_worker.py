@@ -330,6 +330,24 @@ class Execution(WorkerTestCase):
             time.sleep(0.01)
         self.assertEqual(h.request_status(9)["numexecuting"], 0)
 
+    def test_burst_of_receiving_execs_twice(self):
+        # 200 execs blocked in receive() at once are woken one after another (the wake-up
+        # chain) and their threads serve the next burst; nothing may stall or get lost
+        h = self.host()
+        src = "import _thread\nchannel.send((channel.receive(), _thread.get_ident()))\n"
+        idents = []
+        for burst in range(2):
+            chans = [h.exec_(src) for _ in range(200)]
+            for i, c in enumerate(chans):
+                h.send(c, i)
+            got = [h.item(c) for c in chans]
+            self.assertEqual([g[0] for g in got], list(range(200)))
+            idents.append(set(g[1] for g in got))
+            h.wait_for(lambda: all(c in h.closed_by_worker for c in chans))
+            h.wait_for(lambda: h.request_status(burst)["numexecuting"] == 0)
+            time.sleep(0.2)  # the executors park after closing their channels
+        self.assertLess(len(idents[1] - idents[0]), 100)
+
     def test_callback_runs_while_exec_reads(self):
         h = self.host()
         c = h.exec_("ch = channel.gateway.newchannel()\n"
