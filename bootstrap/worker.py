@@ -1019,7 +1019,7 @@ class Gateway(object):
                 self._execcv.notify()
                 return False
         else:
-            w.release()  # an idle executor's lock
+            w[1].release()  # an idle executor's slot
         return True
 
     def _end_lead(self):
@@ -1115,7 +1115,7 @@ class Gateway(object):
                 if self._idle:
                     slot = self._idle.pop()
                     slot[0] = task
-                    self._wake(slot[1])
+                    self._wake(slot)
                 else:
                     self._wake(task)  # a new executor thread
         else:
@@ -1389,8 +1389,11 @@ class Gateway(object):
     def _shutdown(self, reason=None):
         with self._lock:
             self._dead = True
-            queued = list(self._execq)
+            # execs not started yet: queued for the main thread or on the wake-up chain
+            queued = list(self._execq) + [
+                w if type(w) is tuple else w[0] for w in self._wakeq if type(w) is not Channel]
             self._execq.clear()
+            self._wakeq.clear()
             fires = [self._end(ch) for ch in list(self._chans.values())]
             self._execcv.notify_all()
             busy = self._main_busy
