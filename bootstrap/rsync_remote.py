@@ -25,9 +25,11 @@ Conversation (host -> remote, remote -> host):
 Nothing is acknowledged item by item: the channel window is the flow
 control.
 
-Directories are made writable for their owner (mode | 0o700), files are
-written to a temporary name and renamed into place, then get their mode
-and mtime.
+Directories are made writable for their owner (mode | 0o700). A file that
+exists is replaced through a temporary name renamed into place (a reader
+never sees it half written); a new one is created in place with O_EXCL
+(there is nothing to protect, and the rename per file cost ~15% of a fresh
+sync). Files get their mode and mtime last.
 """
 
 
@@ -152,10 +154,10 @@ def serve_rsync(channel):
                         if stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
                             os.chmod(path, stat.S_IMODE(mode))
                     else:
-                        entries[index] = (rel, mode, mtime_ns)
+                        entries[index] = (rel, mode, mtime_ns, False)
                         needs.append((index, digest(path)))
                 else:
-                    entries[index] = (rel, mode, mtime_ns)
+                    entries[index] = (rel, mode, mtime_ns, st is None)
                     needs.append((index, None))
             elif kind == 2:
                 target = entry[2]
@@ -185,14 +187,21 @@ def serve_rsync(channel):
             view = view[os.write(fd, view):]
 
     def begin(idx):
-        rel = entries[idx][0]
-        head, _, name = full(rel).rpartition(b"/")
+        """Opens the file for entry idx: (fd, path written, whether in place)."""
+        rel, _, _, new = entries[idx]
+        path = full(rel)
+        if new:
+            try:
+                return os.open(path, flags | os.O_EXCL, 0o600), path, True
+            except FileExistsError:
+                pass  # created since the listing (another target?): replace it
+        head, _, name = path.rpartition(b"/")
         # unique per process: two targets may share a directory
         tmp = b"%s/.#%s.%d.execnet-rsync" % (head, name, os.getpid())
-        return os.open(tmp, flags, 0o600), tmp
+        return os.open(tmp, flags, 0o600), tmp, False
 
-    def finish(fd, tmp, idx, ok):
-        rel, mode, mtime_ns = entries[idx]
+    def finish(fd, path, in_place, idx, ok):
+        rel, mode, mtime_ns, _ = entries[idx]
         try:
             if ok:
                 os.fchmod(fd, stat.S_IMODE(mode))
@@ -201,15 +210,17 @@ def serve_rsync(channel):
         finally:
             os.close(fd)
         if not ok:
-            os.unlink(tmp)
+            # The source vanished: keep what was there (nothing, if new).
+            os.unlink(path)
             return 0
         if not utime_fd:
-            os.utime(tmp, ns=(mtime_ns, mtime_ns))
-        os.replace(tmp, full(rel))
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+        if not in_place:
+            os.replace(path, full(rel))
         return 1
 
     written = 0
-    out = None  # (fd, tmp path, index) while a file streams in
+    out = None  # (fd, path, in place, index) while a file streams in
     while True:
         item = get()
         if item is None:
@@ -220,23 +231,22 @@ def serve_rsync(channel):
         op = item[0]
         if op == "F":
             for idx, data in item[1]:
-                fd, tmp = begin(idx)
+                fd, path, in_place = begin(idx)
                 try:
                     write_all(fd, data)
                 except BaseException:
                     os.close(fd)
                     raise
-                written += finish(fd, tmp, idx, True)
+                written += finish(fd, path, in_place, idx, True)
         elif op == "t":
-            rel, mode, mtime_ns = entries[item[1]]
+            rel, mode, mtime_ns, _ = entries[item[1]]
             set_meta(full(rel), mode, mtime_ns)
         elif op == "w":
-            fd, tmp = begin(item[1])
-            out = (fd, tmp, item[1])
+            out = begin(item[1]) + (item[1],)
         elif op == "e":
-            fd, tmp, idx = out
+            fd, path, in_place, idx = out
             out = None
-            written += finish(fd, tmp, idx, item[2])
+            written += finish(fd, path, in_place, idx, item[2])
         else:
             raise ValueError("unknown operation %r" % (op,))
     channel.send(("done", written))
