@@ -106,15 +106,19 @@ pub(crate) fn source_loader() -> String {
     execnet_bootstrap::loader(execnet_bootstrap::worker_compressed().len())
 }
 
+/// How long a spawned interpreter may take to read the bootstrap payload
+/// from its stdin (as long as it may take to answer HELLO).
+const PAYLOAD_TIMEOUT: Duration = crate::gateway::STARTUP_TIMEOUT;
+
 /// Writes the bootstrap payload (`parts`, in order: what the loader reads)
 /// to a freshly spawned interpreter; on failure kills and reaps it and
 /// reports its stderr.
 pub(crate) fn send_worker(
-    stdin: &mut impl Write,
+    stdin: &mut (impl Write + std::os::fd::AsFd),
     control: &ProcessControl,
     parts: &[&[u8]],
 ) -> Result<()> {
-    let written = parts.iter().try_for_each(|p| stdin.write_all(p));
+    let written = write_within(stdin, parts, Instant::now() + PAYLOAD_TIMEOUT);
     if let Err(e) = written {
         // A broken pipe mostly means the interpreter has already ended
         // (`python=/bin/true`, killed at start): say how, as the reader
@@ -131,6 +135,59 @@ pub(crate) fn send_worker(
             reason: format!("writing the worker: {e}{how}"),
             stderr_tail: control.stderr_tail(Duration::from_millis(500)),
         });
+    }
+    Ok(())
+}
+
+/// Writes `parts` to the pipe `w`, failing with `TimedOut` at `deadline`.
+///
+/// What fits in the pipe's buffer is written at once. A larger payload (a
+/// compiled worker when the pipe could not be enlarged) is written in
+/// pieces of at most one page, each after `poll` says there is room: a
+/// program that never reads its stdin would otherwise block this thread
+/// for good, before any startup timeout runs.
+fn write_within(
+    w: &mut (impl Write + std::os::fd::AsFd),
+    parts: &[&[u8]],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let room = rustix::pipe::fcntl_getpipe_size(w.as_fd()).unwrap_or(0);
+    if total <= room {
+        // A fresh pipe: nothing else was written to it yet.
+        return parts.iter().try_for_each(|p| w.write_all(p));
+    }
+    for part in parts {
+        // A pipe that is not full has at least a page free, and a write of
+        // at most a page (PIPE_BUF) into it does not block.
+        for piece in part.chunks(4096) {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the interpreter did not read its stdin within {PAYLOAD_TIMEOUT:?}"
+                        ),
+                    ));
+                }
+                let timeout =
+                    Timespec::try_from(left.min(Duration::from_secs(1))).unwrap_or(Timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
+                    });
+                let fd = w.as_fd();
+                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+                match poll(&mut fds, Some(&timeout)) {
+                    Ok(0) => continue,
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            w.write_all(piece)?;
+        }
     }
     Ok(())
 }
@@ -311,4 +368,43 @@ impl StderrTail {
 /// a holder panicked (every critical section is a few plain assignments).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(script: &str) -> Child {
+        Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_payload_larger_than_the_pipe_is_written_within_the_deadline() {
+        let payload = vec![7u8; 300 << 10];
+        let parts = [&payload[..100], &payload[100..]];
+
+        // A reader: everything arrives.
+        let mut reader = child("cat >/dev/null");
+        let mut stdin = reader.stdin.take().unwrap();
+        let _ = rustix::pipe::fcntl_setpipe_size(&stdin, 64 << 10);
+        write_within(&mut stdin, &parts, Instant::now() + Duration::from_secs(10)).unwrap();
+        drop(stdin);
+        assert!(reader.wait().unwrap().success());
+
+        // A program that never reads: a bounded failure, not a hang.
+        let mut sleeper = child("exec sleep 30");
+        let mut stdin = sleeper.stdin.take().unwrap();
+        let _ = rustix::pipe::fcntl_setpipe_size(&stdin, 64 << 10);
+        let t0 = Instant::now();
+        let e = write_within(&mut stdin, &parts, t0 + Duration::from_millis(300)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
 }
