@@ -87,6 +87,8 @@ class GoldenVectors(unittest.TestCase):
                 self.assertTrue(same(got, want), "%s: decoded %r, want %r" % (e["name"], got, want))
                 if not e.get("decode_only"):
                     self.assertEqual(W.dumps(want).hex(), e["hex"], e["name"])
+                    q = W._quick(want)  # channel.send's inline encoder, where it applies
+                    self.assertIn(q and q.hex(), (None, e["hex"]), e["name"])
                 n += 1
         self.assertGreater(n, 20)
 
@@ -115,6 +117,28 @@ class RoundTrip(unittest.TestCase):
         for v in values:
             with self.subTest(v=v):
                 self.assertTrue(same(rt(v), v), "%r -> %r" % (v, rt(v)))
+
+    def test_quick_encoder_is_dumps(self):
+        # channel.send encodes the commonest items inline (_quick): byte for byte
+        # dumps, including every length and integer boundary, else None
+        ints = [0, 23, 24, 255, 256, 65535, 65536, 2 ** 32 - 1, 2 ** 32, 2 ** 63 - 1, 2 ** 63,
+                -1, -24, -25, -256, -257, -2 ** 63, -2 ** 63 - 1, 10 ** 30]
+        strs = ["", "ab", "a" * 23, "a" * 24, "\xe9" * 12, "\U0001F600" * 6, "a" * 255,
+                "a" * 256, "a" * 70000]
+        values = ints + strs + [tuple(ints[:i]) for i in range(len(ints))] + [
+            tuple(strs[:i]) for i in range(len(strs))] + [
+            (1, "ab"), (70000, "x"), ("x", -1), tuple(range(23)), tuple(range(24)), (1, 1.5),
+            (1, (2, 3)), (True, 1), 1.5, True, None, b"ab", [1], MyStr("s"), (MyStr("s"), 1),
+            Point(1, 2), Color.RED]
+        quick = 0
+        for v in values:
+            with self.subTest(v=v):
+                q = W._quick(v)
+                if q is not None:
+                    quick += 1
+                    self.assertEqual(q, W.dumps(v))
+        self.assertEqual(W._quick((5, "ab")), W.dumps((5, "ab")))
+        self.assertGreater(quick, 40)
 
     def test_dict_order_kept(self):
         d = dict((str(i), i) for i in range(100, 0, -1))

@@ -35,6 +35,32 @@ class WorkerTestCase(unittest.TestCase):
         return h
 
 
+class SendPath(unittest.TestCase):
+    def test_short_write_sends_the_rest_once(self):
+        # the fast path's single os.write may write part of a frame (a socket, a
+        # signal): the rest follows, nothing twice
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        gw = W.Gateway(None, w, {"version": 1})
+        ch = gw.newchannel()
+        real, calls = os.write, []
+
+        def short_write(fd, b):
+            calls.append(len(b))
+            return real(fd, bytes(b[:3]) if len(calls) == 1 else b)
+
+        W.os.write = short_write
+        try:
+            ch.send((1, "ab"))
+            ch.send(7)
+        finally:
+            W.os.write = real
+        want = W.frame(W.DATA, ch.id, W.dumps((1, "ab"))) + W.frame(W.DATA, ch.id, W.dumps(7))
+        self.assertEqual(os.read(r, 1000), want)
+        self.assertEqual(len(calls), 2 + 1)  # the first send took two writes
+
+
 class Handshake(WorkerTestCase):
     def test_hello_info(self):
         h = self.host()
