@@ -541,7 +541,10 @@ class Channel(object):
                 if fast:
                     # fast path: nothing queued, enough credit: one frame, one write
                     self._credit -= n
-                    w = gw._winframe(self) if self._owed else None
+                    # owed credit rides along only from _eager up (the rule of
+                    # Gateway._eager): a WINDOW frame on every ping-pong reply
+                    # cost both sides a frame per item
+                    w = gw._winframe(self) if self._owed >= gw._eager else None
                 else:
                     self._out.append([DATA, memoryview(data), 0])
                     self._queued += 1
@@ -916,7 +919,7 @@ class Gateway(object):
         with self._wlock:
             parts = []
             with self._lock:
-                if ch._owed:
+                if ch._owed >= self._eager:
                     w = self._winframe(ch)
                     if w:
                         parts.append(w)

@@ -474,6 +474,16 @@ class FlowControl(WorkerTestCase):
         wins = [n for k, ch, n in h.frames_seen if k == W.WINDOW]
         self.assertTrue(wins)
 
+    def test_ping_pong_replies_carry_no_window_frames(self):
+        # credit below window/16 is returned lazily, also by a send: a WINDOW frame
+        # riding on every reply cost both sides a frame per item
+        h = self.host()
+        c = h.exec_(ECHO)
+        for i in range(50):
+            h.send(c, i)
+            self.assertEqual(h.item(c), i)
+        self.assertEqual([f for f in h.frames_seen if f[0] == W.WINDOW], [])
+
     def test_one_stalled_channel_does_not_stall_others(self):
         h = self.host(window=16 * 1024, max_frame=4096, autocredit=False)
         a = h.exec_("while True:\n    channel.send(b'a' * 4000)\n")
