@@ -490,6 +490,10 @@ class TimeoutError(IOError):
 
 
 _NOENDMARKER = object()
+# A callback runs on the thread that reads the gateway's input (_tl.rd: the reader
+# thread, or a receive() leading): a wait there for more input would never end
+_FOREVER = ("would wait forever: %s on %r in a channel callback, which runs on the "
+            "thread that reads this gateway's input")
 _NOITEM = object()  # Gateway._lead: no item handed back
 
 
@@ -611,6 +615,8 @@ class Channel(object):
                     gw._leader = lead = True  # nobody reads: read the stream ourselves
                     gw._mine = self
                 else:
+                    if getattr(_tl, "rd", False):
+                        raise IOError(_FOREVER % ("receive()", self))
                     left = None if end is None else end - time.monotonic()
                     if left is not None and left <= 0:
                         raise self.TimeoutError("no item after %r seconds" % timeout)
@@ -648,6 +654,8 @@ class Channel(object):
         """Wait until the channel ended; raises the pending RemoteError (once)."""
         gw = self.gateway
         with gw._lock:
+            if not self._ended and getattr(_tl, "rd", False):
+                raise IOError(_FOREVER % ("waitclose()", self))
             if not gw._wait(self._cv, timeout, lambda: self._ended):
                 raise self.TimeoutError("timeout after %r seconds" % timeout)
             e, self._err = self._err, None
@@ -1016,6 +1024,7 @@ class Gateway(object):
         # until ch has news. Returns ch's next item when _data handed it back (fast
         # path, never queued), else _NOITEM and receive() looks at the channel again.
         nb, _tl.nb = getattr(_tl, "nb", False), True
+        _tl.rd = True
         done = False
         try:
             while not done:
@@ -1028,7 +1037,7 @@ class Gateway(object):
                     if done:
                         self._end_lead()
         finally:
-            _tl.nb = nb
+            _tl.nb, _tl.rd = nb, False
             if not done:
                 with self._lock:
                     self._handed = _NOITEM
@@ -1327,7 +1336,7 @@ class Gateway(object):
 
     def _read_loop(self):
         try:
-            _tl.nb = True
+            _tl.nb = _tl.rd = True
             lock = self._lock
             while True:
                 with lock:

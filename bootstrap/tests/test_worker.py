@@ -35,7 +35,9 @@ class WorkerTestCase(unittest.TestCase):
         return h
 
 
-class SendPath(unittest.TestCase):
+class InProcessGateway(unittest.TestCase):
+    """A Gateway driven in this process: for paths a subprocess cannot pin down."""
+
     def test_short_write_sends_the_rest_once(self):
         # the fast path's single os.write may write part of a frame (a socket, a
         # signal): the rest follows, nothing twice
@@ -59,6 +61,29 @@ class SendPath(unittest.TestCase):
         want = W.frame(W.DATA, ch.id, W.dumps((1, "ab"))) + W.frame(W.DATA, ch.id, W.dumps(7))
         self.assertEqual(os.read(r, 1000), want)
         self.assertEqual(len(calls), 2 + 1)  # the first send took two writes
+
+
+    def test_callback_on_a_leading_receiver_raises_instead_of_hanging(self):
+        # a receive() that reads the input itself runs the callbacks of the frames
+        # it reads: their waits for input would never end either
+        r, w = os.pipe()
+        out = os.open(os.devnull, os.O_WRONLY)
+        for fd in (r, w, out):
+            self.addCleanup(os.close, fd)
+        gw = W.Gateway(W.Reader(r), out, {"version": 1})
+        cbch, mine, other = gw._chanref(1), gw._chanref(3), gw.newchannel()
+        seen = []
+
+        def cb(x):
+            try:
+                other.receive(2)
+            except IOError as e:
+                seen.append(str(e)[:18])
+
+        cbch.setcallback(cb)
+        os.write(w, W.frame(W.DATA, 1, W.dumps("x")) + W.frame(W.DATA, 3, W.dumps("y")))
+        self.assertEqual(mine.receive(), "y")  # nobody else reads: this thread does
+        self.assertEqual(seen, ["would wait forever"])
 
 
 class Handshake(WorkerTestCase):
@@ -271,6 +296,32 @@ class ChannelSemantics(WorkerTestCase):
         h.send(ch, 3)
         h.close(ch)
         self.assertEqual(h.item(c), [1, 2, "no receive", 3, "END"])
+
+    def test_callback_waiting_for_input_raises_instead_of_hanging(self):
+        # a callback runs on the thread that reads the input: a wait there for more
+        # input would never end; waits already satisfied still succeed
+        h = self.host()
+        c = h.exec_("import threading, time\ngw = channel.gateway\n"
+                    "ch, q, other = gw.newchannel(), gw.newchannel(), gw.newchannel()\n"
+                    "channel.send((ch, q, other))\nres = []\nev = threading.Event()\n"
+                    "def cb(x):\n"
+                    "    res.append(q.receive())\n"  # queued before: satisfied
+                    "    for f in (other.receive, lambda: other.receive(5), other.waitclose):\n"
+                    "        t = time.monotonic()\n"
+                    "        try:\n            f()\n"
+                    "        except IOError as e:\n"
+                    "            res.append((str(e)[:18], time.monotonic() - t < 1))\n"
+                    "    q.waitclose()\n"  # q was closed before: satisfied
+                    "    ev.set()\n"
+                    "channel.receive()\nch.setcallback(cb)\nchannel.send('ready')\n"
+                    "ev.wait(30)\nchannel.send(res)\n")
+        ch, q, other = [r.id for r in h.item(c)]
+        h.send(q, "queued")
+        h.close(q)
+        h.send(c, "go")
+        self.assertEqual(h.item(c), "ready")
+        h.send(ch, 1)
+        self.assertEqual(h.item(c, timeout=20), ["queued"] + [("would wait forever", True)] * 3)
 
     def test_callback_exception_closes_channel(self):
         h = self.host()
