@@ -140,6 +140,9 @@ enum Launch {
 /// greets on the first address.
 fn launch(dir: &Path, netns: Option<&str>, addresses: &[&str], port: u16) -> Result<Child, Launch> {
     (|| -> io::Result<Child> {
+        // The log tells this attempt's readiness and failure: none of an
+        // earlier attempt's lines may count.
+        let _ = fs::remove_file(dir.join("sshd.log"));
         let listen: String = addresses
             .iter()
             .map(|a| format!("ListenAddress {a}\n"))
