@@ -4,7 +4,7 @@
 #   python -u -c "import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read(N)))"
 # and writes this file, zlib-compressed (N bytes), to stdin, followed at once by
 # frames. Sections: codec, framing, channels, gateway (execution, main loop).
-# Size is start-up time: ~58 KB of source, ~15 KB compressed (zlib level 9).
+# Size is start-up time: ~63 KB of source, ~17 KB compressed (zlib level 9).
 # Env EXECNET_DEBUG=1 traces to stderr, EXECNET_DEBUG=/path appends to a file.
 import os
 import _struct as struct  # the C module: "struct" is a Python wrapper around it
@@ -13,6 +13,7 @@ import _thread
 import threading
 import time
 from collections import deque
+from _weakref import ref as _wref  # the C module: "weakref" costs an import
 
 # ------------------------------------------------------------------ codec
 # CBOR (RFC 8949) restricted to the value model of protocol.md section 7.1.
@@ -402,6 +403,7 @@ TERMINATE, STATUS_REQUEST, STATUS_REPLY, OUTPUT = 8, 9, 10, 11
 _HDR = struct.Struct(">BII")
 _hdr = _HDR.pack
 _WRITEV = getattr(os, "writev", None)
+_PYPY = sys.implementation.name == "pypy"
 IDLE = 10.0  # seconds an executor thread waits for another EXEC before it ends
 HOT = 0.002  # seconds the reader thread leaves the stream to a thread likely to receive again
 
@@ -503,6 +505,8 @@ class Channel(object):
     RemoteError = RemoteError
     TimeoutError = TimeoutError
     _executing = False
+    _h = None  # weak reference to the object remote code holds (Gateway._handle)
+    _sl = False  # LAST_MESSAGE sent
 
     def __init__(self, gw, id):
         self.gateway = gw
@@ -529,6 +533,8 @@ class Channel(object):
         """Send one value; blocks while the channel is out of credit."""
         data = _quick(item) or dumps(item)
         gw = self.gateway
+        if gw._drops:
+            gw._reap()
         n = len(data)
         if n > gw.max_item:
             raise ValueError("item of %d bytes exceeds max_item %d" % (n, gw.max_item))
@@ -587,6 +593,8 @@ class Channel(object):
     def receive(self, timeout=None):
         """Next item; EOFError at end, RemoteError (once) if closed with an error."""
         gw = self.gateway
+        if gw._drops:  # before a wait: a channel dropped just now is closed at once
+            gw._reap()
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             w = None
@@ -613,7 +621,7 @@ class Channel(object):
                 elif (end is None and not gw._leader and not gw._bgread and gw._stop is None
                       and not getattr(_tl, "nb", False)):
                     gw._leader = lead = True  # nobody reads: read the stream ourselves
-                    gw._mine = self
+                    gw._mine = self.id  # not self: a handle is not the object in _chans
                 else:
                     if getattr(_tl, "rd", False):
                         raise IOError(_FOREVER % ("receive()", self))
@@ -653,6 +661,8 @@ class Channel(object):
     def waitclose(self, timeout=None):
         """Wait until the channel ended; raises the pending RemoteError (once)."""
         gw = self.gateway
+        if gw._drops:
+            gw._reap()
         with gw._lock:
             if not self._ended and getattr(_tl, "rd", False):
                 raise IOError(_FOREVER % ("waitclose()", self))
@@ -680,10 +690,11 @@ class Channel(object):
                 self._cb = (callback, endmarker)
             old = getattr(_tl, "nb", False)
             _tl.nb = True
+            ch = gw._chans.get(self.id, self)  # _owing must not pin a handle (_handle)
             try:
                 for v, n in items:
                     callback(v)
-                    gw._consumed(self, n)
+                    gw._consumed(ch, n)
             finally:
                 _tl.nb = old
             with gw._lock:
@@ -825,6 +836,7 @@ class Gateway(object):
         self._fed = 0
         # the leader's channel, and its item handed straight back by _data (not queued)
         self._mine, self._handed = None, _NOITEM
+        self._drops = deque()  # ids of channels whose handles were dropped (_handle)
         self._codes = {}  # source -> code: the same snippet is often executed many times
         # executor threads waiting for a task ([task, lock] each); the wake-up chain
         self._idle, self._wakeq, self._waking = [], deque(), False
@@ -863,7 +875,7 @@ class Gateway(object):
             cid = self._next
             self._next += 2
             ch = self._chans[cid] = Channel(self, cid)
-        return ch
+            return self._handle(ch)
 
     def _rinfo(self):
         """Remote info like execnet's: executable, version_info, platform, cwd, pid, ..."""
@@ -980,6 +992,45 @@ class Gateway(object):
             if fire:
                 fire()
 
+    def _handle(self, ch):
+        # under _lock: the object remote code gets for ch: a second Channel over the
+        # same state (__dict__), so that _chans does not keep it alive. When the last
+        # reference to it goes, the channel is closed, as by execnet's Channel.__del__:
+        # the weakref callback only queues the id (lock-free) for _reap, because it
+        # runs on any thread at any point, even while that thread holds _lock/_wlock.
+        h = ch._h and ch._h()
+        if h is None:
+            h = Channel.__new__(Channel)
+            h.__dict__ = ch.__dict__
+            ch._h = _wref(h, lambda r, cid=ch.id, drop=self._drops.append: drop(cid))
+        return h
+
+    def _reap(self):
+        # close the channels whose handles were dropped (no lock held): CLOSE, or
+        # LAST_MESSAGE while a callback still consumes (protocol §6.1); CLOSE too if
+        # the peer sent LAST_MESSAGE already (no item can flow either way then)
+        while self._drops:
+            try:
+                cid = self._drops.popleft()
+            except IndexError:  # another thread reaped it meanwhile
+                return
+            with self._lock:
+                ch = self._chans.get(cid)
+                if ch is None or ch._sc or ch._sl or ch._h() is not None:
+                    continue  # closed already, or handed out again
+                last = ch._cb is not None and not ch._rl
+                if last:
+                    ch._sl = True
+                    ch._out.append([LAST_MESSAGE, frame(LAST_MESSAGE, cid)])
+            _trace("channel %d dropped: sending %s" % (cid, "LAST_MESSAGE" if last else "CLOSE"))
+            try:
+                if last:
+                    self._pump(ch)
+                else:
+                    self._close(ch)
+            except IOError:
+                return  # the connection is gone: the session is ending anyway
+
     def _chanref(self, cid):
         # decoding a channel reference (reader thread)
         with self._lock:
@@ -990,9 +1041,15 @@ class Gateway(object):
                 ch = Channel(self, cid)
                 if cid in self._closed or not cid & 1 or self._dead:
                     ch._sc = ch._rc = ch._ended = True
-                else:
-                    self._chans[cid] = ch
-        return ch
+                    return ch
+                self._chans[cid] = ch
+            elif ch._sl:
+                # dropped and half-closed: a stand-in that cannot send (no DATA after
+                # our LAST_MESSAGE) and has ended
+                ch = Channel(self, cid)
+                ch._sc = ch._rc = ch._ended = True
+                return ch
+            return self._handle(ch)
 
     def _get(self, cid, kind):
         # under _lock: the channel a frame names (None: discard the frame)
@@ -1152,8 +1209,11 @@ class Gateway(object):
                     raise ProtocolError("LAST_MESSAGE after end on channel %d" % cid)
                 ch._rl = True
                 fire = self._end(ch)
+                last = ch._sl  # both half-closed: nothing can flow any more
             if fire:
                 fire()
+            if last:
+                self._close(ch)
         elif kind == EXEC:
             req = loads(p, self._chanref)  # call kwargs may carry channels
             src = req.get("source") if isinstance(req, dict) else None
@@ -1166,6 +1226,8 @@ class Gateway(object):
                 if not cid & 1 or cid in self._chans or cid in self._closed:
                     raise ProtocolError("EXEC on channel %d that is not a new host channel" % cid)
                 ch = self._chans[cid] = Channel(self, cid)
+                # its own handle: the exec holds it and closes it at the end (_run)
+                ch._h = _wref(ch)
                 if self.execmodel == "main_thread_only" or self._main_idle:
                     self._main_idle = False
                     self._execq.append((ch, src, call))
@@ -1275,7 +1337,7 @@ class Gateway(object):
         cb = ch._cb
         if cb is not None:
             return cb, None
-        if ch is self._mine and not ch._items and self._handed is _NOITEM:
+        if ch.id == self._mine and not ch._items and self._handed is _NOITEM:
             # the leader reads for this channel: hand the item straight back to its
             # receive(), consumed (no queue, no second lock round trip)
             self._handed = v
@@ -1319,6 +1381,8 @@ class Gateway(object):
                     _trace("TERMINATE received")
                     return (None,)
                 f = more(m)
+            if self._drops:
+                self._reap()
             return None
         except (ProtocolError, LoadError) as e:
             reason = "protocol violation: %s" % (e,)
@@ -1365,6 +1429,9 @@ class Gateway(object):
             self._woke()
         while True:
             self._run(*task)
+            task = slot = None  # the kwargs may hold handles: let them go, then reap
+            if self._drops:
+                self._reap()
             slot = [None, _thread.allocate_lock()]
             slot[1].acquire()
             with self._lock:
@@ -1396,6 +1463,11 @@ class Gateway(object):
                 code = compile(src + "\n", "<remote exec>", "exec")
                 if len(self._codes) < 64:
                     self._codes[src] = code
+            if _PYPY:
+                # a PyPy code object keeps the globals of its last exec alive, and with
+                # them the channels remote code dropped (_handle): each exec gets a copy
+                code = code.replace() if hasattr(code, "replace") else compile(
+                    src + "\n", "<remote exec>", "exec")
             exec(code, g)
             if call:
                 g[call[0]](ch, **call[1])
@@ -1433,6 +1505,9 @@ class Gateway(object):
                         task = self._execq.popleft()
                         self._main_idle, self._main_busy = False, True
                     self._run(*task)
+                    task = None  # the kwargs may hold handles: let them go, then reap
+                    if self._drops:
+                        self._reap()
                 finally:
                     self._main_busy = False
             except KeyboardInterrupt:

@@ -362,6 +362,64 @@ class ChannelSemantics(WorkerTestCase):
         self.assertEqual(h.item(c), "to worker channel")
         self.assertEqual(h.receive(a.id)[:2], ("close", None))
 
+    def test_dropped_channel_is_closed(self):
+        # execnet closes a channel when its last reference goes (Channel.__del__):
+        # the host sees the items, then the end -- not a wait until the gateway ends.
+        # PyPy frees it at the next GC, which the second exec runs.
+        h = self.host()
+        c = h.exec_("sub = channel.gateway.newchannel()\nchannel.send(sub)\n"
+                    "for i in range(3):\n    sub.send(i)\n")
+        sub = h.item(c).id
+        self.assertEqual(h.receive(c)[:2], ("close", None))
+        h.exec_("import gc\ngc.collect()\n")
+        self.assertEqual([h.item(sub) for _ in range(3)], [0, 1, 2])
+        self.assertEqual(h.receive(sub)[:2], ("close", None))
+
+    def test_dropped_channel_with_callback_sends_last_message(self):
+        # protocol §6.1: a handle dropped while its callback still consumes half-closes;
+        # the callback keeps getting items, and the host's CLOSE ends it
+        h = self.host()
+        c = h.exec_("import gc\nseen = []\nsub = channel.gateway.newchannel()\n"
+                    "sub.setcallback(seen.append, endmarker='END')\nchannel.send(sub)\n"
+                    "del sub\ngc.collect()\nchannel.send(channel.receive())\n"
+                    "channel.receive()\nchannel.send(seen)\n")
+        sub = h.item(c).id
+        self.assertEqual(h.receive(sub)[:2], ("last", None))
+        h.send(sub, 1)
+        h.send(c, "sync")
+        self.assertEqual(h.item(c), "sync")
+        h.close(sub)
+        self.assertEqual(h.receive(sub)[:2], ("close", None))
+        h.send(c, "go")
+        self.assertEqual(h.item(c), [1, "END"])
+
+    def test_dropped_callback_channel_closes_on_peer_last_message(self):
+        # both sides half-closed: nothing can flow any more, so the worker closes
+        h = self.host()
+        c = h.exec_("import gc\nsub = channel.gateway.newchannel()\n"
+                    "sub.setcallback([].append)\nchannel.send(sub)\n")
+        sub = h.item(c).id
+        h.exec_("import gc\ngc.collect()\n")  # PyPy frees sub at a GC
+        self.assertEqual(h.receive(sub)[:2], ("last", None))
+        h.send_frame(W.LAST_MESSAGE, sub)
+        self.assertEqual(h.receive(sub)[:2], ("close", None))
+
+    def test_received_channel_dropped_while_referenced_elsewhere_stays_open(self):
+        # one handle per channel: a second reference to the same channel is the same
+        # object, and the channel closes only when both are gone
+        h = self.host()
+        hc = h.newchannel()
+        c = h.exec_("import gc\na = channel.receive()\nb = channel.receive()\n"
+                    "channel.send(a is b)\ndel a\ngc.collect()\nb.send('open')\n"
+                    "channel.receive()\n")
+        h.send(c, ref(hc))
+        h.send(c, ref(hc))
+        self.assertEqual(h.item(c), True)
+        self.assertEqual(h.item(hc), "open")
+        h.send(c, "done")
+        self.assertEqual(h.receive(c)[:2], ("close", None))
+        h.exec_("import gc\ngc.collect()\n")
+        self.assertEqual(h.receive(hc)[:2], ("close", None))
 
     def test_channel_in_call_kwargs(self):
         h = self.host()
