@@ -505,7 +505,7 @@ class Channel(object):
     RemoteError = RemoteError
     TimeoutError = TimeoutError
     _executing = False
-    _h = None  # weak reference to the object remote code holds (Gateway._handle)
+    _h = None  # weak reference to the handle remote code holds (Gateway._handle)
     _sl = False  # LAST_MESSAGE sent
 
     def __init__(self, gw, id):
@@ -621,7 +621,7 @@ class Channel(object):
                 elif (end is None and not gw._leader and not gw._bgread and gw._stop is None
                       and not getattr(_tl, "nb", False)):
                     gw._leader = lead = True  # nobody reads: read the stream ourselves
-                    gw._mine = self.id  # not self: a handle is not the object in _chans
+                    gw._mine = self
                 else:
                     if getattr(_tl, "rd", False):
                         raise IOError(_FOREVER % ("receive()", self))
@@ -690,11 +690,10 @@ class Channel(object):
                 self._cb = (callback, endmarker)
             old = getattr(_tl, "nb", False)
             _tl.nb = True
-            ch = gw._chans.get(self.id, self)  # _owing must not pin a handle (_handle)
             try:
                 for v, n in items:
                     callback(v)
-                    gw._consumed(ch, n)
+                    gw._consumed(self, n)
             finally:
                 _tl.nb = old
             with gw._lock:
@@ -716,6 +715,28 @@ class Channel(object):
         if mode == "r":
             return ChannelFileRead(self, proxyclose)
         raise ValueError("mode %r not available" % (mode,))
+
+
+class _Handle(object):
+    """What remote code holds of a channel it created or received: the Channel in
+    Gateway._chans, seen through its bound methods (no call of ours in between), so that
+    _chans does not keep this alive: when it goes, the channel is closed (_handle)."""
+
+    __slots__ = ("gateway", "id", "send", "receive", "waitclose", "close", "setcallback",
+                 "isclosed", "_c", "__weakref__")
+    RemoteError = RemoteError
+    TimeoutError = TimeoutError
+
+    def __init__(self, c):
+        self._c, self.gateway, self.id = c, c.gateway, c.id
+        self.send, self.receive, self.waitclose = c.send, c.receive, c.waitclose
+        self.close, self.setcallback, self.isclosed = c.close, c.setcallback, c.isclosed
+
+    def __repr__(self):
+        return repr(self._c)
+
+    __iter__, __next__, next, makefile = (
+        Channel.__iter__, Channel.__next__, Channel.__next__, Channel.makefile)
 
 
 class ChannelFile(object):
@@ -769,6 +790,7 @@ _ENC = {
     type(None): _e_none, bool: _e_bool, int: _e_int, float: _e_float, complex: _e_complex,
     str: _e_str, bytes: _e_bytes, bytearray: _e_bytes, memoryview: _e_view, list: _e_seq,
     tuple: _e_tuple, dict: _e_dict, set: _e_set, frozenset: _e_frozenset, Channel: _e_channel,
+    _Handle: _e_channel,
 }
 _BASES = [(t, _ENC[t]) for t in (bool, int, float, complex, str, bytes, bytearray, memoryview,
                                  dict, list, tuple, set, frozenset, Channel)]
@@ -993,15 +1015,13 @@ class Gateway(object):
                 fire()
 
     def _handle(self, ch):
-        # under _lock: the object remote code gets for ch: a second Channel over the
-        # same state (__dict__), so that _chans does not keep it alive. When the last
+        # under _lock: the object remote code gets for ch, one at a time. When the last
         # reference to it goes, the channel is closed, as by execnet's Channel.__del__:
         # the weakref callback only queues the id (lock-free) for _reap, because it
         # runs on any thread at any point, even while that thread holds _lock/_wlock.
         h = ch._h and ch._h()
         if h is None:
-            h = Channel.__new__(Channel)
-            h.__dict__ = ch.__dict__
+            h = _Handle(ch)
             ch._h = _wref(h, lambda r, cid=ch.id, drop=self._drops.append: drop(cid))
         return h
 
@@ -1337,7 +1357,7 @@ class Gateway(object):
         cb = ch._cb
         if cb is not None:
             return cb, None
-        if ch.id == self._mine and not ch._items and self._handed is _NOITEM:
+        if ch is self._mine and not ch._items and self._handed is _NOITEM:
             # the leader reads for this channel: hand the item straight back to its
             # receive(), consumed (no queue, no second lock round trip)
             self._handed = v

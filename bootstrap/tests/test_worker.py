@@ -404,6 +404,25 @@ class ChannelSemantics(WorkerTestCase):
         h.send_frame(W.LAST_MESSAGE, sub)
         self.assertEqual(h.receive(sub)[:2], ("close", None))
 
+    def test_handle_iteration_and_makefile(self):
+        # a channel remote code created or received is a handle (_Handle): the whole
+        # Channel API, and it stays open while a file or an iterator made from it lives
+        h = self.host()
+        c = h.exec_("sub = channel.gateway.newchannel()\nchannel.send((sub, repr(sub)))\n"
+                    "f = sub.makefile('w')\nit = iter(sub)\ndel sub\n"
+                    "f.write('via file')\nchannel.send(next(it))\nchannel.send(list(it))\n")
+        sub, text = h.item(c)
+        self.assertEqual(text, "<Channel id=%d open>" % sub.id)
+        self.assertEqual(h.item(sub.id), "via file")
+        h.send(sub.id, 1)
+        self.assertEqual(h.item(c), 1)
+        h.send(sub.id, 2)
+        h.send_frame(W.LAST_MESSAGE, sub.id)
+        self.assertEqual(h.item(c), [2])
+        self.assertEqual(h.receive(c)[:2], ("close", None))
+        h.exec_("import gc\ngc.collect()\n")
+        self.assertEqual(h.receive(sub.id)[:2], ("close", None))
+
     def test_received_channel_dropped_while_referenced_elsewhere_stays_open(self):
         # one handle per channel: a second reference to the same channel is the same
         # object, and the channel closes only when both are gone
