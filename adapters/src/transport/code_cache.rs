@@ -18,7 +18,7 @@
 //! compares `sys.version` before loading: on any mismatch it compiles the
 //! source, which is always sent too. The cache lives in memory only:
 //! nothing is written anywhere, and the first start in each process pays
-//! the compile. It holds at most [`MAX_ENTRIES`] interpreters (~100 KB each).
+//! the compile. It holds at most [`MAX_ENTRIES`] interpreters (~110 KB each).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -29,7 +29,7 @@ use super::process::lock;
 
 /// Longest `sys.version` accepted in a record (CPython's is ~80 bytes).
 const MAX_VERSION: usize = 1024;
-/// Largest marshalled worker accepted in a record (it is ~100 KB).
+/// Largest marshalled worker accepted in a record (it is ~110 KB).
 const MAX_CODE: usize = 16 << 20;
 /// Bytes read from the interpreter at once while the record comes in.
 const READ_CHUNK: usize = 64 << 10;
