@@ -735,6 +735,10 @@ class _Handle(object):
     def __repr__(self):
         return repr(self._c)
 
+    # isinstance(received, type(channel)) holds, as in execnet (isinstance falls back to
+    # __class__); type() still tells the encoder it is a handle
+    __class__ = property(lambda self: Channel)
+
     __iter__, __next__, next, makefile = (
         Channel.__iter__, Channel.__next__, Channel.__next__, Channel.makefile)
 

@@ -409,6 +409,7 @@ class ChannelSemantics(WorkerTestCase):
         # Channel API, and it stays open while a file or an iterator made from it lives
         h = self.host()
         c = h.exec_("sub = channel.gateway.newchannel()\nchannel.send((sub, repr(sub)))\n"
+                    "assert isinstance(sub, type(channel)) and sub.__class__ is type(channel)\n"
                     "f = sub.makefile('w')\nit = iter(sub)\ndel sub\n"
                     "f.write('via file')\nchannel.send(next(it))\nchannel.send(list(it))\n")
         sub, text = h.item(c)
