@@ -409,13 +409,16 @@ fn ours_first_start(python: &Path) -> Res<f64> {
 /// `n` concurrent starts cost on this machine's cores at the least.
 fn bare_start_many(python: &Path, n: usize) -> Res<f64> {
     let t = Instant::now();
-    let children = (0..n)
+    let spawned: Vec<_> = (0..n)
         .map(|_| Command::new(python).args(["-c", "pass"]).spawn())
-        .collect::<std::io::Result<Vec<_>>>()?;
-    for mut c in children {
-        if !c.wait()?.success() {
-            return Err("python -c pass failed".into());
-        }
+        .collect();
+    // Every child that started is reaped, even when another failed to.
+    let mut ok = true;
+    for c in spawned {
+        ok &= c.and_then(|mut c| c.wait()).is_ok_and(|s| s.success());
+    }
+    if !ok {
+        return Err("python -c pass failed".into());
     }
     Ok(t.elapsed().as_secs_f64())
 }
