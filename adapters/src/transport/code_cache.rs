@@ -54,27 +54,20 @@ struct Compiled {
     code: Vec<u8>,
 }
 
-/// Compiled workers by interpreter, at most `max` of them.
+/// Compiled workers by interpreter, at most [`MAX_ENTRIES`] of them.
+#[derive(Default)]
 pub(crate) struct Cache {
     entries: Mutex<HashMap<Key, Arc<Compiled>>>,
-    max: usize,
 }
 
 impl Cache {
-    fn new(max: usize) -> Cache {
-        Cache {
-            entries: Mutex::default(),
-            max,
-        }
-    }
-
     fn get(&self, key: &Key) -> Option<Arc<Compiled>> {
         lock(&self.entries).get(key).cloned()
     }
 
     fn insert(&self, key: Key, compiled: Compiled) {
         let mut entries = lock(&self.entries);
-        if entries.len() >= self.max && !entries.contains_key(&key) {
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
             // Any one: a host cycling through more interpreters than this
             // gains little from keeping them all.
             if let Some(old) = entries.keys().next().cloned() {
@@ -88,7 +81,7 @@ impl Cache {
 /// The process's cache, used by every popen start.
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
-    CACHE.get_or_init(|| Cache::new(MAX_ENTRIES))
+    CACHE.get_or_init(Cache::default)
 }
 
 /// How to start one worker: the `-c` loader, what to write to stdin ahead of
@@ -348,7 +341,7 @@ mod tests {
 
     /// A cache of the test's own (the process's is shared by every test).
     fn own_cache() -> &'static Cache {
-        Box::leak(Box::new(Cache::new(MAX_ENTRIES)))
+        Box::leak(Box::default())
     }
 
     fn test_key(tag: &str) -> Key {
