@@ -372,16 +372,10 @@ fn rss_child(python: &Path, mib: u64) -> Res<()> {
 }
 
 fn ours_rss(python: &Path, mib: u64) -> Res<f64> {
-    let out = Command::new(std::env::current_exe()?)
-        .arg("--rss-child")
-        .arg(python)
-        .arg(mib.to_string())
-        .stderr(Stdio::inherit())
-        .output()?;
-    if !out.status.success() {
-        return Err("rss child failed".into());
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+    in_fresh_process(
+        "--rss-child",
+        &[python.as_os_str(), mib.to_string().as_ref()],
+    )
 }
 
 /// The child process of the cold-start measurement: the first start in a
@@ -392,13 +386,19 @@ fn first_start_child(python: &Path) -> Res<()> {
 }
 
 fn ours_first_start(python: &Path) -> Res<f64> {
+    in_fresh_process("--first-start-child", &[python.as_os_str()])
+}
+
+/// Runs this binary as `bench MODE ARGS…` (a measurement that needs a fresh
+/// host process) and returns the one number it prints.
+fn in_fresh_process(mode: &str, args: &[&std::ffi::OsStr]) -> Res<f64> {
     let out = Command::new(std::env::current_exe()?)
-        .arg("--first-start-child")
-        .arg(python)
+        .arg(mode)
+        .args(args)
         .stderr(Stdio::inherit())
         .output()?;
     if !out.status.success() {
-        return Err("first-start child failed".into());
+        return Err(format!("bench {mode} failed").into());
     }
     Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }
