@@ -1,0 +1,33 @@
+"""Fixtures: real gateways on the interpreters this machine has."""
+
+import os
+import sys
+
+import pytest
+
+import execnet_rs
+
+
+def _pythons():
+    found = [sys.executable]
+    for p in ["/usr/bin/python3"] + [
+        f"/root/.pyenv/versions/{v}/bin/python3" for v in ("3.9.18", "3.13.0")
+    ]:
+        if os.path.exists(p) and p not in found:
+            found.append(p)
+    return found
+
+
+PYTHONS = _pythons()
+
+
+@pytest.fixture
+def group():
+    g = execnet_rs.Group()
+    yield g
+    g.terminate(timeout=2)
+
+
+@pytest.fixture
+def gw(group):
+    return group.makegateway(f"popen//python={sys.executable}")
