@@ -93,6 +93,8 @@ class Group:
         if not isinstance(spec, XSpec):
             spec = XSpec(spec)
         self.allocate_id(spec)
+        if spec.id in self:
+            raise ValueError(f"already have gateway with id {spec.id!r}")
         if spec.execmodel is None:
             spec.execmodel = self.remote_execmodel.backend
         through = spec.via or spec.installvia
@@ -213,14 +215,19 @@ class ReceiveQueue:
 
     def get(self, block: bool = True, timeout: float | None = None):
         """The next ``(channel, item)``; queue.Empty after ``timeout``
-        (or at once if not ``block``); EOFError once every channel ended
-        and every item was taken."""
+        (or at once if not ``block``). Once every channel ended and every
+        item was taken: queue.Empty as well when a timeout was given,
+        EOFError when the call would wait for good (execnet hangs there)."""
         if not block:
             timeout = 0.0
         try:
             return self._q.get(timeout)
         except TimeoutError:
             raise queue.Empty from None
+        except EOFError:
+            if timeout is not None:
+                raise queue.Empty from None
+            raise
 
     def get_nowait(self):
         return self.get(block=False)
