@@ -56,6 +56,10 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error, op: Op) -> PyErr {
         | Error::AuthenticationFailed { .. }
         | Error::HostKeyVerificationFailed { .. } => make(py, |r| &r.host_not_found, e.to_string()),
         Error::InterpreterNotFound { .. } => PyFileNotFoundError::new_err(e.to_string()),
+        // execnet: a send to a dead worker is an IOError, a wait an EOFError.
+        Error::WorkerDied { .. } | Error::ConnectionLost(_) if op == Op::Send => {
+            PyOSError::new_err(format!("cannot send: {e}"))
+        }
         Error::WorkerDied { .. } | Error::ConnectionLost(_) => PyEOFError::new_err(e.to_string()),
         Error::GatewayTerminated => {
             PyOSError::new_err(format!("cannot send (already closed?): {e}"))

@@ -138,6 +138,18 @@ impl Gateway {
         wrap_channel(py, &pygw, ch)
     }
 
+    /// A handle on channel `id` of this gateway (execnet's
+    /// `Channel(gateway, id)`), as a native channel.
+    fn channel(&self, pygw: Py<PyAny>, id: u32) -> PyResult<Channel> {
+        let gw = self.gw()?;
+        let ch = gw.channel_from_ref(execnet::ChannelRef(execnet_core::ChannelId(id)));
+        Ok(Channel {
+            inner: Some(ch),
+            gen: fork_gen(),
+            pygw,
+        })
+    }
+
     /// `(numchannels, numexecuting, execmodel)`.
     fn remote_status(&self, py: Python<'_>) -> PyResult<(u64, u64, String)> {
         let gw = self.gw()?;

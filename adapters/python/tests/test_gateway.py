@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -48,7 +49,12 @@ def test_info_and_status(gw):
     assert gw._rinfo() is info
     fresh = gw._rinfo(update=True)
     assert fresh.pid == info.pid and tuple(fresh.version_info) == tuple(info.version_info)
+    # The exec that answered _rinfo(update=True) may still be finishing.
+    deadline = time.time() + 10
     st = gw.remote_status()
+    while st.numexecuting and time.time() < deadline:
+        time.sleep(0.01)
+        st = gw.remote_status()
     assert st.numchannels >= 0 and st.numexecuting == 0
     assert gw.hasreceiver()
     assert gw.spec.id == gw.id

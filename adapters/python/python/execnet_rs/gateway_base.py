@@ -99,8 +99,11 @@ class Channel:
 
     def __init__(self, gateway, core) -> None:
         """:private: made by ``Gateway.remote_exec``/``newchannel`` or when a
-        channel arrives inside a value."""
+        channel arrives inside a value; ``Channel(gateway, id)`` gives a
+        handle on the channel with that id, as in execnet."""
         self.gateway = gateway
+        if isinstance(core, int):
+            core = gateway._gw.channel(gateway, core)
         self._ch = core
         self.id = core.id
         self._remoteerrors: list[RemoteError] = []
@@ -128,10 +131,19 @@ class Channel:
         self._ch.setcallback(callback, want, endmarker if want else None)
 
     def _getremoteerror(self):
+        """The error the channel ended with, if it was not raised yet (a
+        RemoteError, or EOFError if the worker died), else None."""
         try:
             return self._remoteerrors.pop(0)
         except IndexError:
+            pass
+        try:
+            self._ch.waitclose(0)
+        except (RemoteError, EOFError) as e:
+            return e
+        except Exception:
             return None
+        return None
 
     def isclosed(self) -> bool:
         """Whether the channel is closed (it may still hold items)."""

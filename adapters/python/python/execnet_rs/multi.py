@@ -5,6 +5,8 @@ from __future__ import annotations
 import atexit
 import os
 import queue
+import shlex
+import sys
 import types
 import weakref
 from threading import Lock
@@ -12,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import _core
 from .gateway import Gateway
-from .gateway_base import NO_ENDMARKER_WANTED, Channel, TimeoutError, get_execmodel
+from .gateway_base import NO_ENDMARKER_WANTED, Channel, RemoteError, TimeoutError, get_execmodel
 from .xspec import XSpec
 
 _groups: "weakref.WeakSet[Group]" = weakref.WeakSet()
@@ -99,7 +101,11 @@ class Group:
             spec.execmodel = self.remote_execmodel.backend
         through = spec.via or spec.installvia
         via = self[through]._gw if through else None
-        core = _core.makegateway(spec._render(), via)
+        rendered = spec._render()
+        if spec.popen and not spec.python and not spec.via:
+            # execnet starts popen gateways with this interpreter.
+            rendered += "//python=" + shlex.quote(sys.executable)
+        core = _core.makegateway(rendered, via)
         gw = Gateway(core, spec, self.execmodel)
         self._register(gw)
         return gw
@@ -141,12 +147,16 @@ class Group:
         if os.getpid() != self._pid:
             self._forget()
             return
-        gws = list(self._gateways) + list(self._gateways_to_join)
-        self._gateways_to_join = []
-        for gw in list(self._gateways):
-            self._unregister(gw)
-        self._gateways_to_join = []
-        _core.terminate_all([gw._gw for gw in gws], timeout)
+        while self:
+            for gw in self:
+                gw.exit()
+        joins, self._gateways_to_join = self._gateways_to_join, []
+        ours = [gw for gw in joins if isinstance(gw, Gateway)]
+        for gw in joins:
+            if not isinstance(gw, Gateway):
+                gw.join()
+        # All at once, on the engine: TERMINATE, wait, kill, reap.
+        _core.terminate_all([gw._gw for gw in ours], timeout)
 
     def remote_exec(self, source, **kwargs) -> MultiChannel:
         """remote_exec ``source`` on every member gateway; one MultiChannel."""
@@ -175,8 +185,12 @@ class MultiChannel:
         return chan in self._channels
 
     def send_each(self, item: object) -> None:
-        """Send ``item`` on every channel, in order."""
-        _core.send_each([ch._ch for ch in self._channels], item)
+        """Send ``item`` on every channel, in order (converted once)."""
+        if all(isinstance(ch, Channel) for ch in self._channels):
+            _core.send_each([ch._ch for ch in self._channels], item)
+        else:
+            for ch in self._channels:
+                ch.send(item)
 
     def receive_each(self, withchannel: bool = False) -> list[Any]:
         """One item from each channel, in order."""
@@ -199,9 +213,20 @@ class MultiChannel:
             return self._queue
 
     def waitclose(self, timeout: float | None = None) -> None:
-        """Wait until every channel is closed; then raise the first remote
-        error, if any."""
-        _core.multi_waitclose([ch._ch for ch in self._channels], timeout)
+        """Wait until every channel is closed (one deadline for all); then
+        raise the first remote error, if any."""
+        if all(isinstance(ch, Channel) for ch in self._channels):
+            _core.multi_waitclose([ch._ch for ch in self._channels], timeout)
+            return
+        first = None
+        for ch in self._channels:
+            try:
+                ch.waitclose()
+            except RemoteError as exc:
+                if first is None:
+                    first = exc
+        if first:
+            raise first
 
 
 class ReceiveQueue:
