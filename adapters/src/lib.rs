@@ -33,8 +33,9 @@
 //!   remote side is `bootstrap/rsync_remote.py`.
 //! - [`io`]: `Read`/`Write` over a channel (execnet's `makefile`).
 //! - [`blocking`]: the same types with blocking methods.
-//! - `src/bin/execnet.rs`: the `execnet` command line (`execnet run`,
-//!   `execnet rsync`).
+//! - The `execnet` command line (`execnet run`, `execnet rsync`) is its own
+//!   crate, `adapters/cli/` (`execnet-cli`), so this library has no CLI
+//!   dependencies.
 //! - `examples/`: remote pid, file server, task farm, a quick bench.
 //!
 //! # Example

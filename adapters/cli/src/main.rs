@@ -1,4 +1,5 @@
-//! `execnet`: run Python source on gateways from the command line.
+//! `execnet`: run Python source on gateways from the command line (the
+//! `execnet-cli` crate; the library `execnet` carries no CLI dependencies).
 //!
 //! ```text
 //! execnet run [--gw SPEC]... (-c SOURCE | FILE)
