@@ -4,7 +4,7 @@
 #   python -u -c "import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read(N)))"
 # and writes this file, zlib-compressed (N bytes), to stdin, followed at once by
 # frames. Sections: codec, framing, channels, gateway (execution, main loop).
-# Size is start-up time: ~63 KB of source, ~17 KB compressed (zlib level 9).
+# Size is start-up time: ~69 KB of source, ~18.6 KB compressed (zlib level 9).
 # Env EXECNET_DEBUG=1 traces to stderr, EXECNET_DEBUG=/path appends to a file.
 import os
 import _struct as struct  # the C module: "struct" is a Python wrapper around it
@@ -19,11 +19,15 @@ from _weakref import ref as _wref  # the C module: "weakref" costs an import
 # CBOR (RFC 8949) restricted to the value model of protocol.md section 7.1.
 
 
-class DumpError(TypeError):
+class DataFormatError(Exception):
+    """Base of DumpError and LoadError, as in execnet."""
+
+
+class DumpError(DataFormatError, TypeError):
     """A value cannot be sent over a channel (nothing was sent)."""
 
 
-class LoadError(ValueError):
+class LoadError(DataFormatError, ValueError):
     """A received item is not a well-formed value (protocol violation)."""
 
 
@@ -838,8 +842,10 @@ def _tb(e, skip=0):
 class Gateway(object):
     """The worker's side of a session: reader thread, writer, channels, executions."""
 
-    def __init__(self, reader, outfd, hello):
+    def __init__(self, reader, outfd, hello, threaded=False):
         self._reader, self._outfd = reader, outfd
+        self._threaded = threaded  # serve_thread: nothing process-wide (contract T)
+        self._ex = None  # the execnet compatibility module, from the first exec on
         self._lock = threading.Lock()  # all channel/session state
         self._wlock = threading.Lock()  # frame writes (taken before _lock, never after)
         self._rlock = threading.RLock()  # item delivery to callbacks vs setcallback
@@ -883,10 +889,10 @@ class Gateway(object):
         # once the queue is empty), and a WINDOW frame per small item costs both sides.
         self._eager = max(1, self.window // 16)
         opts = hello.get("options") or {}
-        self.execmodel = opts.get("execmodel") or "thread"
+        self._model = opts.get("execmodel") or "thread"
         self.output = opts.get("output") or "inherit"
-        if self.execmodel not in ("thread", "main_thread_only"):
-            raise ProtocolError("unsupported execmodel %r" % (self.execmodel,))
+        if self._model not in ("thread", "main_thread_only"):
+            raise ProtocolError("unsupported execmodel %r" % (self._model,))
         if self.output not in ("forward", "inherit", "discard"):
             raise ProtocolError("unsupported output mode %r" % (self.output,))
         if opts.get("debug") and _tfd is None:
@@ -902,6 +908,11 @@ class Gateway(object):
             self._next += 2
             ch = self._chans[cid] = Channel(self, cid)
             return self._handle(ch)
+
+    @property
+    def execmodel(self):
+        """execnet's ExecModel object of this gateway (backend, RLock(), Event(), start...)."""
+        return _execnet().gateway_base.get_execmodel(self._model)
 
     def _rinfo(self):
         """Remote info like execnet's: executable, version_info, platform, cwd, pid, ..."""
@@ -1181,7 +1192,7 @@ class Gateway(object):
                     raise ProtocolError("bad STATUS_REQUEST id")
                 with self._lock:
                     st = {"id": rid, "numchannels": len(self._chans), "numexecuting": self._nexec,
-                          "execmodel": self.execmodel}
+                          "execmodel": self._model}
                 self._send_frames([frame(STATUS_REPLY, 0, dumps(st))])
                 return
             if kind == TERMINATE:
@@ -1252,7 +1263,7 @@ class Gateway(object):
                 ch = self._chans[cid] = Channel(self, cid)
                 # its own handle: the exec holds it and closes it at the end (_run)
                 ch._h = _wref(ch)
-                if self.execmodel == "main_thread_only" or self._main_idle:
+                if self._model == "main_thread_only" or self._main_idle:
                     self._main_idle = False
                     self._execq.append((ch, src, call))
                     self._execcv.notify()
@@ -1472,6 +1483,27 @@ class Gateway(object):
             with self._lock:
                 self._woke()
 
+    def _builtins(self):
+        # thread mode: an exec's builtins, whose __import__ answers "execnet" with the
+        # compatibility module (a fresh copy: the process's sys.modules stays as it is)
+        import builtins
+
+        b = dict(builtins.__dict__)
+        real, ex = b["__import__"], self._ex
+
+        def __import__(name, globals=None, locals=None, fromlist=(), level=0):
+            if level == 0 and name[:7] == "execnet" and name[7:8] in ("", "."):
+                if name == "execnet":
+                    return ex
+                if name == "execnet.gateway_base":
+                    return ex.gateway_base if fromlist else ex
+                raise ModuleNotFoundError("No module named %r in the execnet-rs worker's "
+                                          "execnet" % (name,))
+            return real(name, globals, locals, fromlist, level)
+
+        b["__import__"] = __import__
+        return b
+
     def _run(self, ch, src, call):
         with self._lock:
             self._nexec += 1
@@ -1482,6 +1514,13 @@ class Gateway(object):
             if _tfd is not None:
                 _trace("exec on channel %d: %r" % (ch.id, src[:60]))
             g = {"channel": ch, "__name__": "__channelexec__"}
+            if self._ex is None:
+                self._ex = _execnet()
+                if not self._threaded:  # before the first exec: "import execnet" is ours
+                    sys.modules["execnet"] = self._ex
+                    sys.modules["execnet.gateway_base"] = self._ex.gateway_base
+            if self._threaded:
+                g["__builtins__"] = self._builtins()
             code = self._codes.get(src)
             if code is None:
                 code = compile(src + "\n", "<remote exec>", "exec")
@@ -1641,6 +1680,84 @@ class Gateway(object):
                     pass
 
 
+# ------------------------------------------------------------------ execnet compatibility
+# Remote code written for execnet (pytest-xdist's remote.py) imports execnet and uses
+# its remote-side API. It gets this module instead, whether or not the real execnet is
+# installed: built at the first exec (nothing of it at start-up), put into sys.modules by
+# a worker process, handed out by a per-exec __import__ in thread mode (contract M).
+_COMPAT = []  # the module, once built
+_BUILD = _thread.allocate_lock()
+
+
+def _execnet():
+    """The compatibility module `execnet` (and `execnet.gateway_base`), built once."""
+    with _BUILD:
+        if _COMPAT:
+            return _COMPAT[0]
+
+        class ExecModel(object):
+            """execnet's ExecModel, for its two thread backends."""
+
+            backend = None
+            queue = property(lambda self: __import__("queue"))
+            subprocess = property(lambda self: __import__("subprocess"))
+            socket = property(lambda self: __import__("socket"))
+            get_ident, sleep = staticmethod(_thread.get_ident), staticmethod(time.sleep)
+            Lock = RLock = lambda self: threading.RLock()  # execnet's Lock() is an RLock too
+            Event = lambda self: threading.Event()  # noqa: E731
+            __repr__ = lambda self: "<ExecModel %r>" % self.backend  # noqa: E731
+
+            def start(self, func, args=()):
+                _thread.start_new_thread(func, tuple(args))
+
+            def fdopen(self, fd, mode, bufsize=1, closefd=True):
+                enc = None if "b" in mode else "utf-8"
+                return os.fdopen(fd, mode, bufsize, encoding=enc, closefd=closefd)
+
+        class ThreadExecModel(ExecModel):
+            backend = "thread"
+
+        class MainThreadOnlyExecModel(ThreadExecModel):
+            backend = "main_thread_only"
+
+        models = {"thread": ThreadExecModel(), "main_thread_only": MainThreadOnlyExecModel()}
+
+        def get_execmodel(backend):
+            if isinstance(backend, ExecModel):
+                return backend
+            if backend in models:
+                return models[backend]
+            raise ValueError("unknown execmodel %r" % (backend,))
+
+        def cloads(b, py2str_as_py3str=False, py3str_as_py2str=False):
+            try:
+                return loads(b if type(b) in (bytes, bytearray) else bytes(b))
+            except Unrepresentable as e:
+                raise LoadError(str(e))
+
+        def dump(f, obj):
+            f.write(dumps(obj))
+
+        def load(f, py2str_as_py3str=False, py3str_as_py2str=False):
+            return cloads(f.read())  # the rest of the stream is the value
+
+        api = {"Channel": Channel, "DataFormatError": DataFormatError, "DumpError": DumpError,
+               "LoadError": LoadError, "RemoteError": RemoteError, "TimeoutError": TimeoutError,
+               "dump": dump, "dumps": dumps, "load": load, "loads": cloads}
+        gb, ex = mods = [type(sys)(n) for n in ("execnet.gateway_base", "execnet")]
+        for m in mods:
+            m.__dict__.update(api, __engine__="execnet-rs", __all__=sorted(api))
+            if getattr(sys, "__spec__", None):  # a ModuleSpec, without importing importlib
+                m.__spec__ = type(sys.__spec__)(m.__name__, None)
+        gb.__dict__.update(
+            ExecModel=ExecModel, ThreadExecModel=ThreadExecModel, get_execmodel=get_execmodel,
+            MainThreadOnlyExecModel=MainThreadOnlyExecModel, BaseGateway=Gateway,
+            WorkerGateway=Gateway)
+        ex.gateway_base = gb
+        _COMPAT.append(ex)
+        return ex
+
+
 # ------------------------------------------------------------------ main
 def _detach():
     """Move the protocol off fds 0/1; returns (infd, outfd, bytes already buffered)."""
@@ -1712,7 +1829,7 @@ def _main():
         gw._info = info = {
             "version": 1, "implementation": sys.implementation.name,
             "version_info": list(sys.version_info[:5]), "executable": sys.executable or "",
-            "platform": sys.platform, "pid": os.getpid(), "cwd": cwd, "execmodel": gw.execmodel,
+            "platform": sys.platform, "pid": os.getpid(), "cwd": cwd, "execmodel": gw._model,
         }
         _trace("HELLO", info, "output", gw.output)
         gw._send_frames([frame(HELLO, 0, dumps(info))])
