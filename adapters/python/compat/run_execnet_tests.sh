@@ -20,7 +20,7 @@ tar xzf "$work"/execnet-2.1.2.tar.gz -C "$work"
 t="$work/execnet-2.1.2/testing"
 cd "$t"
 rm -f "$t/../tox.ini" "$t/../pyproject.toml"
-PYTHONPATH="$here" timeout 1200 "$py" -m pytest -p execnet_alias -p no:cacheprovider -q -rfE --tb=line \
+PYTHONPATH="$here:$here/shim" timeout 1200 "$py" -m pytest -p execnet_alias -p no:cacheprovider -q -rfE --tb=line \
   -o addopts= -p timeout --timeout=60 \
   test_channel.py test_gateway.py test_multi.py test_rsync.py test_termination.py test_xspec.py \
   "${@:2}" 2>&1 | grep -E "^(FAILED|ERROR)|passed|failed" || true

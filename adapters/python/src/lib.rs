@@ -76,8 +76,21 @@ const SIGNAL_SLICE: Duration = Duration::from_millis(100);
 /// Whether this is the process's main thread (the one Python runs signal
 /// handlers in): on Linux its thread id is the process id.
 fn on_main_thread() -> bool {
-    rustix::thread::gettid().as_raw_nonzero().get()
-        == rustix::process::getpid().as_raw_nonzero().get()
+    thread_local! {
+        /// (fork generation, answer): a fork makes the forking thread the
+        /// child's main thread.
+        static MAIN: std::cell::Cell<Option<(u64, bool)>> = const { std::cell::Cell::new(None) };
+    }
+    let gen = fork_gen();
+    MAIN.with(|m| match m.get() {
+        Some((g, answer)) if g == gen => answer,
+        _ => {
+            let answer = rustix::thread::gettid().as_raw_nonzero().get()
+                == rustix::process::getpid().as_raw_nonzero().get();
+            m.set(Some((gen, answer)));
+            answer
+        }
+    })
 }
 
 /// Runs a wait without the GIL. `f(t)` waits at most `t` (`None`: for

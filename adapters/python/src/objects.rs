@@ -384,8 +384,14 @@ impl Channel {
     #[pyo3(signature = (timeout=None))]
     fn receive(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let ch = self.channel()?;
-        let v = wait(py, duration(timeout)?, |t| ch.receive_value(t))?
-            .map_err(|e| to_pyerr(py, e, Op::Receive))?;
+        // An item already queued is taken without giving up the GIL (the
+        // engine's lock is never held while it waits for the GIL, so this
+        // cannot deadlock); otherwise wait without the GIL.
+        let v = match ch.receive_value(Some(Duration::ZERO)) {
+            Err(execnet::Error::Timeout) => wait(py, duration(timeout)?, |t| ch.receive_value(t))?,
+            other => other,
+        }
+        .map_err(|e| to_pyerr(py, e, Op::Receive))?;
         let gw = ch.gateway();
         to_py(
             py,
@@ -602,11 +608,15 @@ impl ReceiveQueue {
         let deadline = t.map(|t| std::time::Instant::now() + t);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            let (ch, v) = wait(py, left, |t| match t {
-                None => q.recv(),
-                Some(t) => q.recv_timeout(t),
-            })?
-            .map_err(|e| to_pyerr(py, e, Op::Receive))?;
+            // A queued item is taken without giving up the GIL.
+            let (ch, v) = match q.try_recv() {
+                Some(item) => item,
+                None => wait(py, left, |t| match t {
+                    None => q.recv(),
+                    Some(t) => q.recv_timeout(t),
+                })?
+                .map_err(|e| to_pyerr(py, e, Op::Receive))?,
+            };
             let pych = self
                 .channels
                 .iter()

@@ -138,7 +138,9 @@ class Channel:
         except IndexError:
             pass
         try:
-            self._ch.waitclose(0)
+            # An ended channel answers at once (a callback may still be
+            # returning from the endmarker: allow it a moment).
+            self._ch.waitclose(1.0 if self._ch.isclosed() else 0.0)
         except (RemoteError, EOFError) as e:
             return e
         except Exception:
