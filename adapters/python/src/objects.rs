@@ -197,8 +197,7 @@ impl Gateway {
             vec![self.gw()?.clone()],
             self.take_exit(),
             duration(timeout)?,
-        );
-        Ok(())
+        )
     }
 
     /// Kills the worker's process group now.
@@ -221,27 +220,64 @@ impl Gateway {
 
 /// Terminates gateways all at once (one thread each), then joins pending
 /// `exit()` threads. Bounded: each terminate returns within its timeout
-/// plus the engine's slack.
+/// plus the engine's slack. The wait is a `wait` like any other: Ctrl-C
+/// interrupts it on the main thread (the terminations go on in the
+/// background).
 fn terminate_gateways(
     py: Python<'_>,
     gws: Vec<blocking::Gateway>,
     exits: Vec<JoinHandle<()>>,
     timeout: Option<Duration>,
-) {
-    py.detach(move || {
-        let threads: Vec<_> = gws
-            .into_iter()
-            .filter_map(|g| {
-                std::thread::Builder::new()
-                    .name("execnet-terminate".into())
-                    .spawn(move || g.terminate(timeout))
-                    .ok()
-            })
-            .collect();
-        for t in threads.into_iter().chain(exits) {
-            let _ = t.join();
+) -> PyResult<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut n = 0usize;
+    for g in gws {
+        let tx = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("execnet-terminate".into())
+            .spawn(move || {
+                g.terminate(timeout);
+                let _ = tx.send(());
+            });
+        if spawned.is_ok() {
+            n += 1;
         }
-    });
+    }
+    for h in exits {
+        let tx = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("execnet-exit-join".into())
+            .spawn(move || {
+                let _ = h.join();
+                let _ = tx.send(());
+            });
+        if spawned.is_ok() {
+            n += 1;
+        }
+    }
+    drop(tx);
+    let rx = Mutex::new(rx);
+    let mut left = n;
+    while left > 0 {
+        let r = wait(py, None, |t| {
+            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+            match t {
+                None => rx.recv().map_err(|_| execnet::Error::GatewayTerminated),
+                Some(t) => rx.recv_timeout(t).map_err(|e| match e {
+                    std::sync::mpsc::RecvTimeoutError::Timeout => execnet::Error::Timeout,
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                        execnet::Error::GatewayTerminated
+                    }
+                }),
+            }
+        })?;
+        match r {
+            Ok(()) => left -= 1,
+            // Every sender is gone: nothing left to wait for.
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 /// `terminate_all(gateways, timeout)`: the group's termination. Gateways
@@ -268,8 +304,8 @@ fn terminate_all(
             second.push(gw.clone());
         }
     }
-    terminate_gateways(py, first, Vec::new(), t);
-    terminate_gateways(py, second, exits, t);
+    terminate_gateways(py, first, Vec::new(), t)?;
+    terminate_gateways(py, second, exits, t)?;
     Ok(())
 }
 

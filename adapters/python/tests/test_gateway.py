@@ -125,3 +125,16 @@ def test_exit_then_terminate_is_quick_and_reaps(group):
     gw.remote_exec("import time; time.sleep(60)")
     group.terminate(timeout=0.5)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_remote_import_execnet_is_the_workers_module(gw):
+    """Contract M: remote code doing `import execnet` runs on our worker's
+    compatibility module, whatever is installed remotely."""
+    ch = gw.remote_exec(
+        """
+        import execnet
+        channel.send((execnet.__engine__, execnet.loads(execnet.dumps((1, "a"))),
+                      channel.gateway.execmodel.backend))
+        """
+    )
+    assert ch.receive(10) == ("execnet-rs", (1, "a"), "thread")

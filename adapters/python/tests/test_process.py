@@ -154,3 +154,34 @@ def test_fork_neither_deadlocks_nor_corrupts_parent():
     finally:
         p.kill()
         p.wait()
+
+
+def test_sigint_interrupts_terminate_wait():
+    p = run_child(
+        """
+        import os, signal, time, execnet_rs
+        g = execnet_rs.Group()
+        gw = g.makegateway("popen//python=%s")
+        pid = gw._rinfo().pid
+        os.kill(pid, signal.SIGSTOP)   # TERMINATE is never read: the wait lasts
+        print("terminating", flush=True)
+        t = time.time()
+        try:
+            g.terminate(timeout=30)
+        except KeyboardInterrupt:
+            print("interrupted after %%.1f" %% (time.time() - t), flush=True)
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+        """
+        % sys.executable
+    )
+    try:
+        wait_line(p, "terminating")
+        time.sleep(0.5)
+        os.kill(p.pid, signal.SIGINT)
+        line = wait_line(p, "interrupted")
+        assert float(line.split()[-1]) < 10
+        assert p.wait(30) == 0
+    finally:
+        p.kill()
+        p.wait()
