@@ -16,6 +16,7 @@ impl fmt::Display for ChannelId {
 use std::collections::VecDeque;
 
 use crate::error::ProtocolError;
+use crate::window::RecvWindow;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// What a channel still has to send once its queued items are out.
@@ -61,20 +62,10 @@ pub(crate) struct Channel {
     pub in_ready: bool,
 
     // ---- receiving ----
-    /// Credit the peer may still use before we return more.
-    pub recv_credit: u64,
-    /// Credit consumed by the application (or returned for DATA_MORE) but
-    /// not yet sent back in a WINDOW frame.
-    pub owed: u64,
+    /// Receive credit (the window policy: [`crate::window`]).
+    pub window: RecvWindow,
     /// The id is in the session's WINDOW list.
     pub in_windows: bool,
-    /// Items delivered to the application and not consumed yet
-    /// ("waiting items", protocol.md §6.2).
-    pub waiting: u32,
-    /// Credit of DATA_MORE chunks of the item being reassembled, held
-    /// because items were waiting (returned with the item, or when the last
-    /// waiting item is consumed).
-    pub held: u64,
     /// The chunks of an item arriving in DATA_MORE frames.
     pub reassembly: Vec<u8>,
 }
@@ -94,11 +85,8 @@ impl Channel {
             send_credit: u64::from(window),
             blocked: false,
             in_ready: false,
-            recv_credit: u64::from(window),
-            owed: 0,
+            window: RecvWindow::new(window),
             in_windows: false,
-            waiting: 0,
-            held: 0,
             reassembly: Vec::new(),
         }
     }
@@ -133,6 +121,24 @@ impl Channel {
             self.pending_end.is_some()
         } else {
             self.send_credit > 0
+        }
+    }
+
+    /// Puts the channel on the session's ready list (`ready`) if it can
+    /// transmit something and is not on it yet.
+    pub fn schedule(&mut self, id: u32, ready: &mut VecDeque<u32>) {
+        if self.is_ready() && !self.in_ready {
+            self.in_ready = true;
+            ready.push_back(id);
+        }
+    }
+
+    /// Puts the channel on the session's WINDOW list when a WINDOW frame is
+    /// `due` (the window policy said so) and it is not on it yet.
+    pub fn want_window(&mut self, due: bool, id: u32, windows: &mut Vec<u32>) {
+        if due && !self.in_windows {
+            self.in_windows = true;
+            windows.push(id);
         }
     }
 

@@ -25,8 +25,14 @@
 //!   [`CHANNEL_TOKEN`] newtype trick for channel handles.
 //! - [`channel`]: [`ChannelId`] and the per-channel state (lifecycle flags,
 //!   send queue and credit, receive credit and reassembly).
-//! - [`session`]: [`Session`], [`ChannelMut`], [`Event`]: handshake, exec,
-//!   data, close, termination, status, output, fair scheduling.
+//! - [`message`]: what a session reports ([`Event`], [`ChannelEnd`],
+//!   [`TerminateReason`]) and the gateway messages ([`ExecRequest`],
+//!   [`WorkerInfo`], [`Status`]) with their payload encodings.
+//! - [`window`]: the receive-window policy (protocol.md §6.2), in one place.
+//! - [`session`]: [`Session`], [`ChannelMut`]: handshake, exec, data, close,
+//!   termination, status, output, fair scheduling (split by job:
+//!   `session/receive.rs` frames in, `session/transmit.rs` frames out,
+//!   `session/channel_handle.rs` the channel handle).
 //! - `fuzzing` (feature `fuzzing`): the `Pair` harness, the `run_ops` model
 //!   checker and the fuzz target bodies.
 //!
@@ -80,9 +86,11 @@ pub mod error;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod message;
 pub mod serde;
 pub mod session;
 pub mod value;
+pub mod window;
 
 pub use channel::ChannelId;
 pub use codec::{decode, encode};

@@ -1,0 +1,125 @@
+//! The receive-window policy (protocol.md §6.2), in one place.
+//!
+//! A channel's receiver grants the sender `window` bytes of credit at first.
+//! Every DATA or DATA_MORE payload spends credit; the receiver gives it back
+//! in WINDOW frames as the application consumes items. The rules:
+//!
+//! - **Batching**: consumed credit is *owed* and goes back once
+//!   [`grant_threshold`] (half a window) is owed, so a steady stream costs
+//!   one WINDOW frame per half window, not one per item.
+//! - **Items larger than the window**: while no delivered item waits
+//!   unconsumed, a DATA_MORE chunk's credit is owed at once, so a big item
+//!   flows through a small window.
+//! - **Waiting items hold their credit**: while items wait, a DATA_MORE
+//!   chunk's credit is *held* with the item being reassembled and returned
+//!   with it (or when the last waiting item is consumed), so unconsumed
+//!   items never hold more than a window.
+//! - **Dropped items** (they crossed our CLOSE) give their credit back at
+//!   once, so a peer blocked on credit can reach its CLOSE.
+//!
+//! The worker's mirror of this policy is `bootstrap/worker.py` (the
+//! `_half`/`_held` rules of its `Channel`); to change the policy, change this
+//! file and that one (docs/architecture.md, "Change the window policy").
+
+/// Owed credit goes back in a WINDOW frame once this much is owed: half the
+/// window (at least 1 byte).
+pub fn grant_threshold(window: u32) -> u64 {
+    u64::from((window / 2).max(1))
+}
+
+/// One channel's receive-side credit (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct RecvWindow {
+    /// Credit the peer may still use before we return more.
+    credit: u64,
+    /// Credit consumed by the application (or returned for DATA_MORE) but
+    /// not yet sent back in a WINDOW frame.
+    owed: u64,
+    /// Items delivered to the application and not consumed yet
+    /// ("waiting items").
+    waiting: u32,
+    /// Credit of DATA_MORE chunks of the item being reassembled, held
+    /// because items were waiting.
+    held: u64,
+    /// [`grant_threshold`] of the window.
+    threshold: u64,
+}
+
+impl RecvWindow {
+    pub fn new(window: u32) -> RecvWindow {
+        RecvWindow {
+            credit: u64::from(window),
+            owed: 0,
+            waiting: 0,
+            held: 0,
+            threshold: grant_threshold(window),
+        }
+    }
+
+    /// A payload of `n` bytes arrived: spends its credit. `Err(credit)`
+    /// (the credit left) when the peer exceeded it.
+    pub fn spend(&mut self, n: u64) -> Result<(), u64> {
+        if n > self.credit {
+            return Err(self.credit);
+        }
+        self.credit -= n;
+        Ok(())
+    }
+
+    /// A DATA_MORE chunk of `n` bytes was buffered for reassembly. Returns
+    /// whether a WINDOW frame is due.
+    pub fn chunk_buffered(&mut self, n: u64) -> bool {
+        if self.waiting == 0 {
+            // The application keeps up: return the chunk's credit at once,
+            // so an item larger than the window flows through.
+            self.owe(n)
+        } else {
+            // Items are waiting: hold the credit with this item, so waiting
+            // items never hold more than a window.
+            self.held += n;
+            false
+        }
+    }
+
+    /// An item completed with a last chunk of `n` bytes and is delivered:
+    /// returns the credit it holds until consumed (that chunk plus what was
+    /// held for it).
+    pub fn item_delivered(&mut self, n: u64) -> u64 {
+        self.waiting = self.waiting.saturating_add(1);
+        n + std::mem::take(&mut self.held)
+    }
+
+    /// The application consumed a delivered item holding `credit`. Returns
+    /// whether a WINDOW frame is due.
+    pub fn item_consumed(&mut self, credit: u64) -> bool {
+        self.owed += credit;
+        self.waiting = self.waiting.saturating_sub(1);
+        if self.waiting == 0 {
+            // The last waiting item is consumed: release what was held for
+            // the item being reassembled.
+            self.owed += std::mem::take(&mut self.held);
+        }
+        self.owed >= self.threshold
+    }
+
+    /// A payload of `n` bytes was dropped (it crossed our CLOSE): its credit,
+    /// and what was held, go back. Returns whether a WINDOW frame is due.
+    pub fn dropped(&mut self, n: u64) -> bool {
+        let held = std::mem::take(&mut self.held);
+        self.owe(n + held)
+    }
+
+    /// Takes the owed credit for a WINDOW frame (0: nothing owed) and counts
+    /// it as granted again.
+    pub fn grant(&mut self) -> u64 {
+        // owed + credit never exceeds the window (a u32).
+        let grant = std::mem::take(&mut self.owed);
+        self.credit += grant;
+        grant
+    }
+
+    fn owe(&mut self, n: u64) -> bool {
+        self.owed += n;
+        self.owed >= self.threshold
+    }
+}
