@@ -96,7 +96,7 @@ impl Group {
     }
 
     fn lock(&self) -> MutexGuard<'_, GroupState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// The spec used by `makegateway("")`.

@@ -113,6 +113,7 @@ mod group;
 pub mod io;
 mod multi;
 mod rsync;
+mod sync;
 pub mod transport;
 pub mod xspec;
 

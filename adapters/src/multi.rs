@@ -126,7 +126,7 @@ impl MultiChannel {
     /// queue once when that channel ends, for whatever reason. Made once:
     /// later calls return the same queue (and ignore `endmarker`).
     pub fn make_receive_queue(&self, endmarker: Option<Value>) -> Result<ReceiveQueue> {
-        let mut slot = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = crate::sync::lock(&self.queue);
         if let Some(q) = &*slot {
             return Ok(q.clone());
         }
@@ -213,7 +213,7 @@ struct QueueState {
 
 impl QueueInner {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 }
 

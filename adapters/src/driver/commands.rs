@@ -1,0 +1,252 @@
+//! Commands: what the gateway and channel handles ask of the driver (exec,
+//! open, send, receive, close, handles, status).
+
+use std::time::Instant;
+
+use execnet_core::{ChannelId, ExecRequest, LocalError, Status, Value};
+
+use super::{Driver, End, State};
+use crate::error::{Error, Result};
+use crate::sync::lock;
+
+impl Driver {
+    /// Starts an execution; the returned channel has one handle attached.
+    pub(crate) fn exec(&self, request: ExecRequest) -> Result<u32> {
+        let id = {
+            let mut st = lock(&self.state);
+            let id = st
+                .session
+                .exec(request)
+                .map_err(|e| Self::local_error(&st, e))?;
+            let c = st.channels.entry(id.0).or_default();
+            c.handles += 1;
+            c.attached_once = true;
+            id.0
+        };
+        self.flush(true);
+        Ok(id)
+    }
+
+    /// Opens a channel; the returned channel has one handle attached.
+    pub(crate) fn open_channel(&self) -> Result<u32> {
+        let mut st = lock(&self.state);
+        let id = st
+            .session
+            .open_channel()
+            .map_err(|e| Self::local_error(&st, e))?;
+        let c = st.channels.entry(id.0).or_default();
+        c.handles += 1;
+        c.attached_once = true;
+        Ok(id.0)
+    }
+
+    /// A new user handle on `id` (from a received channel reference).
+    pub(crate) fn attach_handle(&self, id: u32) {
+        let mut st = lock(&self.state);
+        let known = st.channels.contains_key(&id);
+        let forgotten = !known && st.session.channel(ChannelId(id)).is_none();
+        let c = st.channels.entry(id).or_default();
+        if forgotten {
+            // Fully closed and forgotten by both sides: it reads as ended.
+            c.end = Some(End::Closed);
+        }
+        c.handles += 1;
+        c.attached_once = true;
+    }
+
+    /// The last... one user handle on `id` is gone. When no handle is left,
+    /// an open channel is closed (half-closed when a callback consumes it),
+    /// as execnet does when a `Channel` is garbage collected.
+    pub(crate) fn detach_handle(&self, id: u32) {
+        let mut st = lock(&self.state);
+        let Some(c) = st.channels.get_mut(&id) else {
+            return;
+        };
+        c.handles = c.handles.saturating_sub(1);
+        if c.handles > 0 {
+            return;
+        }
+        let (has_callback, ended, closed) = (c.has_callback, c.end.is_some(), c.locally_closed);
+        if !closed && !ended {
+            if let Some(mut ch) = st.session.channel(ChannelId(id)) {
+                let _ = if has_callback {
+                    ch.half_close()
+                } else {
+                    ch.close()
+                };
+            }
+        }
+        Self::maybe_forget(&mut st, id);
+        drop(st);
+        self.flush(false);
+    }
+
+    pub(super) fn maybe_forget(st: &mut State, id: u32) {
+        if let Some(c) = st.channels.get(&id) {
+            let callback_pending = c.has_callback && !c.endmarker_done;
+            if c.handles == 0
+                && c.attached_once
+                && c.end.is_some()
+                && !callback_pending
+                && !c.callback_busy
+            {
+                st.channels.remove(&id);
+            }
+        }
+    }
+
+    /// Sends one encoded item, waiting while the channel's window is full.
+    pub(crate) async fn send_encoded(
+        &self,
+        id: u32,
+        item: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let mut item = Some(item);
+        self.wait_for(
+            |st| Self::chan_listener(st, id),
+            deadline,
+            |st| {
+                if st.ended.is_some() {
+                    return Some(Err(Self::session_gone(st)));
+                }
+                let closed = st
+                    .channels
+                    .get(&id)
+                    .is_some_and(|c| c.locally_closed || c.end.is_some());
+                let Some(mut ch) = st.session.channel(ChannelId(id)) else {
+                    return Some(Err(Error::ChannelClosed));
+                };
+                // Asks and, when full, registers for WindowOpened, which
+                // wakes this waiter through the channel's event.
+                if !ch.poll_send_ready() {
+                    if closed || ch.is_ended() {
+                        return Some(Err(Error::ChannelClosed));
+                    }
+                    return None;
+                }
+                let item = item.take()?;
+                Some(ch.send_encoded(item).map_err(|e| Self::local_error(st, e)))
+            },
+        )
+        .await??;
+        self.flush(true);
+        Ok(())
+    }
+
+    /// Takes the next item (or the end) of a channel.
+    pub(crate) async fn receive(&self, id: u32, deadline: Option<Instant>) -> Result<Value> {
+        let (value, credit_returned) = self
+            .wait_for(
+                |st| Self::chan_listener(st, id),
+                deadline,
+                |st| {
+                    let c = st.channels.entry(id).or_default();
+                    if c.has_callback {
+                        return Some(Err(Error::CallbackSet));
+                    }
+                    if let Some((value, credit)) = c.queue.pop_front() {
+                        // Return the credit in the same critical section.
+                        let known = match st.session.channel(ChannelId(id)) {
+                            Some(mut ch) => {
+                                ch.consumed(credit);
+                                true
+                            }
+                            None => false,
+                        };
+                        return Some(Ok((value, known)));
+                    }
+                    // A clean end reads as EndOfChannel to a receiver.
+                    c.end_result().map(|r| r.and(Err(Error::EndOfChannel)))
+                },
+            )
+            .await??;
+        if credit_returned {
+            self.flush(true);
+        }
+        Ok(value)
+    }
+
+    /// Waits until the channel ended; reports its remote error (once).
+    pub(crate) async fn waitclose(&self, id: u32, deadline: Option<Instant>) -> Result<()> {
+        self.wait_for(
+            |st| Self::chan_listener(st, id),
+            deadline,
+            |st| {
+                let c = st.channels.entry(id).or_default();
+                // With a callback, the channel is closed for a waiter once
+                // every item and the endmarker went through it, as in
+                // execnet (its receiver runs callbacks before the close).
+                if c.has_callback && (!c.endmarker_done || c.callback_busy) {
+                    return None;
+                }
+                c.end_result()
+            },
+        )
+        .await?
+    }
+
+    /// Closes the channel (with an error text, if given). Idempotent.
+    pub(crate) fn close(&self, id: u32, error: Option<&str>) -> Result<()> {
+        {
+            let mut st = lock(&self.state);
+            let c = st.channels.entry(id).or_default();
+            if c.locally_closed {
+                return Ok(());
+            }
+            c.locally_closed = true;
+            if let Some(mut ch) = st.session.channel(ChannelId(id)) {
+                let r = match error {
+                    Some(e) => ch.close_with_error(e),
+                    None => ch.close(),
+                };
+                match r {
+                    Ok(()) | Err(LocalError::Closed) | Err(LocalError::Terminated) => {}
+                    Err(e) => return Err(Error::Local(e)),
+                }
+            }
+        }
+        self.flush(true);
+        Ok(())
+    }
+
+    /// Whether the channel is closed locally or ended remotely.
+    pub(crate) fn is_closed(&self, id: u32) -> bool {
+        let st = lock(&self.state);
+        st.channels
+            .get(&id)
+            .map_or(true, |c| c.locally_closed || c.end.is_some())
+    }
+
+    /// Installs a callback: queued items first, then every new item, then
+    /// the endmarker once when the channel ends.
+    /// Asks the worker for its status.
+    pub(crate) async fn status(&self, deadline: Option<Instant>) -> Result<Status> {
+        let rid = {
+            let mut st = lock(&self.state);
+            st.session
+                .request_status()
+                .map_err(|e| Self::local_error(&st, e))?
+        };
+        self.flush(true);
+        self.wait_for(
+            |_| self.gw_event.listen(),
+            deadline,
+            |st| {
+                if let Some(s) = st.status_replies.remove(&rid) {
+                    return Some(Ok(s));
+                }
+                if st.ended.is_some() {
+                    return Some(Err(Self::session_gone(st)));
+                }
+                None
+            },
+        )
+        .await?
+    }
+
+    /// Whether the session is over.
+    pub(crate) fn is_terminated(&self) -> bool {
+        lock(&self.state).ended.is_some()
+    }
+}

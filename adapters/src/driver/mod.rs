@@ -1,0 +1,352 @@
+//! The driver: runs one [`Session`] over one [`Transport`] with threads.
+//!
+//! Its jobs live in one file each: this one holds the shared state and the
+//! start; `reading.rs` the read token and the reader thread, `dispatch.rs`
+//! session events into channel states and callbacks, `writing.rs` the
+//! writing token and the flusher, `waiting.rs` the one `wait_for` every wait
+//! goes through, `commands.rs` what the handles ask (exec, send, receive,
+//! close, status), `termination.rs` the end of a gateway.
+//!
+//! Shared state sits under one `Mutex` ([`State`]): the session, a queue of
+//! received items per channel, callbacks, status replies, and the bytes
+//! waiting to be written. Three kinds of threads touch it:
+//!
+//! - the **reader** thread (one per gateway) blocks on the transport, feeds
+//!   `handle_input`, drains events into the channel queues and wakes waiters
+//!   (`event-listener`). It runs callbacks and forwards remote output, outside
+//!   the lock. It never writes: two readers blocked on writes to each other
+//!   would deadlock once both pipes are full.
+//! - **callers** (user threads or tasks) issue commands under the lock and
+//!   then write what the session produced themselves, if nobody else is
+//!   writing at that moment (one "writing" token in the state). That keeps a
+//!   ping-pong at one thread hand-off per message.
+//! - the **flusher** thread writes what the reader made the session produce
+//!   (credit returns, WINDOW-opened item chunks, CLOSE answers) and what a
+//!   `Drop` left behind, so that neither blocks on a write.
+//!
+//! Order on the wire is kept because every byte the session produces goes
+//! through `State::outbuf` in `poll_transmit` order, and only the holder of
+//! the writing token takes bytes out of it.
+//!
+//! Waiting is the same for the async and the blocking API: a waiter takes an
+//! `event_listener` listener under the lock (so no notification is lost),
+//! releases the lock, and awaits the listener (the blocking API blocks on
+//! that future). Deadlines race the listener against an `async_io::Timer`.
+//!
+//! **Leader/follower reading** (DESIGN.md §7). Reading the transport needs
+//! the *read token* (`State::reading`); the transport reader and its buffer
+//! sit in `Driver::source`, used only by the token holder. A thread waiting
+//! in a blocking [`receive`](crate::blocking::Channel::receive) without a
+//! deadline (the thread-local set by [`leading_allowed`]) takes the token
+//! when it is free and reads itself: `feed` (handle_input, dispatch, pump)
+//! and the callbacks/output it produced, on its own thread, until its own
+//! item is there; then it gives the token back at once. That saves the
+//! cross-CPU wake-up of a hand-off from the reader thread per item. Waiters
+//! that may not lead (async tasks, deadlines) never read: they register as
+//! *waiters*; blocking receivers register as *candidates*.
+//!
+//! The reader thread holds the token otherwise. After each read it stands
+//! back (gives the token away and wakes the candidates) when a candidate
+//! waits; it takes the token again when it is free and nobody is a
+//! candidate, at once if anyone may need input (a waiter, a callback, a
+//! shutdown), else after at most [`READER_GRACE`] (unattended output, EOF).
+//! So every byte is read by someone whenever anyone waits or a callback is
+//! set, and the reader thread sleeps in `read` when the gateway is idle.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use event_listener::Event;
+use execnet_core::{
+    Config, LocalError, ProtocolError, Session, Status, TerminateReason, Value, WorkerInfo,
+};
+
+use crate::error::{Error, RemoteError, Result};
+use crate::sync::lock;
+use crate::transport::{PeerControl, Transport};
+
+mod commands;
+mod dispatch;
+mod reading;
+mod termination;
+mod waiting;
+mod writing;
+
+use reading::ReadToken;
+pub(crate) use waiting::listen_until;
+
+/// Bytes taken from the session per write.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Bytes read from the transport at once.
+const READ_CHUNK: usize = 256 << 10;
+/// How long the reader waits for a process that closed its stdout to exit.
+const REAP_ON_EOF: Duration = Duration::from_secs(1);
+/// How long the reader thread leaves a free read token alone while nobody
+/// waits (so that the next blocking receive can lead).
+const READER_GRACE: Duration = Duration::from_millis(2);
+
+thread_local! {
+    static LEAD_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static LEADING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` (a `block_on` of a receive) with leader/follower reading
+/// allowed on this thread. Only for threads that may block.
+pub(crate) fn leading_allowed<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LEAD_OK.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(LEAD_OK.with(|c| c.replace(true)));
+    f()
+}
+
+/// A callback on a channel's items.
+pub(crate) type Callback = Box<dyn FnMut(Value) + Send>;
+/// Runs a closure inside a context (the gateway set for channel conversion).
+pub(crate) type CallbackContext = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+/// A sink for forwarded remote output: `(fd, bytes)`.
+pub(crate) type OutputCallback = Box<dyn FnMut(u8, &[u8]) + Send>;
+
+/// Where forwarded remote output goes.
+pub(crate) enum OutputSink {
+    Stderr,
+    Callback(OutputCallback),
+}
+
+/// One gateway's shared state and threads.
+pub(crate) struct Driver {
+    state: Mutex<State>,
+    source: Mutex<ReadSide>,
+    read_cv: Condvar,
+    token_event: Event,
+    flush_cv: Condvar,
+    gw_event: Event,
+    writer: Mutex<Box<dyn Write + Send>>,
+    control: Option<Box<dyn PeerControl>>,
+    output: Mutex<OutputSink>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    reader_id: OnceLock<std::thread::ThreadId>,
+    callback_context: OnceLock<CallbackContext>,
+    pub(crate) span: tracing::Span,
+    pub(crate) description: String,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+struct State {
+    session: Session,
+    channels: HashMap<u32, ChanState>,
+    outbuf: Vec<u8>,
+    spare: Vec<u8>,
+    writing: bool,
+    write_failed: bool,
+    flush_wanted: bool,
+    shutdown: bool,
+    ready: Option<WorkerInfo>,
+    status_replies: HashMap<u64, Status>,
+    reading: bool,
+    candidates: usize,
+    waiters: usize,
+    callbacks: usize,
+    ended: Option<TerminateReason>,
+    death: Option<Error>,
+    reader_done: bool,
+    terminate_started: bool,
+    finished: Option<bool>,
+}
+
+struct ReadSide {
+    reader: Option<Box<dyn Read + Send>>,
+    buf: Vec<u8>,
+}
+
+#[derive(Default)]
+struct ChanState {
+    queue: VecDeque<(Value, u32)>,
+    end: Option<End>,
+    error_reported: bool,
+    callback: Option<Callback>,
+    has_callback: bool,
+    callback_busy: bool,
+    endmarker: Option<Value>,
+    endmarker_done: bool,
+    event: Arc<Event>,
+    handles: u32,
+    attached_once: bool,
+    locally_closed: bool,
+}
+
+/// How a channel ended, translated for the user.
+#[derive(Clone)]
+enum End {
+    Closed,
+    Remote(String),
+    Failed(Error),
+}
+
+impl ChanState {
+    /// How the channel's end reads for a waiter, once it ended: `Ok(())`
+    /// for a clean end, `Err` for a failure or a remote error. A remote
+    /// error is reported once; after that the channel reads as cleanly
+    /// ended (execnet's `_getremoteerror` semantics).
+    fn end_result(&mut self) -> Option<Result<()>> {
+        match self.end.as_ref()? {
+            End::Closed => Some(Ok(())),
+            End::Remote(_) if self.error_reported => Some(Ok(())),
+            End::Remote(text) => {
+                let text = text.clone();
+                self.error_reported = true;
+                Some(Err(Error::Remote(RemoteError::new(text))))
+            }
+            End::Failed(e) => Some(Err(e.clone())),
+        }
+    }
+}
+
+/// Work that calls user code, collected under the lock and done after it.
+enum Work {
+    Output(u8, Vec<u8>),
+    Callbacks(u32),
+}
+
+impl Driver {
+    /// Starts the session over `transport` with its reader and flusher
+    /// threads. The host HELLO is written at once.
+    pub(crate) fn start(
+        transport: Transport,
+        config: Config,
+        options: Value,
+        output: OutputSink,
+        span: tracing::Span,
+    ) -> Result<Arc<Driver>> {
+        let Transport {
+            reader,
+            writer,
+            control,
+            description,
+        } = transport;
+        let session = Session::new_host(config, options);
+        let driver = Arc::new(Driver {
+            state: Mutex::new(State {
+                session,
+                channels: HashMap::new(),
+                outbuf: Vec::new(),
+                spare: Vec::new(),
+                writing: false,
+                write_failed: false,
+                flush_wanted: false,
+                shutdown: false,
+                ready: None,
+                status_replies: HashMap::new(),
+                ended: None,
+                death: None,
+                reader_done: false,
+                terminate_started: false,
+                finished: None,
+                // The reader thread starts with the token.
+                reading: true,
+                candidates: 0,
+                waiters: 0,
+                callbacks: 0,
+            }),
+            source: Mutex::new(ReadSide {
+                reader: Some(reader),
+                buf: vec![0u8; READ_CHUNK],
+            }),
+            read_cv: Condvar::new(),
+            token_event: Event::new(),
+            flush_cv: Condvar::new(),
+            gw_event: Event::new(),
+            writer: Mutex::new(writer),
+            control,
+            output: Mutex::new(output),
+            threads: Mutex::new(Vec::new()),
+            reader_id: OnceLock::new(),
+            callback_context: OnceLock::new(),
+            span,
+            description,
+        });
+        let r = driver.clone();
+        let reader_thread = std::thread::Builder::new()
+            .name("execnet-reader".into())
+            .spawn(move || r.reader_loop());
+        let reader_thread = match reader_thread {
+            Ok(t) => t,
+            Err(e) => {
+                driver.kill_and_reap();
+                return Err(e.into());
+            }
+        };
+        let _ = driver.reader_id.set(reader_thread.thread().id());
+        lock(&driver.threads).push(reader_thread);
+        let f = driver.clone();
+        match std::thread::Builder::new()
+            .name("execnet-flusher".into())
+            .spawn(move || f.flusher_loop())
+        {
+            Ok(t) => lock(&driver.threads).push(t),
+            Err(e) => {
+                driver.kill_and_reap();
+                return Err(e.into());
+            }
+        }
+        driver.flush(true);
+        Ok(driver)
+    }
+
+    /// Sets the wrapper run around every callback invocation.
+    pub(crate) fn set_callback_context(&self, f: CallbackContext) {
+        let _ = self.callback_context.set(f);
+    }
+
+    /// Whether the caller is this gateway's reader thread or holds its read
+    /// token (in a callback).
+    pub(crate) fn on_reader_thread(&self) -> bool {
+        self.reader_id.get() == Some(&std::thread::current().id())
+            || LEADING.with(|l| l.get()) == self as *const Driver as usize
+    }
+
+    pub(crate) fn control(&self) -> Option<&dyn PeerControl> {
+        self.control.as_deref()
+    }
+
+    fn session_gone(st: &State) -> Error {
+        match (&st.ended, &st.death) {
+            (Some(TerminateReason::ConnectionLost(_)), Some(d)) => d.clone(),
+            (Some(TerminateReason::ConnectionLost(e)), None) => Error::Protocol(e.clone()),
+            _ => Error::GatewayTerminated,
+        }
+    }
+
+    fn local_error(st: &State, e: LocalError) -> Error {
+        match e {
+            LocalError::Closed => Error::ChannelClosed,
+            LocalError::Terminated => Self::session_gone(st),
+            e => Error::Local(e),
+        }
+    }
+}
+
+/// What a connection loss means for the user: the worker's death if the
+/// reader found a process exit, else the protocol error.
+fn connection_error(st: &State, e: ProtocolError) -> Error {
+    match e {
+        ProtocolError::ConnectionLost | ProtocolError::Truncated { .. } => match &st.death {
+            Some(d) => d.clone(),
+            None => Error::ConnectionLost(e.to_string()),
+        },
+        other => Error::Protocol(other),
+    }
+}

@@ -1,0 +1,212 @@
+//! Reading: the read token (leader/follower), the reader thread, feeding
+//! input to the session, end of stream.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Driver, ReadSide, State, LEADING, READER_GRACE, REAP_ON_EOF};
+use crate::error::Error;
+use crate::sync::{lock, wait_timeout};
+
+/// The read token, held by this thread (see the module comment). Dropping
+/// it (a panic in a callback) gives it back.
+pub(super) struct ReadToken<'a> {
+    driver: &'a Driver,
+    prev: usize,
+    armed: bool,
+}
+
+impl<'a> ReadToken<'a> {
+    /// Takes the free token (under the lock).
+    pub(super) fn take(driver: &'a Driver, st: &mut State) -> ReadToken<'a> {
+        debug_assert!(!st.reading);
+        st.reading = true;
+        Self::held(driver)
+    }
+
+    /// The token this thread already holds (`reading` is set).
+    pub(super) fn held(driver: &'a Driver) -> ReadToken<'a> {
+        let prev = LEADING.with(|l| l.replace(driver as *const Driver as usize));
+        ReadToken {
+            driver,
+            prev,
+            armed: true,
+        }
+    }
+
+    /// Gives the token back (under the lock).
+    pub(super) fn release(mut self, st: &mut State) {
+        self.armed = false;
+        LEADING.with(|l| l.set(self.prev));
+        self.driver.token_released(st);
+    }
+}
+
+impl Drop for ReadToken<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            LEADING.with(|l| l.set(self.prev));
+            let mut st = lock(&self.driver.state);
+            self.driver.token_released(&mut st);
+        }
+    }
+}
+
+impl Driver {
+    // ---------------------------------------------------------------- reader
+
+    pub(super) fn reader_loop(self: Arc<Self>) {
+        let _g = self.span.clone().entered();
+        // Starts with the token (set in `start`).
+        let mut token = Some(ReadToken::held(&self));
+        loop {
+            if let Some(t) = token.take() {
+                // Read until the end, or until a candidate wants the token.
+                loop {
+                    let more = self.read_once();
+                    let mut st = lock(&self.state);
+                    if !more || st.candidates > 0 {
+                        t.release(&mut st);
+                        break;
+                    }
+                }
+            }
+            let mut st = lock(&self.state);
+            loop {
+                if st.reader_done {
+                    drop(st);
+                    tracing::debug!("reader finished");
+                    return;
+                }
+                if !st.reading && st.candidates == 0 {
+                    if Self::input_needed(&st) {
+                        break;
+                    }
+                    let (g, timed_out) = wait_timeout(&self.read_cv, st, READER_GRACE);
+                    st = g;
+                    if timed_out && !st.reading && st.candidates == 0 && !st.reader_done {
+                        break;
+                    }
+                    continue;
+                }
+                st = wait_timeout(&self.read_cv, st, READER_GRACE).0;
+            }
+            token = Some(ReadToken::take(&self, &mut st));
+        }
+    }
+
+    /// Whether input is awaited by someone who will not read it himself.
+    pub(super) fn input_needed(st: &State) -> bool {
+        st.waiters > 0 || st.callbacks > 0 || st.shutdown
+    }
+
+    /// The read token is free again (under the lock): wake who may take it.
+    pub(super) fn token_released(&self, st: &mut State) {
+        st.reading = false;
+        if st.candidates > 0 {
+            self.token_event.notify(usize::MAX);
+        } else if Self::input_needed(st) || st.reader_done {
+            self.read_cv.notify_one();
+        }
+    }
+
+    /// A waiter or callback appeared (under the lock): make sure the reader
+    /// thread reads if nobody else does.
+    pub(super) fn input_wanted(&self, st: &State) {
+        if !st.reading && st.candidates == 0 {
+            self.read_cv.notify_one();
+        }
+    }
+
+    /// With the read token: one read from the transport, fed to the session
+    /// (callbacks and output run here too). `false` at the end of the
+    /// stream (then `reader_done` is set).
+    pub(super) fn read_once(&self) -> bool {
+        let mut side = lock(&self.source);
+        let ReadSide { reader, buf } = &mut *side;
+        let Some(r) = reader.as_mut() else {
+            return false;
+        };
+        let n = loop {
+            match r.read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "transport read failed; treating as end of stream");
+                    break 0;
+                }
+            }
+        };
+        if n > 0 {
+            self.feed(&buf[..n]);
+            return true;
+        }
+        self.handle_eof();
+        side.reader = None;
+        drop(side);
+        let mut st = lock(&self.state);
+        st.reader_done = true;
+        self.gw_event.notify(usize::MAX);
+        self.token_event.notify(usize::MAX);
+        self.read_cv.notify_all();
+        false
+    }
+
+    /// Feeds received bytes to the session and dispatches what follows.
+    pub(super) fn feed(&self, bytes: &[u8]) {
+        let mut work = Vec::new();
+        let violated = {
+            let mut st = lock(&self.state);
+            let r = st.session.handle_input(bytes);
+            self.dispatch(&mut st, &mut work);
+            self.pump_for_flusher(&mut st);
+            // Transmitting can free room (WindowOpened): drain events after
+            // poll_transmit, as the core's drain order says.
+            self.dispatch(&mut st, &mut work);
+            r.err()
+        };
+        if let Some(e) = violated {
+            tracing::warn!(error = %e, "protocol violation; killing the worker");
+            if let Some(c) = &self.control {
+                c.kill();
+            }
+        }
+        self.do_work(work);
+    }
+
+    pub(super) fn handle_eof(&self) {
+        // Reap first, so that every channel learns how the worker ended.
+        let death = match &self.control {
+            Some(c) => match c.wait(REAP_ON_EOF) {
+                Some(status) => Error::WorkerDied {
+                    status,
+                    stderr_tail: c.stderr_tail(Duration::from_millis(300)),
+                },
+                None => {
+                    // The stream ended under a live worker: the session
+                    // cannot go on, so the worker goes too.
+                    c.kill();
+                    let status = c.wait(Duration::from_secs(1));
+                    tracing::debug!(?status, "stream ended while the worker ran; killed it");
+                    Error::ConnectionLost(format!(
+                        "the stream ended while the worker (pid {}) was still running; it was killed",
+                        c.pid().map_or_else(|| "?".to_string(), |p| p.to_string())
+                    ))
+                }
+            },
+            None => Error::ConnectionLost("end of stream".into()),
+        };
+        let mut work = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            st.death = Some(death);
+            st.session.handle_eof();
+            self.dispatch(&mut st, &mut work);
+            // Nothing can be written any more.
+            st.write_failed = true;
+            st.outbuf.clear();
+        }
+        self.do_work(work);
+    }
+}
