@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Python-host benchmark: execnet_rs vs execnet 2.1.2, measured in one run.
 
-    python adapters/python/bench/bench.py [--quick] [--python /usr/bin/python3]
+    python adapters/python/bench/bench.py [--quick] [--repeats N] [--python /usr/bin/python3]
 
 Run it with an interpreter that has execnet_rs installed. execnet 2.1.2 is
 installed into a throwaway venv (/tmp/execnet-rs-bench-execnet, made on the
@@ -134,17 +134,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer iterations")
     ap.add_argument("--python", default="/usr/bin/python3", help="the worker interpreter")
+    ap.add_argument("--repeats", type=int, default=None, help="alternating runs per side (default 5, quick 1)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
     if args.child:
         print(json.dumps(measure(args.child, args.python, args.quick)))
         return
     base = [__file__, "--python", args.python] + (["--quick"] if args.quick else [])
-    ours = subprocess.run([sys.executable] + base + ["--child", "execnet_rs"], check=True,
-                          capture_output=True, text=True).stdout
-    theirs = subprocess.run([ensure_execnet_venv()] + base + ["--child", "execnet"], check=True,
-                            capture_output=True, text=True).stdout
-    ours, theirs = json.loads(ours), json.loads(theirs)
+    theirs_py = ensure_execnet_venv()
+    runs = {"ours": [], "theirs": []}
+    # Alternating runs (ours, theirs, ours, ...); each row is the median of
+    # its runs: the machine's load swings within seconds.
+    for _ in range(args.repeats):
+        for key, py, mod in (("ours", sys.executable, "execnet_rs"), ("theirs", theirs_py, "execnet")):
+            out = subprocess.run([py] + base + ["--child", mod], check=True,
+                                 capture_output=True, text=True).stdout
+            runs[key].append(json.loads(out))
+    ours = {row: statistics.median(r[row] for r in runs["ours"]) for row in runs["ours"][0]}
+    theirs = {row: statistics.median(r[row] for r in runs["theirs"]) for row in runs["theirs"][0]}
     targets = {
         "start -> first round trip (ms)": ("<=", 0.6),
         "ping-pong (us per round trip)": ("<=", 0.5),
@@ -154,7 +163,8 @@ def main():
         "bulk worker->host (MiB/s)": (">=", 3.0),
         "1,000 channels (ms)": ("<=", 1 / 3),
     }
-    print(f"Python host {sys.version.split()[0]}, worker {args.python}" + (" (quick)" if args.quick else ""))
+    print(f"Python host {sys.version.split()[0]}, worker {args.python}, median of {args.repeats} alternating run(s)"
+          + (" (quick)" if args.quick else ""))
     print(f"| row | execnet_rs | execnet 2.1.2 | ratio | target | met |")
     print("|---|---:|---:|---:|---:|:-:|")
     for row, (op, goal) in targets.items():
