@@ -20,6 +20,12 @@ def _pythons():
 
 PYTHONS = _pythons()
 
+# A worker under development (thread gateways exec the worker source in
+# this process): EXECNET_RS_TEST_WORKER=path/to/worker.py.
+if os.environ.get("EXECNET_RS_TEST_WORKER"):
+    with open(os.environ["EXECNET_RS_TEST_WORKER"]) as f:
+        execnet_rs._core.WORKER_SOURCE = f.read()
+
 
 @pytest.fixture
 def group():

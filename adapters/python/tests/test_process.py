@@ -185,3 +185,27 @@ def test_sigint_interrupts_terminate_wait():
     finally:
         p.kill()
         p.wait()
+
+
+def test_exit_with_busy_thread_gateway_does_not_hang():
+    from test_transports import _thread_worker_available
+    import pytest
+
+    if not _thread_worker_available():
+        pytest.skip("SKIPPED: the worker has no serve_thread yet (contract T)")
+    p = run_child(
+        """
+        import execnet_rs
+        gw = execnet_rs.makegateway("thread")
+        gw.remote_exec("import time\\nwhile 1: time.sleep(0.05)")
+        ch = gw.remote_exec("for x in channel: channel.send(x)")
+        ch.send(1); assert ch.receive(10) == 1
+        print("busy", flush=True)
+        """
+    )
+    try:
+        wait_line(p, "busy")
+        assert p.wait(30) == 0, p.stderr.read()
+    finally:
+        p.kill()
+        p.wait()

@@ -99,6 +99,7 @@ def test_thread_gateway(group):
     gw = group.makegateway("thread")
     assert roundtrip(gw) == os.getpid()
     assert gw.remote_exec("import execnet; channel.send(execnet.__engine__)").receive(10) == "execnet-rs"
+    busy = gw.remote_exec("import time\nwhile 1: time.sleep(0.05)")
     tg = execnet_rs.ThreadGateway()
     try:
         roundtrip(tg)
@@ -107,6 +108,19 @@ def test_thread_gateway(group):
     finally:
         tg.exit()
         execnet_rs.default_group.terminate(2)
+
+
+def test_thread_gateway_terminates_busy_code_within_bounds(group):
+    import time
+
+    if not _thread_worker_available():
+        pytest.skip("SKIPPED: the worker has no serve_thread yet (contract T)")
+    gw = group.makegateway("thread")
+    gw.remote_exec("import time\nwhile 1: time.sleep(0.05)")
+    t = time.time()
+    group.terminate(timeout=2)
+    assert time.time() - t < 10
+    assert gw._gw.is_terminated()
 
 
 def test_thread_gateway_main_thread_only(group):
