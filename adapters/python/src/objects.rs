@@ -687,7 +687,9 @@ impl ReceiveQueue {
 
 /// `rsync_send(source, targets, filter, report)`: syncs `source` to each
 /// `(gateway, dest, delete)`; `filter(path) -> bool` (or None) gets full
-/// local paths, `report(relpath)` each file sent. Returns a stats dict.
+/// local paths, `report(kind, relpath, bytes_to_send)` the progress:
+/// `("list", None, n)` once the targets answered, `("send", path, n)`
+/// for each chunk or file sent. Returns a stats dict.
 #[pyfunction]
 fn rsync_send<'py>(
     py: Python<'py>,
@@ -715,9 +717,17 @@ fn rsync_send<'py>(
     }
     if let Some(r) = report {
         rs.progress(move |p: &execnet::Progress<'_>| {
-            if let (execnet::Phase::Sending, Some(path)) = (p.phase, p.path) {
+            let event = match (p.phase, p.path) {
+                (execnet::Phase::Compared, _) => Some(("list", None)),
+                (execnet::Phase::Sending, Some(path)) => {
+                    Some(("send", Some(path.to_string_lossy().into_owned())))
+                }
+                _ => None,
+            };
+            if let Some((kind, path)) = event {
+                let to_send = p.stats.bytes_to_send;
                 Python::try_attach(|py| {
-                    if let Err(e) = r.call1(py, (path.to_string_lossy().into_owned(),)) {
+                    if let Err(e) = r.call1(py, (kind, path, to_send)) {
                         e.print(py);
                     }
                 });

@@ -27,7 +27,7 @@ def rsync_send(
     source: str,
     targets: list[tuple[Gateway, str, bool]],
     filter: Optional[Callable[[str], bool]],
-    report: Optional[Callable[[str], None]],
+    report: Optional[Callable[[str, Optional[str], int], None]],
 ) -> dict[str, int]: ...
 
 class Gateway:

@@ -47,11 +47,28 @@ class RSync:
         custom_filter = type(self).filter is not RSync.filter
         gateways = [t[0] for t in targets]
 
-        def report(relpath: str) -> None:
+        reported: set[str] = set()
+
+        def report(kind: str, relpath, bytes_to_send: int) -> None:
+            # The engine reports per chunk for all targets at once; execnet's
+            # hooks are per file and target.
+            if kind == "list":
+                if self._callback:
+                    for gw in gateways:
+                        self._callback("list", bytes_to_send, gw)
+                return
+            if relpath in reported:
+                return
+            reported.add(relpath)
             for gw in gateways:
                 self._report_send_file(gw, relpath)
             if self._callback:
-                self._callback("send", 0, None)
+                try:
+                    size = os.path.getsize(os.path.join(self._sourcedir, relpath))
+                except OSError:
+                    size = 0
+                for gw in gateways:
+                    self._callback("ack", size, gw)
 
         _core.rsync_send(
             self._sourcedir,
