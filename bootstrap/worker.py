@@ -3,8 +3,11 @@
 # Stdlib only; runs unchanged on CPython 3.6-3.13 and PyPy3. The host starts
 #   python -u -c "import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read(N)))"
 # and writes this file, zlib-compressed (N bytes), to stdin, followed at once by
-# frames. Sections: codec, framing, channels, gateway (execution, main loop).
-# Size is start-up time: ~69 KB of source, ~18.6 KB compressed (zlib level 9).
+# frames. Sections: codec, framing, channels, gateway (execution, main loop),
+# execnet compatibility (the `execnet` module remote code imports). Thread mode:
+# executed with a __name__ other than "__main__" it only defines things; then
+# serve_thread(read_fd, write_fd) serves one gateway in the calling thread.
+# Size is start-up time: ~75 KB of source, ~20 KB compressed (zlib level 9).
 # Env EXECNET_DEBUG=1 traces to stderr, EXECNET_DEBUG=/path appends to a file.
 import os
 import _struct as struct  # the C module: "struct" is a Python wrapper around it
@@ -542,13 +545,10 @@ class Channel(object):
         n = len(data)
         if n > gw.max_item:
             raise ValueError("item of %d bytes exceeds max_item %d" % (n, gw.max_item))
-        # bare acquire/release (try/finally is free): "with" costs twice as much, and
-        # a small send is mostly such overhead
-        wl, lk = gw._wlock, gw._lock
-        wl.acquire()
-        try:
-            lk.acquire()
-            try:
+        # "with", not a bare acquire: a KeyboardInterrupt (SIGINT in a worker process,
+        # thread mode's _stop_user) raised right after an acquire must not leak the lock
+        with gw._wlock:
+            with gw._lock:
                 if self._sc or self._rc or gw._dead:
                     raise IOError("cannot send to %r" % (self,))
                 fast = not self._out and n <= self._credit and n <= gw.max_frame
@@ -563,8 +563,6 @@ class Channel(object):
                     self._out.append([DATA, memoryview(data), 0])
                     self._queued += 1
                     mine = self._queued
-            finally:
-                lk.release()
             if fast:
                 h = _hdr(DATA, self.id, n)
                 if n >= 65536:
@@ -577,8 +575,6 @@ class Channel(object):
                 if k < len(data):
                     gw._writev([memoryview(data)[k:]])
                 return
-        finally:
-            wl.release()
         gw._pump(self)
         if getattr(_tl, "nb", False):
             return  # reader thread / callbacks never wait for credit: the item stays queued
@@ -846,6 +842,9 @@ class Gateway(object):
         self._reader, self._outfd = reader, outfd
         self._threaded = threaded  # serve_thread: nothing process-wide (contract T)
         self._ex = None  # the execnet compatibility module, from the first exec on
+        self._infd = self._quiet = None  # thread mode: our input fd; the writing shutdown
+        self._rfin = False  # the reader thread has finished (_read_loop)
+        self._user = {}  # channel -> thread ident of executions in remote code (_run)
         self._lock = threading.Lock()  # all channel/session state
         self._wlock = threading.Lock()  # frame writes (taken before _lock, never after)
         self._rlock = threading.RLock()  # item delivery to callbacks vs setcallback
@@ -923,7 +922,9 @@ class Gateway(object):
     # -- writing
     def _writev(self, parts):
         fd = self._outfd
-        if fd is None:
+        if fd is None or (self._quiet is not None and self._quiet != _thread.get_ident()):
+            # after _stop_user only the shutdown writes: a KeyboardInterrupt raised
+            # between the writes of a frame would leave half of it in the stream
             raise IOError("cannot send: the gateway has terminated")
         try:
             if len(parts) == 1:  # fast path: one buffer, usually written whole
@@ -974,6 +975,8 @@ class Gateway(object):
     def _pump(self, ch):
         """Write the channel's queued frames as far as its credit allows."""
         with self._wlock:
+            if self._quiet is not None and self._quiet != _thread.get_ident():
+                raise IOError("cannot send: the gateway has terminated")  # see _writev
             parts = []
             with self._lock:
                 if ch._owed >= self._eager:
@@ -1455,6 +1458,7 @@ class Gateway(object):
                         self._stop = stop
             self._shutdown(self._stop[0])
         finally:
+            self._rfin = True
             self._rdone.release()  # serve() waits for it
 
     # -- execution
@@ -1480,6 +1484,8 @@ class Gateway(object):
                         return
                 slot[1].acquire()  # a task came meanwhile: wait for our turn to wake
             task = slot[0]
+            if task is None:
+                return  # released by _shutdown
             with self._lock:
                 self._woke()
 
@@ -1508,6 +1514,7 @@ class Gateway(object):
         with self._lock:
             self._nexec += 1
             self._running[ch] = True
+            self._user[ch] = _thread.get_ident()  # running remote code (thread mode: _stop_user)
         err = None
         ch._executing = True
         try:
@@ -1540,6 +1547,13 @@ class Gateway(object):
         finally:
             ch._executing = False
             try:
+                with self._lock:
+                    hit = self._user.pop(ch, None) is None  # _stop_user interrupted it
+                if hit:
+                    _async_exc(_thread.get_ident(), None)  # none may fire in our code below
+            except KeyboardInterrupt:
+                pass  # thread mode: _stop_user's, meant for the remote code
+            try:
                 self._close(ch, err)
             except IOError:
                 pass
@@ -1550,13 +1564,17 @@ class Gateway(object):
                     self._donecv.notify_all()
 
     def serve(self):
-        """Main thread: the primary executor until the session ends."""
-        self._main_idle = True  # the first EXEC goes to the main thread
+        """The calling thread (a worker's main thread): the primary executor until the
+        session ends. A worker process then ends; thread mode returns (contract T)."""
+        # thread mode with execmodel "thread": no exec runs in the caller's thread, so
+        # that it returns within the termination bound whatever remote code does
+        primary = not self._threaded or self._model == "main_thread_only"
+        self._main_idle = primary  # the first EXEC goes to the main thread
         # bare threads: threading.Thread.start() waits until the new thread runs
         self._rdone = _thread.allocate_lock()
         self._rdone.acquire()
         _thread.start_new_thread(self._read_loop, ())
-        while not self._dead:
+        while primary and not self._dead:
             try:
                 try:
                     with self._lock:
@@ -1575,6 +1593,14 @@ class Gateway(object):
                     self._main_busy = False
             except KeyboardInterrupt:
                 pass  # sent by _shutdown to interrupt an execution
+        while self._threaded and not self._rfin:  # the reader's _shutdown closes the fds
+            try:
+                if self._rdone.acquire(True, 1):
+                    self._rdone.release()
+            except KeyboardInterrupt:
+                pass  # _stop_user's, meant for remote code that has just ended
+        if self._threaded:
+            return
         for _ in range(20):  # the reader ends the process (os._exit) after its shutdown
             try:
                 if self._rdone.acquire(True, 1):
@@ -1595,12 +1621,14 @@ class Gateway(object):
             fires = [self._end(ch) for ch in list(self._chans.values())]
             self._execcv.notify_all()
             busy = self._main_busy
+            for slot in self._idle:  # idle executors end now, not after IDLE
+                slot[1].release()
         for ch, _, _ in queued:
             self._safe(self._close, ch, "worker terminated before this execution started")
         for f in fires:
             if f:
                 self._safe(f)
-        if busy:
+        if busy and not self._threaded:
             _trace("interrupting the main thread")
             try:
                 import _signal  # not "signal": that imports enum (~1.5 ms per start)
@@ -1609,19 +1637,55 @@ class Gateway(object):
             except Exception:
                 _thread.interrupt_main()
         end = time.monotonic() + 1.0
+        # thread mode: half of that for executions to end on their own (their channels
+        # have ended), then the rest are interrupted
+        for soft in ((end - 0.5, end) if self._threaded else (end,)):
+            with self._lock:
+                while self._nexec and soft > time.monotonic():
+                    self._donecv.wait(soft - time.monotonic())
+                left = self._nexec
+            if left and soft < end:
+                self._stop_user()
         with self._lock:
-            while self._nexec and end > time.monotonic():
-                self._donecv.wait(end - time.monotonic())
             running = list(self._running)
         for ch in running:
             self._safe(self._close, ch, "worker terminated while this execution was still running")
-        for f in (sys.stdout, sys.stderr):
-            self._safe(f.flush)
-        self._drain_output()
+        if not self._threaded:
+            for f in (sys.stdout, sys.stderr):
+                self._safe(f.flush)
+            self._drain_output()
         payload = _text(reason) if reason else b""
         _trace("sending TERMINATE and exiting")
+        if not self._threaded:
+            self._safe(self._send_frames, [frame(TERMINATE, 0, payload)])
+            os._exit(0)
+        for ch in list(self._chans.values()):  # CLOSE frames _stop_user held back
+            if ch._out:
+                self._safe(self._pump, ch)
         self._safe(self._send_frames, [frame(TERMINATE, 0, payload)])
-        os._exit(0)
+        self._close_fds()
+
+    def _stop_user(self):
+        # thread mode: remote code still running is asked to stop -- its channels have
+        # ended (their calls raise), and where the interpreter allows (CPython) it gets a
+        # KeyboardInterrupt, as a worker's main thread gets SIGINT. Under _wlock: no
+        # frame is being written when it is raised, and none can start (_dead)
+        with self._wlock:
+            self._quiet = _thread.get_ident()
+            with self._lock:
+                for ch, ident in list(self._user.items()):
+                    if ident is not None:
+                        _trace("interrupting the execution on channel", ch.id)
+                        self._user[ch] = None
+                        _async_exc(ident, KeyboardInterrupt)
+
+    def _close_fds(self):
+        # thread mode: the session's end; a late write gets IOError, never another fd
+        with self._wlock:
+            fds, self._outfd = (self._outfd, self._infd), None
+        for fd in fds:
+            if fd is not None:
+                self._safe(os.close, fd)
 
     @staticmethod
     def _safe(f, *a):
@@ -1814,28 +1878,84 @@ def _main():
 
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)
         infd, outfd, pre = _detach()
-        reader = Reader(infd, pre)  # grows on the first large frame: a 1 MiB buffer
-        # now would cost ~0.5 ms of page faults before HELLO
-        f = reader.read(1 << 20)
-        if f is None:
+        gw = _open(infd, outfd, pre)
+        if gw is None:
             _fatal("input ended before the host HELLO")
-        if f[0] != HELLO or f[1] != 0:
-            raise ProtocolError("first frame is kind %d, not HELLO" % f[0])
-        gw = Gateway(reader, outfd, loads(f[2]))
-        try:
-            cwd = os.getcwd()
-        except OSError:
-            cwd = ""
-        gw._info = info = {
-            "version": 1, "implementation": sys.implementation.name,
-            "version_info": list(sys.version_info[:5]), "executable": sys.executable or "",
-            "platform": sys.platform, "pid": os.getpid(), "cwd": cwd, "execmodel": gw._model,
-        }
-        _trace("HELLO", info, "output", gw.output)
-        gw._send_frames([frame(HELLO, 0, dumps(info))])
         gw._setup_output()  # after HELLO: OUTPUT frames may follow it, never precede it
     except Exception as e:
         _fatal(e, outfd)
+    gw.serve()
+
+
+def _open(infd, outfd, pre=b"", threaded=False):
+    """Read the host HELLO and answer it: the Gateway, or None if input ended first."""
+    reader = Reader(infd, pre)  # grows on the first large frame: a 1 MiB buffer
+    # now would cost ~0.5 ms of page faults before HELLO
+    f = reader.read(1 << 20)
+    if f is None:
+        return None
+    if f[0] != HELLO or f[1] != 0:
+        raise ProtocolError("first frame is kind %d, not HELLO" % f[0])
+    gw = Gateway(reader, outfd, loads(f[2]), threaded)
+    gw._infd = infd
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = ""
+    gw._info = info = {
+        "version": 1, "implementation": sys.implementation.name,
+        "version_info": list(sys.version_info[:5]), "executable": sys.executable or "",
+        "platform": sys.platform, "pid": os.getpid(), "cwd": cwd, "execmodel": gw._model,
+    }
+    _trace("HELLO", info, "output", gw.output)
+    gw._send_frames([frame(HELLO, 0, dumps(info))])
+    return gw
+
+
+def _async_exc(ident, exc):
+    # raise exc (None: cancel a pending one) in thread ident at its next bytecode:
+    # CPython's PyThreadState_SetAsyncExc, through ctypes imported only when needed
+    # (thread mode, remote code still running at the end); PyPy has no such call
+    try:
+        import ctypes
+
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), exc and ctypes.py_object(exc))
+    except Exception as e:
+        _trace("cannot interrupt thread %r: %s" % (ident, e))
+
+
+def serve_thread(read_fd, write_fd):
+    """Serve one gateway in the calling thread (thread mode, contract T).
+
+    The host writes its frames into read_fd's pipe and reads ours from write_fd's.
+    Returns when the gateway has ended (TERMINATE, end of input, protocol violation),
+    with both descriptors closed, and never raises for such an end. Nothing
+    process-wide is touched: no fds 0/1/2, signal handlers or os._exit; remote code's
+    "import execnet" is answered by the exec's own __import__, not sys.modules; the
+    output option is ignored (print() writes to this process's stdout). Executions run
+    in threads of their own, with execmodel "main_thread_only" all in this thread.
+    After TERMINATE, code still running is told to stop (its channels end; on CPython
+    it also gets a KeyboardInterrupt) and is left behind after ~1 s."""
+    global _tfd
+    if _tfd is None and os.environ.get("EXECNET_DEBUG") in ("1", "true", "yes", "stderr"):
+        _tfd = _errfd
+    try:
+        gw = _open(read_fd, write_fd, threaded=True)
+    except Exception as e:
+        _trace("thread worker: no session:", e)
+        try:
+            os.write(write_fd, frame(TERMINATE, 0, _text(e)))
+        except OSError:
+            pass
+        gw = None
+    if gw is None:
+        for fd in (read_fd, write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return
     gw.serve()
 
 

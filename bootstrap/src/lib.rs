@@ -22,8 +22,8 @@
 //!
 //! Start-up cost grows with the worker's size (about 1.5 ms per 10 KB of
 //! source to compile, on a start that compiles; popen starts after the first
-//! load the compiled code instead, ~116 KB of marshal data). `worker.py` is
-//! about 69 KB of source, about 18.6 KB zlib-compressed (18,564 bytes when
+//! load the compiled code instead, ~123 KB of marshal data). `worker.py` is
+//! about 75 KB of source, about 20 KB zlib-compressed (20,176 bytes when
 //! this was written); the unit test
 //! `compressed_worker_decompresses_to_the_source` prints the exact figure.
 //!
@@ -47,6 +47,25 @@
 //! remote code writing to fd 1 cannot corrupt the stream. For
 //! `socketserver.py` the client sends a 4-byte big-endian length before the
 //! compressed worker instead (see `docs/protocol.md` §12).
+//!
+//! # Thread mode
+//!
+//! A host may also run the worker inside its own Python process: executing
+//! [`WORKER_SOURCE`] in a fresh namespace whose `__name__` is not
+//! `"__main__"` only defines things; `serve_thread(read_fd, write_fd)` then
+//! serves one gateway over those two descriptors in the calling thread and
+//! returns (both descriptors closed) when the gateway has ended. It touches
+//! nothing process-wide: no fds 0/1/2, signal handlers, `os._exit` or
+//! `sys.modules`; the `output` option is ignored.
+//!
+//! # Remote code and `import execnet`
+//!
+//! Remote code gets the worker's `execnet` compatibility module for
+//! `import execnet` (`execnet.__engine__ == "execnet-rs"`): execnet's
+//! remote-side API (`dumps`, `loads`, `DumpError`, `gateway_base`,
+//! `channel.gateway.execmodel`, ...) on this worker. A worker process puts
+//! it into `sys.modules` before the first exec; thread mode hands it to each
+//! exec through the exec's own `__import__` (CPython; PyPy ignores it).
 //!
 //! # Worker options and environment
 //!
