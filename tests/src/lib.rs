@@ -6,7 +6,10 @@
 //!   (3.x only) and `/usr/bin/pypy3`.
 //! - [`require_all`]: with `EXECNET_REQUIRE_ALL=1` (set by `.ci/run`) a test
 //!   whose peer is absent fails; on a developer machine it is skipped, loudly
-//!   (see [`skip`]).
+//!   (see [`skip`]: the `SKIPPED` line shows in plain `cargo test` output).
+//! - [`made_absent`]: `EXECNET_TEST_ABSENT=sshd,pypy3,netns` makes the
+//!   harness treat those peers as absent, to see (and test) the skip path on
+//!   a machine that has them.
 //! - [`bounded`] runs a test body on a thread and fails the test if it takes
 //!   longer than its bound, so no test can hang the suite.
 //! - [`assert_reaped`] checks that a worker process is gone (neither alive
@@ -70,7 +73,7 @@ pub fn interpreters() -> Vec<Interpreter> {
         }
     }
     let pypy = Path::new("/usr/bin/pypy3");
-    if pypy.exists() {
+    if pypy.exists() && !made_absent("pypy3") {
         found.push(Interpreter {
             name: "pypy3".into(),
             path: pypy.into(),
@@ -96,21 +99,49 @@ pub fn require_all() -> bool {
     std::env::var("EXECNET_REQUIRE_ALL").is_ok_and(|v| v == "1")
 }
 
+/// Whether `peer` (`sshd`, `pypy3`, `netns`, ...) is listed in
+/// `EXECNET_TEST_ABSENT` (comma-separated): the harness then behaves as if
+/// that peer were not installed, so the skip (or, under [`require_all`],
+/// the failure) can be seen on a machine that has it.
+pub fn made_absent(peer: &str) -> bool {
+    std::env::var("EXECNET_TEST_ABSENT").is_ok_and(|v| v.split(',').any(|p| p.trim() == peer))
+}
+
 /// Reports an absent peer: fails under [`require_all`], else prints a loud
-/// SKIPPED line. Returns so that the caller can `return`.
+/// `SKIPPED <test>: <what>` line. Returns so that the caller can `return`.
+///
+/// The line is written to the process's real standard error, not through
+/// `eprintln!`: libtest captures `print!`/`eprint!` output of passing tests
+/// and throws it away, which made a skipped test look like a plain `ok`.
+/// Writes through `std::io::stderr()` itself bypass that capture.
 pub fn skip(what: &str) {
     if require_all() {
         panic!("required peer absent (EXECNET_REQUIRE_ALL=1): {what}");
     }
-    eprintln!("SKIPPED: {what} (set EXECNET_REQUIRE_ALL=1 to make this fail)");
+    use std::io::Write;
+    // libtest names each test's thread after the test ([`bounded`] passes
+    // the name on), so the line says which test was skipped.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string();
+    let line = format!("SKIPPED {test}: {what} (set EXECNET_REQUIRE_ALL=1 to make this fail)\n");
+    // One write_all on the locked handle: the line is not torn by other
+    // tests writing at the same time.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Runs `f` on its own thread and fails if it does not finish within
 /// `limit`. A panic inside `f` is re-raised here.
 pub fn bounded<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
     let (tx, rx) = std::sync::mpsc::channel();
+    // The body's thread carries the test's name (libtest's thread name),
+    // for [`skip`]'s line and for panic messages.
+    let name = std::thread::current()
+        .name()
+        .map_or_else(|| "bounded-test".to_string(), str::to_string);
     let handle = std::thread::Builder::new()
-        .name("bounded-test".into())
+        .name(name)
         .spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = tx.send(r);

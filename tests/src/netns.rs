@@ -51,6 +51,11 @@ impl Topology {
     /// Creates the namespaces, or says why it cannot (not root, no `ip`,
     /// no CAP_NET_ADMIN).
     pub fn create() -> io::Result<Topology> {
+        if crate::made_absent("netns") {
+            return Err(io::Error::other(
+                "network namespaces made absent by EXECNET_TEST_ABSENT",
+            ));
+        }
         let pid = std::process::id();
         let x = 20 + pid % 200;
         let prefix = format!("10.200.{x}");

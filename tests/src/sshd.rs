@@ -47,6 +47,12 @@ impl Sshd {
     /// `sshd-root`/`sshd-user` reach the first address; `sshd-root-N`
     /// reaches address `N` (as root).
     pub fn start_in(netns: Option<&str>, addresses: &[&str]) -> io::Result<Sshd> {
+        if crate::made_absent("sshd") {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{SSHD} made absent by EXECNET_TEST_ABSENT"),
+            ));
+        }
         if !Path::new(SSHD).exists() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -369,11 +375,7 @@ mod tests {
     fn sshd_starts_accepts_key_and_stops() {
         let sshd = match Sshd::start() {
             Ok(s) => s,
-            Err(e) if !crate::require_all() => {
-                eprintln!("SKIPPED: cannot start sshd: {e}");
-                return;
-            }
-            Err(e) => panic!("cannot start sshd: {e}"),
+            Err(e) => return crate::skip(&format!("cannot start sshd: {e}")),
         };
         for host in ["sshd-root", "sshd-user"] {
             let out = Command::new("ssh")
