@@ -1,0 +1,155 @@
+"""pytest plugin that runs an unmodified pytest-xdist on the execnet-rs engine.
+
+Load it before xdist's own plugins, with any of::
+
+    pytest -p execnet_rs.xdist -n 4
+    PYTEST_ADDOPTS="-p execnet_rs.xdist" pytest -n 4
+    # pytest.ini / tox.ini [pytest] / pyproject [tool.pytest.ini_options]:
+    addopts = -p execnet_rs.xdist
+    # conftest.py at the rootdir (only when the real execnet is installed, see docs/xdist.md):
+    pytest_plugins = ["execnet_rs.xdist"]
+
+pytest imports ``-p`` plugins before the entry-point plugins (xdist's
+``xdist.plugin`` and ``xdist.looponfail``), so when this module is imported it
+can register ``execnet_rs`` under the name ``execnet`` in ``sys.modules``:
+every ``import execnet`` that xdist (or anything else in this pytest process)
+does afterwards gets our package, even when the real ``execnet`` distribution
+is not installed. Nothing of xdist is copied or patched on disk.
+
+On the remote side, xdist's ``remote.py`` runs in our worker, whose
+compatibility module answers its ``import execnet`` (contract M). When pytest
+starts inside one of our workers (this plugin is then loaded again from the
+forwarded command line), the full ``execnet_rs`` package takes over the name
+``execnet`` for the tests, so a test that makes gateways itself gets a complete
+API, as it would on the real execnet.
+
+Only Linux is served: on other platforms this module does nothing and xdist
+stays on the real execnet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from typing import Any
+
+#: Whether this platform runs xdist on our engine (settled: Linux only).
+ACTIVE = sys.platform.startswith("linux")
+
+#: Set to "0" to load the plugin but leave xdist on the real execnet (for comparisons).
+ENV_DISABLE = "EXECNET_RS_XDIST"
+
+# execnet's submodules; those our package also has are registered under
+# ``execnet.<name>`` too, so ``import execnet.gateway_base`` resolves to ours.
+_SUBMODULES = (
+    "gateway_base",
+    "gateway",
+    "gateway_io",
+    "gateway_bootstrap",
+    "gateway_socket",
+    "multi",
+    "rsync",
+    "rsync_remote",
+    "xspec",
+)
+
+# Modules that bind ``execnet`` when they are imported: once one of them holds
+# the real execnet, registering ours is too late for it.
+_XDIST_HOST_MODULES = ("xdist.workermanage", "xdist.dsession")
+
+#: Why this plugin left xdist on the real execnet (None: xdist runs on ours).
+skipped_reason: str | None = None
+
+
+def _is_our_worker_compat(mod: Any) -> bool:
+    """The worker's compatibility module (contract M), not the package itself."""
+    return getattr(mod, "__engine__", None) == "execnet-rs" and not hasattr(mod, "Group")
+
+
+def _install() -> str | None:
+    """Registers ``execnet_rs`` as ``execnet``; returns why not, or None."""
+    if not ACTIVE:
+        return "execnet-rs serves pytest-xdist on Linux only (platform %s)" % sys.platform
+    if os.environ.get(ENV_DISABLE, "1") == "0":
+        return "%s=0 in the environment" % ENV_DISABLE
+    import execnet_rs
+
+    current = sys.modules.get("execnet")
+    if current is execnet_rs:
+        return None
+    for name in _XDIST_HOST_MODULES:
+        mod = sys.modules.get(name)
+        bound = getattr(mod, "execnet", None) if mod is not None else None
+        if bound is not None and bound is not execnet_rs:
+            # Too late: xdist already holds another execnet (classes such as
+            # HostRSync were made from it). Say so rather than mixing engines.
+            return (
+                "%s was imported before execnet_rs.xdist; load the plugin with "
+                "-p execnet_rs.xdist (see docs/xdist.md)" % name
+            )
+    sys.modules["execnet"] = execnet_rs
+    for sub in _SUBMODULES:
+        mod = getattr(execnet_rs, sub, None)
+        key = "execnet." + sub
+        if isinstance(mod, types.ModuleType):
+            sys.modules[key] = mod
+        elif key in sys.modules and current is not None and not _is_our_worker_compat(current):
+            # a submodule of the real execnet must not pair with our package
+            del sys.modules[key]
+    return None
+
+
+skipped_reason = _install()
+
+
+def _nodemanager(config: Any) -> Any:
+    dsession = config.pluginmanager.getplugin("dsession")
+    return getattr(dsession, "nodemanager", None) if dsession is not None else None
+
+
+def pytest_report_header(config: Any) -> list[str] | None:
+    """With -v: one header line naming the engine xdist runs on (controller, with -n/-d)."""
+    if getattr(config, "workerinput", None) is not None:
+        return None
+    if config.pluginmanager.getplugin("dsession") is None or config.option.verbose <= 0:
+        return None
+    if skipped_reason is None:
+        import execnet_rs
+
+        return ["xdist engine: execnet-rs %s" % getattr(execnet_rs, "__version__", "?")]
+    return ["xdist engine: execnet (execnet-rs not used: %s)" % skipped_reason]
+
+
+#: Seconds a worker gets to stop after Ctrl-C before it is killed.
+INTERRUPT_GRACE = 1.0
+
+
+class _Controller:
+    """Per-config hooks (pytester may run several pytest sessions in one process)."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        """Ctrl-C on the controller: stop the workers now, not after xdist's 10 s.
+
+        Our workers run in their own process groups, so the terminal's SIGINT
+        reaches only the controller. xdist then tears its nodes down with a
+        10 s grace; we end them first with a short one (each worker interrupts
+        the test it runs, as Ctrl-C would, and is killed if it has not exited
+        by then).
+        """
+        nm = _nodemanager(self.config)
+        group = getattr(nm, "group", None) if nm is not None else None
+        if group is None:
+            return
+        try:
+            group.terminate(timeout=INTERRUPT_GRACE)
+        except BaseException:  # noqa: BLE001 - a second Ctrl-C or a dead gateway must not mask the first
+            pass
+
+
+def pytest_configure(config: Any) -> None:
+    if skipped_reason is None and getattr(config, "workerinput", None) is None:
+        config.pluginmanager.register(_Controller(config), "execnet_rs.xdist.controller")
