@@ -34,6 +34,8 @@ import sys
 import types
 from typing import Any
 
+import pytest
+
 #: Whether this platform runs xdist on our engine (settled: Linux only).
 ACTIVE = sys.platform.startswith("linux")
 
@@ -121,6 +123,29 @@ def pytest_report_header(config: Any) -> list[str] | None:
     return ["xdist engine: execnet (execnet-rs not used: %s)" % skipped_reason]
 
 
+class WorkerLost(Exception):
+    """How a worker ended without closing its channel (exit status, stderr tail).
+
+    Not an ``EOFError``: xdist prints only other errors as they are.
+    """
+
+
+def _explaining(getremoteerror: Any) -> Any:
+    def _getremoteerror() -> Any:
+        err = getremoteerror()
+        if isinstance(err, EOFError) and str(err):
+            return WorkerLost(str(err))
+        return err
+
+    return _getremoteerror
+
+
+def _execnet_rs() -> Any:
+    import execnet_rs
+
+    return execnet_rs
+
+
 #: Seconds a worker gets to stop after Ctrl-C before it is killed.
 INTERRUPT_GRACE = 1.0
 
@@ -130,6 +155,27 @@ class _Controller:
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    def pytest_xdist_newgateway(self, gateway: Any) -> None:
+        """Channels of this gateway tell xdist why the worker died.
+
+        xdist asks ``channel._getremoteerror()`` when a worker's channel ends;
+        for anything falsy or an ``EOFError`` it prints "node down: Not
+        properly terminated". Our engine knows how the worker ended (exit
+        status or signal, the tail of its stderr) and says it in the
+        ``EOFError``; xdist prints it when it is not an ``EOFError``.
+        """
+        if not isinstance(gateway, _execnet_rs().Gateway):
+            return
+        unbound = type(gateway).remote_exec
+
+        def remote_exec(source: Any, **kwargs: Any) -> Any:
+            channel = unbound(gateway, source, **kwargs)
+            channel._getremoteerror = _explaining(channel._getremoteerror)
+            return channel
+
+        # an instance attribute on our own Gateway object (xdist's tests do the same)
+        gateway.remote_exec = remote_exec
 
     def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
         """Ctrl-C on the controller: stop the workers now, not after xdist's 10 s.
@@ -150,6 +196,38 @@ class _Controller:
             pass
 
 
+def _in_worker(config: Any) -> bool:
+    return getattr(config, "workerinput", None) is not None
+
+
+_worker_stdout: Any = None
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: Any) -> None:
-    if skipped_reason is None and getattr(config, "workerinput", None) is None:
+    """Controller: register the per-config hooks. Worker: see below.
+
+    On a worker, xdist's ``remote.py`` runs a whole pytest session whose
+    terminal reporter writes to ``sys.stdout``. execnet points a worker's
+    fd 1 at /dev/null, which hides that reporter and also every ``print`` of
+    the tests under ``-s``. Our worker's fd 1 reaches the controller's
+    terminal (its stderr), so the reporter, made by pytest's own
+    ``pytest_configure`` after this one, gets /dev/null as its ``sys.stdout``;
+    ``pytest_sessionstart`` gives the tests the real one back.
+    """
+    global _worker_stdout
+    if skipped_reason is not None:
+        return
+    if not _in_worker(config):
         config.pluginmanager.register(_Controller(config), "execnet_rs.xdist.controller")
+        return
+    _worker_stdout = sys.stdout
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the reporter
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: Any) -> None:
+    global _worker_stdout
+    if _worker_stdout is not None:
+        sys.stdout = _worker_stdout
+        _worker_stdout = None
