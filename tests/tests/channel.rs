@@ -842,3 +842,44 @@ fn a_channel_of_another_gateway_cannot_be_sent() {
         assert!(execnet::from_value::<execnet::Channel>(v).is_err());
     })
 }
+
+#[test]
+fn waitclose_in_the_endmarker_callback_gives_the_channel_end() {
+    // execnet records a channel's remote error before it calls the
+    // endmarker; pytest-xdist's endmarker callback asks for it there
+    // (`channel._getremoteerror()`), on the thread that reads the input.
+    bounded(LIMIT, || {
+        let gw = gw();
+        let cases = [
+            ("channel.receive()\nraise ValueError('boom')", "ValueError"),
+            ("channel.receive()", ""),
+        ];
+        for (src, want) in cases {
+            let ch = gw.remote_exec(src).unwrap();
+            let me = ch.clone();
+            let (tx, rx) = mpsc::channel();
+            ch.set_callback(
+                move |v| {
+                    if v == Value::str("end") {
+                        let first = me.waitclose(Some(T)).map_err(|e| e.to_string());
+                        // reported once, as execnet's _getremoteerror
+                        let second = me.waitclose(Some(T)).map_err(|e| e.to_string());
+                        let _ = tx.send((first, second));
+                    }
+                },
+                Some(Value::str("end")),
+            )
+            .unwrap();
+            ch.send(&1).unwrap();
+            let (first, second) = rx.recv_timeout(T).unwrap();
+            if want.is_empty() {
+                assert_eq!(first, Ok(()));
+            } else {
+                let e = first.unwrap_err();
+                assert!(e.contains(want), "{e}");
+            }
+            assert_eq!(second, Ok(()));
+        }
+        gw.exit().unwrap();
+    })
+}

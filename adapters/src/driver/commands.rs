@@ -173,11 +173,18 @@ impl Driver {
             |st| Self::chan_listener(st, id),
             deadline,
             |st| {
+                let on_reader = self.on_reader_thread();
                 let c = st.channels.entry(id).or_default();
                 // With a callback, the channel is closed for a waiter once
                 // every item and the endmarker went through it, as in
                 // execnet (its receiver runs callbacks before the close).
-                if c.has_callback && (!c.endmarker_done || c.callback_busy) {
+                // Except on the thread running the callbacks: there the
+                // endmarker (or a later callback) is being delivered by this
+                // very thread, and an ended channel's end is already known
+                // -- execnet records the remote error before it calls the
+                // endmarker, and pytest-xdist reads it there.
+                let ended_here = on_reader && c.end.is_some();
+                if c.has_callback && (!c.endmarker_done || c.callback_busy) && !ended_here {
                     return None;
                 }
                 c.end_result()
