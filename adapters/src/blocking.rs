@@ -180,6 +180,17 @@ impl Channel {
     pub fn receive_value(&self, timeout: Option<Duration>) -> Result<Value> {
         crate::driver::leading_allowed(|| block_on(self.0.receive_value(timeout)))
     }
+    /// Receives the next item as a [`Value`], for a thread that must react
+    /// to signals while it waits (a Python host's main thread and Ctrl-C):
+    /// it may read the transport itself, as an untimed receive does, and
+    /// returns `Err(Timeout)` early when a signal interrupts that read (the
+    /// caller handles the signal and calls again). While another thread
+    /// reads for it, it waits at most `slice`; while it reads itself, only
+    /// input or a signal ends the wait (a read cannot be cut short), so use
+    /// [`receive_value`](Self::receive_value) for a real timeout.
+    pub fn receive_value_interruptible(&self, slice: Duration) -> Result<Value> {
+        crate::driver::leading_interruptible(|| block_on(self.0.receive_value(Some(slice))))
+    }
     /// The items until the end of the channel; a remote error is the last.
     pub fn iter<T: DeserializeOwned>(&self) -> impl Iterator<Item = Result<T>> + '_ {
         let mut done = false;

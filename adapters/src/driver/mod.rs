@@ -91,6 +91,31 @@ const READER_GRACE: Duration = Duration::from_millis(2);
 thread_local! {
     static LEAD_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static LEADING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Set around an interruptible wait (`leading_interruptible`): this
+    /// thread may lead even with a deadline, and a signal that interrupts
+    /// its read ends the wait.
+    static INTERRUPTIBLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// A read of this thread was interrupted by a signal (EINTR) while
+    /// `INTERRUPTIBLE` was set.
+    static INTERRUPTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Like [`leading_allowed`], for a wait that must react to signals (a
+/// Python host's main thread and Ctrl-C): the thread may lead (read the
+/// transport itself) even though the wait has a deadline, and a signal that
+/// interrupts that read ends the wait with `Err(Timeout)`. While it leads
+/// the deadline is not watched (a read cannot be cut short): only input or a
+/// signal ends it; while it follows, the deadline applies as usual.
+pub(crate) fn leading_interruptible<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INTERRUPTIBLE.with(|c| c.set(self.0));
+            INTERRUPTED.with(|c| c.set(false));
+        }
+    }
+    let _restore = Restore(INTERRUPTIBLE.with(|c| c.replace(true)));
+    leading_allowed(f)
 }
 
 /// Runs `f` (a `block_on` of a receive) with leader/follower reading

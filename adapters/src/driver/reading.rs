@@ -5,7 +5,9 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Driver, ReadSide, State, LEADING, READER_GRACE, REAP_ON_EOF};
+use super::{
+    Driver, ReadSide, State, INTERRUPTED, INTERRUPTIBLE, LEADING, READER_GRACE, REAP_ON_EOF,
+};
 use crate::error::Error;
 use crate::sync::{lock, wait_timeout};
 
@@ -131,7 +133,15 @@ impl Driver {
         let n = loop {
             match r.read(buf) {
                 Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    if INTERRUPTIBLE.with(|c| c.get()) {
+                        // Nothing read: the waiting caller handles the
+                        // signal and comes back.
+                        INTERRUPTED.with(|c| c.set(true));
+                        return true;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "transport read failed; treating as end of stream");
                     break 0;

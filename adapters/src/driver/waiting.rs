@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use event_listener::{Event, EventListener};
 use execnet_core::{ProtocolError, WorkerInfo};
 
-use super::{Driver, ReadToken, State, LEAD_OK, REAP_ON_EOF};
+use super::{Driver, ReadToken, State, INTERRUPTED, INTERRUPTIBLE, LEAD_OK, REAP_ON_EOF};
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
@@ -81,8 +81,10 @@ impl Driver {
         mut check: impl FnMut(&mut State) -> Option<R>,
     ) -> Result<R> {
         // Leader/follower: only a blocking receive without a deadline (a
-        // read cannot be cut short).
-        let may_lead = deadline.is_none() && LEAD_OK.with(|c| c.get());
+        // read cannot be cut short), or an interruptible one (a signal cuts
+        // its read short).
+        let may_lead =
+            (deadline.is_none() || INTERRUPTIBLE.with(|c| c.get())) && LEAD_OK.with(|c| c.get());
         let mut reg = Registration {
             driver: self,
             kind: None,
@@ -115,6 +117,10 @@ impl Driver {
                             token.release(&mut st);
                             return Ok(r);
                         }
+                        if INTERRUPTED.with(|c| c.replace(false)) {
+                            token.release(&mut st);
+                            return Err(Error::Timeout);
+                        }
                         if !more {
                             token.release(&mut st);
                             break;
@@ -129,7 +135,26 @@ impl Driver {
                 (listener, token_listener)
             };
             match (deadline, token_listener) {
-                (_, Some(t)) => futures_lite::future::or(listener, t).await,
+                (Some(d), Some(t)) => {
+                    // An interruptible follower: the deadline still applies.
+                    let woken = futures_lite::future::or(
+                        async {
+                            futures_lite::future::or(listener, t).await;
+                            true
+                        },
+                        async {
+                            async_io::Timer::at(d).await;
+                            false
+                        },
+                    )
+                    .await;
+                    if !woken {
+                        let mut st = lock(&self.state);
+                        reg.unregister(&mut st);
+                        return check(&mut st).ok_or(Error::Timeout);
+                    }
+                }
+                (None, Some(t)) => futures_lite::future::or(listener, t).await,
                 (None, None) => listener.await,
                 (Some(d), None) => {
                     if !listen_until(listener, d).await {
