@@ -75,7 +75,7 @@ const SIGNAL_SLICE: Duration = Duration::from_millis(100);
 
 /// Whether this is the process's main thread (the one Python runs signal
 /// handlers in): on Linux its thread id is the process id.
-fn on_main_thread() -> bool {
+pub(crate) fn on_main_thread() -> bool {
     thread_local! {
         /// (fork generation, answer): a fork makes the forking thread the
         /// child's main thread.
@@ -119,6 +119,21 @@ pub(crate) fn wait<T: Send>(
                 }
                 py.check_signals()?;
             }
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Waits on the main thread without a timeout with `f(slice)`, an
+/// interruptible wait that returns `Err(Timeout)` when a signal interrupted
+/// it or a slice passed: pending signals raise between calls.
+pub(crate) fn wait_interruptible<T: Send>(
+    py: Python<'_>,
+    f: impl Fn(Duration) -> execnet::Result<T> + Sync,
+) -> PyResult<execnet::Result<T>> {
+    loop {
+        match py.detach(|| f(SIGNAL_SLICE)) {
+            Err(execnet::Error::Timeout) => py.check_signals()?,
             other => return Ok(other),
         }
     }

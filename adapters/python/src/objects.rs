@@ -424,7 +424,14 @@ impl Channel {
         // engine's lock is never held while it waits for the GIL, so this
         // cannot deadlock); otherwise wait without the GIL.
         let v = match ch.receive_value(Some(Duration::ZERO)) {
-            Err(execnet::Error::Timeout) => wait(py, duration(timeout)?, |t| ch.receive_value(t))?,
+            Err(execnet::Error::Timeout) => match duration(timeout)? {
+                // Main thread, no timeout: lead like an untimed receive
+                // (one thread hand-off less per item) and still see Ctrl-C.
+                None if crate::on_main_thread() => {
+                    crate::wait_interruptible(py, |slice| ch.receive_value_interruptible(slice))?
+                }
+                t => wait(py, t, |t| ch.receive_value(t))?,
+            },
             other => other,
         }
         .map_err(|e| to_pyerr(py, e, Op::Receive))?;
@@ -498,6 +505,15 @@ impl Channel {
                     .and_then(|o| callback.call1(py, (o,)).map(drop))
                 };
                 if let Err(e) = r {
+                    if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) {
+                        // Ctrl-C reached a callback run by the main thread
+                        // while it led a receive: hand it back to the main
+                        // thread's code instead of failing the channel.
+                        let _ = py
+                            .import("_thread")
+                            .and_then(|m| m.call_method0("interrupt_main"));
+                        return;
+                    }
                     let text = registry(py)
                         .and_then(|reg| reg.format_exception.call1(py, (e.value(py),)))
                         .and_then(|t| t.extract::<String>(py))
