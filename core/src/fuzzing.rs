@@ -658,7 +658,7 @@ fn absorb(
                     };
                     let got = m.received.entry(*channel).or_default();
                     assert!(
-                        got.last().map_or(true, |&last| last < seq),
+                        got.last().is_none_or(|&last| last < seq),
                         "{role:?}: channel {channel}: item {seq} after {got:?}"
                     );
                     got.push(seq);

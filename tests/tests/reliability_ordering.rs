@@ -54,7 +54,7 @@ fn items_accepted_before_close_are_delivered_in_order() {
                                 Err(execnet::Error::ChannelClosed) => break,
                                 Err(e) => panic!("seed {seed}: {e}"),
                             }
-                            if rng.next() % 64 == 0 {
+                            if rng.next().is_multiple_of(64) {
                                 std::thread::yield_now();
                             }
                         }

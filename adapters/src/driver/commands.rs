@@ -222,7 +222,7 @@ impl Driver {
         let st = lock(&self.state);
         st.channels
             .get(&id)
-            .map_or(true, |c| c.locally_closed || c.end.is_some())
+            .is_none_or(|c| c.locally_closed || c.end.is_some())
     }
 
     /// Installs a callback: queued items first, then every new item, then

@@ -125,7 +125,7 @@ impl ChannelMut<'_> {
         self.session
             .channels
             .get(&self.id)
-            .map_or(true, |ch| ch.ended)
+            .is_none_or(|ch| ch.ended)
     }
 
     /// Untransmitted bytes queued on this channel.

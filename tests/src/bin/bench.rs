@@ -710,7 +710,7 @@ fn main() -> Res<()> {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(String::from).collect());
-    let want = |name: &str| only.as_ref().map_or(true, |o| o.iter().any(|x| x == name));
+    let want = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
     let plan = Plan::new(quick);
     let started = Instant::now();
     let spec = spec(&python);
