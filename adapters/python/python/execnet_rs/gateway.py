@@ -8,6 +8,7 @@ import os
 import textwrap
 import threading
 import types
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import _core
@@ -29,6 +30,8 @@ class Gateway:
         self.spec = spec
         self.id = core.id
         self.execmodel = execmodel
+        # The Channel objects alive (for repr's "N active channels").
+        self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 
     @property
     def remoteaddress(self) -> str:
@@ -43,7 +46,11 @@ class Gateway:
         except OSError:
             r = "forked"
         backend = getattr(self.execmodel, "backend", "thread")
-        return f"<{self.__class__.__name__} id={self.id!r} {r}, {backend} model>"
+        try:
+            n = sum(1 for ch in list(self._channels) if not ch.isclosed())
+        except OSError:
+            n = 0
+        return f"<{self.__class__.__name__} id={self.id!r} {r}, {backend} model, {n} active channels>"
 
     def exit(self) -> None:
         """Start ending the worker (TERMINATE, then a kill after 5 s) and

@@ -107,6 +107,9 @@ class Channel:
         self._ch = core
         self.id = core.id
         self._remoteerrors: list[RemoteError] = []
+        live = getattr(gateway, "_channels", None)
+        if live is not None:
+            live.add(self)
 
     def __repr__(self) -> str:
         try:
