@@ -219,6 +219,10 @@ impl Channel {
     pub fn close(&self) -> Result<()> {
         self.0.close()
     }
+    /// Closes the sending side only (see [`crate::Channel::close_sending`]).
+    pub fn close_sending(&self) -> Result<()> {
+        self.0.close_sending()
+    }
     /// Closes the channel with an error for the remote side.
     pub fn close_with_error(&self, error: &str) -> Result<()> {
         self.0.close_with_error(error)

@@ -193,6 +193,16 @@ impl Channel {
         self.driver().close(self.inner.id, None)
     }
 
+    /// Closes the sending side only, after every item sent so far: the
+    /// remote's `receive` then sees the end of the channel (Python:
+    /// `EOFError`; iteration stops) while the remote can still send and this
+    /// side still receives (protocol.md §6.1, LAST_MESSAGE). A later `send`
+    /// here fails with [`Error::ChannelClosed`](crate::Error::ChannelClosed).
+    /// Idempotent; does nothing on a closed or ended channel.
+    pub fn close_sending(&self) -> Result<()> {
+        self.driver().close_sending(self.inner.id)
+    }
+
     /// Closes the channel with an error: the remote receiver gets it as a
     /// `RemoteError` (Python: `channel.RemoteError`).
     pub fn close_with_error(&self, error: &str) -> Result<()> {

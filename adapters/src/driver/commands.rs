@@ -217,6 +217,23 @@ impl Driver {
         Ok(())
     }
 
+    /// Ends the sending side only (LAST_MESSAGE after every item sent so
+    /// far): the remote sees end of channel, and may still send. Idempotent;
+    /// nothing happens on a closed or ended channel.
+    pub(crate) fn close_sending(&self, id: u32) -> Result<()> {
+        {
+            let mut st = lock(&self.state);
+            if let Some(mut ch) = st.session.channel(ChannelId(id)) {
+                match ch.half_close() {
+                    Ok(()) | Err(LocalError::Closed) | Err(LocalError::Terminated) => {}
+                    Err(e) => return Err(Error::Local(e)),
+                }
+            }
+        }
+        self.flush(true);
+        Ok(())
+    }
+
     /// Whether the channel is closed locally or ended remotely.
     pub(crate) fn is_closed(&self, id: u32) -> bool {
         let st = lock(&self.state);
