@@ -11,14 +11,24 @@
 //! there are several gateways). Remote output (`print`) goes to stderr. On a
 //! remote exception the traceback is printed to stderr and the exit status is
 //! 1.
+//!
+//! Standard input feeds the channel: each line is sent to every gateway's
+//! channel as the value it holds in JSON (`--raw`: as a `str`, without its
+//! line end), and end of input closes the channels' sending side, so
+//! `channel.receive()` then raises `EOFError` and `for x in channel` ends
+//! while the remote code can still send:
+//! `echo 41 | execnet run -c 'channel.send(channel.receive() + 1)'` prints
+//! `42`. A line that is not JSON (without `--raw`) ends the input with an
+//! error (exit status 1).
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
-use execnet::blocking::{Gateway, Group};
+use execnet::blocking::{Channel, Gateway, Group};
 use execnet::{Error, Value};
 
 #[derive(Parser, Debug)]
@@ -34,7 +44,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs SOURCE (or FILE) on every gateway; prints received items as JSON lines.
+    /// Runs SOURCE (or FILE) on every gateway; prints received items as JSON
+    /// lines; sends each line of standard input to the channel (JSON values,
+    /// or str with --raw); end of input closes the channel's sending side.
     Run {
         /// A gateway spec, e.g. `popen//python=python3.12`; repeat for
         /// several gateways. Default: one `popen` gateway.
@@ -46,6 +58,10 @@ enum Command {
         /// A file with the Python source to run.
         #[arg(value_name = "FILE", required_unless_present = "source")]
         file: Option<PathBuf>,
+        /// Send standard input's lines as str (without the line end) instead
+        /// of parsing each as JSON.
+        #[arg(long)]
+        raw: bool,
     },
     /// Copies the directory SRC to DEST on every gateway at once (unchanged
     /// files are skipped); a progress bar when stderr is a terminal.
@@ -68,7 +84,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { gw, source, file } => {
+        Command::Run {
+            gw,
+            source,
+            file,
+            raw,
+        } => {
             let source = match (source, file) {
                 (Some(s), _) => s,
                 (None, Some(f)) => match std::fs::read_to_string(&f) {
@@ -88,7 +109,7 @@ fn main() -> ExitCode {
             } else {
                 gw
             };
-            run(&specs, &source)
+            run(&specs, &source, raw)
         }
         Command::Rsync {
             src,
@@ -172,7 +193,7 @@ fn rsync(
     }
 }
 
-fn run(specs: &[String], source: &str) -> ExitCode {
+fn run(specs: &[String], source: &str, raw: bool) -> ExitCode {
     let group = Group::new();
     // Start all gateways at once.
     let started: Vec<Result<Gateway, Error>> = std::thread::scope(|s| {
@@ -202,14 +223,42 @@ fn run(specs: &[String], source: &str) -> ExitCode {
             }
         }
     }
-    let prefix = gateways.len() > 1;
+    let mut channels = Vec::new();
+    for gw in &gateways {
+        match gw.remote_exec(source) {
+            Ok(ch) => channels.push((gw.id().to_string(), ch)),
+            Err(e) => {
+                eprintln!("execnet: [{}] {e}", gw.id());
+                group.terminate(None);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // Detached, not scoped: the remote code may end without reading its
+    // input, and a read of a terminal or an idle pipe must not keep the
+    // command alive after that.
+    let bad_input = Arc::new(AtomicBool::new(false));
+    {
+        let channels: Vec<Channel> = channels.iter().map(|(_, ch)| ch.clone()).collect();
+        let bad_input = Arc::clone(&bad_input);
+        std::thread::spawn(move || {
+            if let Err(e) = feed_stdin(&channels, raw) {
+                eprintln!("execnet: {e}");
+                bad_input.store(true, Ordering::Relaxed);
+            }
+            for ch in &channels {
+                let _ = ch.close_sending();
+            }
+        });
+    }
+    let prefix = channels.len() > 1;
     let out = Mutex::new(std::io::stdout());
     let failed = std::thread::scope(|s| {
-        let handles: Vec<_> = gateways
+        let handles: Vec<_> = channels
             .iter()
-            .map(|gw| {
+            .map(|(id, ch)| {
                 let out = &out;
-                s.spawn(move || run_one(gw, source, prefix, out))
+                s.spawn(move || print_items(id, ch, prefix, out))
             })
             .collect();
         handles
@@ -219,28 +268,89 @@ fn run(specs: &[String], source: &str) -> ExitCode {
             .count()
     });
     group.terminate(None);
-    if failed > 0 {
+    if failed > 0 || bad_input.load(Ordering::Relaxed) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
 }
 
-/// Runs the source on one gateway; returns whether it succeeded.
-fn run_one(gw: &Gateway, source: &str, prefix: bool, out: &Mutex<std::io::Stdout>) -> bool {
-    let ch = match gw.remote_exec(source) {
-        Ok(ch) => ch,
-        Err(e) => {
-            eprintln!("execnet: [{}] {e}", gw.id());
-            return false;
+/// Sends each line of standard input to every channel still open, until
+/// end of input. Fails on a read error or (without `raw`) a line that is
+/// not JSON; blank lines are skipped then.
+fn feed_stdin(channels: &[Channel], raw: bool) -> Result<(), String> {
+    let mut open: Vec<&Channel> = channels.iter().collect();
+    let mut stdin = std::io::stdin().lock();
+    let mut line = Vec::new();
+    for n in 1.. {
+        line.clear();
+        match stdin.read_until(b'\n', &mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading standard input: {e}")),
         }
-    };
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let value = if raw {
+            match std::str::from_utf8(text) {
+                Ok(s) => Value::str(s),
+                // Not text: the remote gets the bytes as they are.
+                Err(_) => Value::Bytes(text.to_vec()),
+            }
+        } else {
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<serde_json::Value>(text) {
+                Ok(v) => from_json(v),
+                Err(e) => {
+                    return Err(format!(
+                        "standard input line {n} is not JSON ({e}); use --raw to send lines as text"
+                    ))
+                }
+            }
+        };
+        // A channel that ended (its code finished) takes no more input;
+        // the others still get every line.
+        open.retain(|ch| ch.send_value(&value).is_ok());
+        if open.is_empty() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A JSON value as the Python value it reads as: objects are dicts, arrays
+/// lists, integers `int` (beyond 64 bits: `float`, as JSON parsers read them).
+fn from_json(v: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::from_i128(i128::from(u)),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::Str(s),
+        J::Array(xs) => Value::List(xs.into_iter().map(from_json).collect()),
+        J::Object(m) => Value::Dict(
+            m.into_iter()
+                .map(|(k, x)| (Value::Str(k), from_json(x)))
+                .collect(),
+        ),
+    }
+}
+
+/// Prints every item of one gateway's channel; returns whether its code
+/// succeeded.
+fn print_items(id: &str, ch: &Channel, prefix: bool, out: &Mutex<std::io::Stdout>) -> bool {
     loop {
         match ch.receive_value(None) {
             Ok(v) => {
                 let mut line = String::new();
                 if prefix {
-                    line.push_str(gw.id());
+                    line.push_str(id);
                     line.push(' ');
                 }
                 json(&v, &mut line);
@@ -252,14 +362,13 @@ fn run_one(gw: &Gateway, source: &str, prefix: bool, out: &Mutex<std::io::Stdout
             Err(Error::EndOfChannel) => return true,
             Err(Error::Remote(r)) => {
                 eprintln!(
-                    "execnet: [{}] remote error:\n{}",
-                    gw.id(),
+                    "execnet: [{id}] remote error:\n{}",
                     r.formatted().trim_end()
                 );
                 return false;
             }
             Err(e) => {
-                eprintln!("execnet: [{}] {e}", gw.id());
+                eprintln!("execnet: [{id}] {e}");
                 return false;
             }
         }
