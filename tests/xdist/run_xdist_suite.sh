@@ -21,6 +21,15 @@ if [ "$mode" = baseline ]; then
   unset PYTEST_ADDOPTS
 else
   export PYTEST_ADDOPTS="-p execnet_rs.xdist"
+  # pytester removes PYTEST_ADDOPTS from the environment of the pytest runs it
+  # starts in subprocesses (runpytest_subprocess, spawn_pytest); this .pth file,
+  # in this test venv only, puts the option back at every interpreter start, so
+  # that those runs load the plugin as well (without it they could not even
+  # import xdist: the real execnet is not installed).
+  site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  cat >"$site/execnet_rs_xdist_suite.pth" <<'PTH'
+import os; a = os.environ.get("PYTEST_ADDOPTS", ""); os.environ["PYTEST_ADDOPTS"] = a if "execnet_rs.xdist" in a else (a + " -p execnet_rs.xdist").strip()
+PTH
 fi
 
 # The suite runs from a copy of the sdist's tree (pytester writes next to it).
