@@ -278,25 +278,38 @@ def test_env_and_chdir_spec_keys(tmp_path):
 
 # --- what xdist users suffer from on execnet ------------------------------------
 
-def test_killed_worker_is_reported_with_status_and_the_run_ends(tmp_path):
-    """Fails on execnet 2.1.2: "node down: Not properly terminated", no status."""
+@pytest.mark.parametrize("how,signame", [
+    ("os.kill(os.getpid(), signal.SIGKILL)", "SIGKILL"),
+    ("import ctypes; ctypes.string_at(0)", "SIGSEGV"),
+])
+def test_killed_worker_is_reported_with_status_and_the_run_ends(tmp_path, how, signame):
+    """Fails on execnet 2.1.2: "node down: Not properly terminated", no status, no stderr.
+
+    The worker's last words on fd 2 (and a segfault's faulthandler traceback)
+    reach the terminal and the "node down" line, the crashed test is failed,
+    the other tests run (xdist replaces the worker) and the run ends.
+    """
     write(tmp_path, {"test_k.py": """
         import os, signal
         def test_a(): pass
         def test_die():
             os.write(2, b"LAST-WORDS-ON-STDERR\\n")
-            os.kill(os.getpid(), signal.SIGKILL)
+            %s
         def test_b(): pass
-    """})
+    """ % how})
+    # -s: without it pytest captures fd 2 into a file that dies with the worker
     r = pytest_run(tmp_path, "-n", "2", "-s", timeout=120)
     assert r.ret == 1, r
     assert "crashed while running 'test_k.py::test_die'" in r.out, r
     assert "2 passed" in r.out and "1 failed" in r.out, r
-    down = [line for line in r.out.splitlines() if "node down:" in line]
-    assert down, r
-    assert "Not properly terminated" not in down[0], r
-    assert "signal 9" in down[0] or "SIGKILL" in down[0], r
+    down = r.out[r.out.index("node down:"):]
+    assert not down.startswith("node down: Not properly terminated"), r
+    assert signame in down.splitlines()[0], r
     assert "LAST-WORDS-ON-STDERR" in r.out, r
+    if signame == "SIGSEGV":
+        assert "Fatal Python error: Segmentation fault" in r.out, r
+    else:
+        assert "LAST-WORDS-ON-STDERR" in down, r
 
 
 def test_print_under_s_reaches_the_terminal(tmp_path):

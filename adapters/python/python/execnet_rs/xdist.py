@@ -134,10 +134,23 @@ def _explaining(getremoteerror: Any) -> Any:
     def _getremoteerror() -> Any:
         err = getremoteerror()
         if isinstance(err, EOFError) and str(err):
-            return WorkerLost(str(err))
+            return WorkerLost(_short(str(err)))
         return err
 
     return _getremoteerror
+
+
+#: How many of the last stderr lines the "node down" line repeats (the whole
+#: stderr has already been passed through to the terminal).
+TAIL_LINES = 5
+
+
+def _short(text: str) -> str:
+    head, sep, tail = text.partition("; stderr:")
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if not sep or not lines:
+        return head
+    return "%s; last lines of its stderr:\n    %s" % (head, "\n    ".join(lines[-TAIL_LINES:]))
 
 
 def _execnet_rs() -> Any:
@@ -155,6 +168,23 @@ class _Controller:
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    def pytest_xdist_setupnodes(self, config: Any, specs: Any) -> None:
+        """Workers write to their own stderr, which the controller passes through.
+
+        Our default (``stdout=forward``) sends a worker's output over the
+        protocol, from a thread of the worker: what a test writes just before
+        the worker dies (a segfault's faulthandler traceback, a last line on
+        fd 2) would die with it. With ``stdout=inherit`` fd 1 and 2 are the
+        worker's stderr pipe, read by the controller to its end: the text
+        reaches the terminal and the stderr tail that xdist's "node down"
+        line then shows. popen and ssh workers only (a socket server's
+        stderr is not ours; a via relay forwards anyway).
+        """
+        for spec in specs:
+            if getattr(spec, "stdout", None) is None and getattr(spec, "via", None) is None:
+                if getattr(spec, "popen", None) or getattr(spec, "ssh", None):
+                    spec.stdout = "inherit"
 
     def pytest_xdist_newgateway(self, gateway: Any) -> None:
         """Channels of this gateway tell xdist why the worker died.
