@@ -149,7 +149,12 @@ class Group:
             return
         while self:
             for gw in self:
-                gw.exit()
+                if isinstance(gw, Gateway):
+                    # Ended below with this call's timeout (exit() would
+                    # kill after its own 5 s).
+                    self._unregister(gw)
+                else:
+                    gw.exit()
         joins, self._gateways_to_join = self._gateways_to_join, []
         ours = [gw for gw in joins if isinstance(gw, Gateway)]
         for gw in joins:
