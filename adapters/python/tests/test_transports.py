@@ -78,6 +78,12 @@ def test_socket_gateway(group, socketserver, monkeypatch):
         execnet_rs.default_group.terminate(2)
 
 
+def test_socket_unknown_host_is_hostnotfound(group, monkeypatch):
+    monkeypatch.delenv("EXECNET_SOCKET_TOKEN", raising=False)
+    with pytest.raises(execnet_rs.HostNotFound):
+        group.makegateway("socket=no-such-host.invalid:9000")
+
+
 def test_socket_refused_is_hostnotfound(group, monkeypatch):
     from peers import free_port
 

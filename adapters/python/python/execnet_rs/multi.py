@@ -99,6 +99,8 @@ class Group:
             raise ValueError(f"already have gateway with id {spec.id!r}")
         if spec.execmodel is None:
             spec.execmodel = self.remote_execmodel.backend
+        if spec.socket and spec.socket is not True and not spec.installvia:
+            _check_socket_host(spec.socket)
         through = spec.via or spec.installvia
         via = self[through]._gw if through else None
         rendered = spec._render()
@@ -169,6 +171,20 @@ class Group:
         for gw in self:
             channels.append(gw.remote_exec(source, **kwargs))
         return MultiChannel(channels)
+
+
+def _check_socket_host(address: str) -> None:
+    """An unknown socket host is HostNotFound, as in execnet (the engine
+    would first ask for the server's token)."""
+    import socket
+
+    from . import HostNotFound
+
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise HostNotFound(f"host not found: {host}: {e}") from None
 
 
 class MultiChannel:
