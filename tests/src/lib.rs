@@ -16,10 +16,12 @@
 //!   nor a zombie).
 //! - [`sshd`]: a real OpenSSH server on 127.0.0.1 with throwaway keys.
 //! - [`netns`]: two network namespaces as extra hosts (h2 behind h1).
+//! - [`fleet`]: N namespaces with an sshd each, one of them a jump host.
 //! - [`suite`]: the channel/gateway behaviour every transport must show,
 //!   run over ssh, socket and via gateways.
 
 pub mod faults;
+pub mod fleet;
 pub mod netns;
 pub mod sshd;
 pub mod suite;
