@@ -7,7 +7,7 @@
 # execnet compatibility (the `execnet` module remote code imports). Thread mode:
 # executed with a __name__ other than "__main__" it only defines things; then
 # serve_thread(read_fd, write_fd) serves one gateway in the calling thread.
-# Size is start-up time: ~75 KB of source, ~20 KB compressed (zlib level 9).
+# Size is start-up time: ~80 KB of source, ~21.5 KB compressed (zlib level 9).
 # Env EXECNET_DEBUG=1 traces to stderr, EXECNET_DEBUG=/path appends to a file.
 import os
 import _struct as struct  # the C module: "struct" is a Python wrapper around it
@@ -256,7 +256,10 @@ def _d_str(b, p, d, x):
     e = p + n
     if e > len(b):
         raise LoadError("truncated text string")
-    return b[p:e].decode("utf-8"), e
+    try:
+        return b[p:e].decode("utf-8"), e
+    except AttributeError:  # a memoryview (big items, Gateway._load)
+        return str(b[p:e], "utf-8"), e
 
 
 def _d_items(b, p, d, x):
@@ -413,6 +416,9 @@ _WRITEV = getattr(os, "writev", None)
 _PYPY = sys.implementation.name == "pypy"
 IDLE = 10.0  # seconds an executor thread waits for another EXEC before it ends
 HOT = 0.002  # seconds the reader thread leaves the stream to a thread likely to receive again
+BIG = 1 << 16  # DATA payloads from this size on are not copied out of the read buffers
+SPARE = 1 << 23  # bytes of an item-assembly buffer kept for the next item (Gateway._free)
+READ = 1 << 18  # bytes read at most beyond what a frame needs (Reader._fill)
 
 
 class ProtocolError(Exception):
@@ -424,7 +430,15 @@ def frame(kind, cid, payload=b""):
 
 
 class Reader(object):
-    """Frames from a file descriptor, with large readinto into one reusable buffer."""
+    """Frames from a file descriptor, with large readinto into one reusable buffer.
+
+    A DATA/DATA_MORE payload of BIG bytes or more is not copied into a bytes object:
+    it comes as a memoryview, valid until the next read -- of this buffer, or of the
+    buffer sink(kind, channel, n) returned for it (the item being assembled, which the
+    part not buffered yet is read into directly). Fresh large buffers per frame cost
+    page faults: the allocator returns freed ones to the kernel (issue 16)."""
+
+    sink = None
 
     def __init__(self, fd, pre=b"", size=1 << 16):
         import io
@@ -445,7 +459,10 @@ class Reader(object):
                     self.mv = memoryview(self.buf)
                 self.buf[: len(data)] = data
                 self.s, self.e = 0, len(data)
-            n = self.f.readinto(self.mv[self.e :])
+            # at most READ beyond the need: a large payload after this frame is left
+            # in the pipe for sink's buffer, not copied through ours
+            e = self.e
+            n = self.f.readinto(self.mv[e : e + max(need - e + self.s, READ)])
             if not n:
                 return False
             self.e += n
@@ -460,8 +477,17 @@ class Reader(object):
         if self.e - s >= 9:
             kind, cid, n = _HDR.unpack_from(self.buf, s)
             if n <= max_frame and self.e - s - 9 >= n:
-                self.s = s + 9 + n
-                return kind, cid, bytes(self.mv[s + 9 : s + 9 + n])
+                self.s = s = s + 9
+                if n >= BIG and (kind == DATA or kind == DATA_MORE):
+                    self.s += n
+                    if self.sink:
+                        d = self.sink(kind, cid, n)
+                        if d is not None:
+                            d[:] = self.mv[s : s + n]
+                            return kind, cid, d
+                    return kind, cid, self.mv[s : s + n]
+                self.s = s + n
+                return kind, cid, bytes(self.mv[s : s + n])
 
     def read(self, max_frame):
         """Return (kind, channel, payload) or None at a clean end of stream."""
@@ -475,10 +501,25 @@ class Reader(object):
         kind, cid, n = _HDR.unpack_from(self.buf, self.s)
         if n > max_frame:
             raise ProtocolError("frame of %d bytes exceeds max_frame %d" % (n, max_frame))
+        if n >= BIG and (kind == DATA or kind == DATA_MORE) and self.sink:
+            d = self.sink(kind, cid, n)
+            if d is not None:
+                s = self.s + 9
+                k = min(self.e - s, n)
+                d[:k] = self.mv[s : s + k]
+                self.s = s + k
+                while k < n:
+                    r = self.f.readinto(d[k:])
+                    if not r:
+                        raise ProtocolError("truncated frame")
+                    k += r
+                return kind, cid, d
         if not self._fill(9 + n):
             raise ProtocolError("truncated frame")
         s = self.s + 9
         self.s = s + n
+        if n >= BIG and (kind == DATA or kind == DATA_MORE):
+            return kind, cid, self.mv[s : s + n]
         return kind, cid, bytes(self.mv[s : s + n])
 
 
@@ -528,7 +569,8 @@ class Channel(object):
         self._queued = self._sent = self._w = self._fed = 0
         self._sc = self._rc = self._rl = self._ended = self._fired = False
         self._err = None
-        self._more = None
+        self._more = None  # bytes of the item being assembled (DATA_MORE) so far
+        self._asm = None  # its buffer (Gateway._room)
 
     def __repr__(self):
         return "<Channel id=%d %s>" % (self.id, "closed" if self.isclosed() else "open")
@@ -844,6 +886,9 @@ class Gateway(object):
         self._ex = None  # the execnet compatibility module, from the first exec on
         self._infd = self._quiet = None  # thread mode: our input fd; the writing shutdown
         self._rfin = False  # the reader thread has finished (_read_loop)
+        self._spare = self._placed = None  # big items: Gateway._room, _sink
+        if reader is not None:
+            reader.sink = self._sink
         self._user = {}  # channel -> thread ident of executions in remote code (_run)
         self._lock = threading.Lock()  # all channel/session state
         self._wlock = threading.Lock()  # frame writes (taken before _lock, never after)
@@ -1289,7 +1334,8 @@ class Gateway(object):
             # round trip (only the reading thread changes _more, _rc and _rl; a local
             # close meanwhile drops the item, as below)
             try:
-                v, err = loads(p, self._chanref), None
+                v = loads(p, self._chanref) if type(p) is bytes else self._load(p)
+                err = None
             except Unrepresentable as e:
                 v, err = None, str(e)
             with self._lock:
@@ -1315,12 +1361,12 @@ class Gateway(object):
                 if kind == DATA_MORE:
                     if not n:
                         raise ProtocolError("empty DATA_MORE on channel %d" % cid)
-                    if ch._more is None:
-                        ch._more = bytearray(p)
-                    else:
-                        ch._more += p
-                    if len(ch._more) > self.max_item:
+                    m = (ch._more or 0) + n
+                    if m > self.max_item:
                         raise ProtocolError("item exceeds max_item on channel %d" % cid)
+                    if p is not self._placed:  # else Reader read it into place (_sink)
+                        self._room(ch, m)[m - n : m] = p
+                    ch._more = m
                     if ch._items:
                         # §6.2: an item waits unconsumed: hold this chunk's credit so
                         # unconsumed items stay within the window
@@ -1337,20 +1383,26 @@ class Gateway(object):
                         n += ch._held  # the item carries the credit held for it
                         ch._held = 0
                     if ch._more is not None:
-                        ch._more += p
-                        p, ch._more = ch._more, None
-                        if len(p) > self.max_item:
+                        m = ch._more + len(p)
+                        if m > self.max_item:
                             raise ProtocolError("item exceeds max_item on channel %d" % cid)
+                        if p is not self._placed:
+                            self._room(ch, m)[m - len(p) : m] = p
+                        p, ch._more = memoryview(ch._asm)[:m], None
                     if ch._sc:
+                        self._free(ch)
                         return  # closed locally: items are dropped
             if w:
                 self._send_frames([w])
             if kind == DATA_MORE:
                 return
             try:
-                v, err = loads(p, self._chanref), None
+                v = loads(p, self._chanref) if type(p) is bytes else self._load(p)
+                err = None
             except Unrepresentable as e:
                 v, err = None, str(e)
+            finally:
+                self._free(ch)
             with self._lock:
                 if err is None:
                     cb, w = self._deliver(ch, v, n)
@@ -1369,6 +1421,51 @@ class Gateway(object):
                 _trace("exception in callback:", e)
                 return self._close(ch, _tb(e))
         self._consumed(ch, n)
+
+    # -- large items (issue 16): read into place, one reused buffer per gateway, so
+    # that a MiB received touches no fresh memory but the value's own
+    def _load(self, p):
+        # the value of a big item, p a view (Reader, _data): a byte or text string is
+        # decoded straight from it (one copy); anything else from a bytes copy
+        # (indexing a view costs a third more per value)
+        return loads(p if 0x40 <= p[0] < 0x80 else bytes(p), self._chanref)
+
+    def _sink(self, kind, cid, n):
+        # Reader.sink, reading thread: where a big DATA/DATA_MORE payload goes -- into
+        # the item being assembled on its channel -- or None (Reader's buffer; _data
+        # then decides, raising for what the protocol forbids)
+        ch = self._chans.get(cid)
+        if ch is None or ch._rc or ch._rl or (kind == DATA and ch._more is None):
+            return None
+        m = (ch._more or 0) + n
+        if m > self.max_item:
+            return None
+        self._placed = v = memoryview(self._room(ch, m))[m - n : m]
+        return v
+
+    def _room(self, ch, need):
+        # reading thread: ch's assembly buffer, with room for need bytes: the spare
+        # buffer of an earlier item, grown (x2) when too small
+        a = ch._asm
+        if a is None:
+            a, self._spare = self._spare, None
+            if a is None:
+                a = bytearray(need * 2)
+        if len(a) < need:
+            b = bytearray(max(need, len(a) * 2))
+            m = ch._more or 0
+            b[:m] = memoryview(a)[:m]
+            a = b
+        ch._asm = a
+        return a
+
+    def _free(self, ch):
+        # reading thread: ch's item is complete: its buffer becomes the spare (the
+        # largest up to SPARE bytes; one per gateway)
+        a, ch._asm, self._placed = ch._asm, None, None
+        if a is not None and len(a) <= SPARE and (
+                self._spare is None or len(self._spare) < len(a)):
+            self._spare = a
 
     def _deliver(self, ch, v, n):
         # under _lock: hand over a decoded item; returns (callback to call, WINDOW frame)
