@@ -55,7 +55,12 @@ pub struct Fleet {
     route: Option<String>,
     ssh_config: PathBuf,
     _dir: crate::TempDir,
+    // One fleet per process at a time: names and addresses come from the
+    // pid, and two fleets would only compete for the two cores anyway.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `ip ARGS`, failing with its stderr.
 fn ip(args: &[&str]) -> io::Result<String> {
@@ -105,6 +110,9 @@ impl Fleet {
         if !(1..=100).contains(&n) {
             return Err(io::Error::other(format!("{n} hosts: 1 to 100 only")));
         }
+        // (a test that panicked while holding it left nothing behind: its
+        // fleet was dropped during the unwinding)
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         let prefix = format!("10.201.{}", 20 + pid % 200);
         let range = format!("{prefix}.0/24");
@@ -117,6 +125,7 @@ impl Fleet {
             route: Some(range),
             ssh_config: dir.path().join("ssh_config"),
             _dir: dir,
+            _one_at_a_time: guard,
         };
         let br = fleet.bridge.clone();
         ip(&["link", "add", "name", &br, "type", "bridge"])?;
@@ -184,7 +193,9 @@ impl Fleet {
     }
 
     /// The client config: `fh<i>` for each host, `fh<i>` (i > 0) through
-    /// `fh0` with `ProxyJump`.
+    /// `fh0` with `ProxyJump`, keepalives every 2 s (a silent host is
+    /// given up after 3 unanswered: ~6 s); `fh<i>-direct` without the jump
+    /// (for clients inside the fleet).
     pub fn ssh_config(&self) -> &Path {
         &self.ssh_config
     }
@@ -224,6 +235,38 @@ impl Fleet {
         }
     }
 
+    /// SIGKILLs the Python processes (the workers) on host `i`, leaving
+    /// its sshd and sessions up; returns how many it killed.
+    pub fn kill_workers(&self, i: usize) -> usize {
+        let mut killed = 0;
+        for p in pids_in(&self.hosts[i].netns) {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            if comm.starts_with("python") {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &p.to_string()])
+                    .status();
+                killed += 1;
+            }
+        }
+        killed
+    }
+
+    /// Makes host `i`'s link silent: its interface goes down inside its
+    /// namespace, so whatever is sent to it is dropped without an answer
+    /// (no reset, no ICMP): only keepalives can tell.
+    pub fn silence(&self, i: usize) -> io::Result<()> {
+        let pid = std::process::id();
+        ip(&[
+            "-n",
+            &self.hosts[i].netns,
+            "link",
+            "set",
+            &format!("fl{pid}w{i}"),
+            "down",
+        ])
+        .map(|_| ())
+    }
+
     fn write_ssh_config(&self) -> io::Result<()> {
         let mut cfg = String::new();
         for (i, h) in self.hosts.iter().enumerate() {
@@ -243,6 +286,18 @@ impl Fleet {
             if i > 0 {
                 let _ = writeln!(cfg, "  ProxyJump {}", self.hosts[0].name);
             }
+            // The same host without the jump, for clients inside the fleet
+            // (a `via=` gateway on the jump host).
+            let _ = write!(
+                cfg,
+                "Host {name}-direct\n  HostName {addr}\n  Port {port}\n  User root\n  \
+                 IdentityFile {dir}/client_key\n  IdentitiesOnly yes\n  \
+                 UserKnownHostsFile {dir}/known_hosts\n  StrictHostKeyChecking yes\n  \
+                 BatchMode yes\n  KexAlgorithms curve25519-sha256\n  LogLevel ERROR\n",
+                name = h.name,
+                addr = h.addr,
+                port = sshd.port(),
+            );
         }
         std::fs::write(&self.ssh_config, cfg)
     }
@@ -253,8 +308,13 @@ impl Drop for Fleet {
         for i in 0..self.hosts.len() {
             self.kill_host(i);
         }
-        for h in &self.hosts {
-            // Deleting a namespace deletes the veth in it, and its peer.
+        let pid = std::process::id();
+        for (i, h) in self.hosts.iter().enumerate() {
+            // Deleting our end deletes the pair at once. Deleting the
+            // namespace alone would not: a namespace lives on while an
+            // orphaned TCP socket in it still retransmits (to a silenced
+            // host: minutes), and our end would stay behind with it.
+            let _ = ip(&["link", "del", &format!("fl{pid}v{i}")]);
             let _ = ip(&["netns", "del", &h.netns]);
         }
         let _ = ip(&["link", "del", &self.bridge]);

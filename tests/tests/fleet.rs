@@ -1,15 +1,16 @@
 //! The fleet test bed (`execnet_tests::fleet`): hosts as network
 //! namespaces, each with a real sshd, every host but the first reached
-//! through the first with `ProxyJump`. A smoke test: start every host at
-//! once, run a farm over a receive queue, kill one host mid-run; its
-//! channel ends with a typed error, its tasks go to the others, every
-//! result arrives exactly once, and `terminate` returns within its bound.
-//! `EXECNET_FLEET_HOSTS=N` sets the size (default 4); `tests/fleet/run.sh`.
+//! through the first with `ProxyJump` (and with `via=` a gateway on it).
+//! Tests: start every host at once, a farm over a receive queue, faults mid
+//! run (a host killed, a worker killed, a link gone silent): the affected
+//! channels end with a typed error within a bound, their tasks go to the
+//! others, every result arrives exactly once, `terminate` returns within
+//! its bound. `EXECNET_FLEET_HOSTS=N` sets the size; `tests/fleet/run.sh N`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use execnet::blocking::{makegateway, Channel, Group};
+use execnet::blocking::{makegateway, Channel, Gateway, Group};
 use execnet::{Error, Value};
 use execnet_tests::fleet::Fleet;
 use execnet_tests::{bounded, skip};
@@ -23,16 +24,163 @@ for task in channel:
     channel.send([task, task * task, server])
 "#;
 
+/// What happens to one host during the farm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// Every process in its namespace killed (sshd, sessions, workers).
+    KillHost,
+    /// Its Python worker SIGKILLed; sshd stays up.
+    KillWorker,
+    /// Its link silently drops everything.
+    Silence,
+}
+
+/// What the farm saw.
+struct Farm {
+    time: Duration,
+    per_host: Vec<usize>,
+    /// For each fault: the host, how long until its channel ended, the error.
+    detected: Vec<(usize, Fault, Duration, Error)>,
+}
+
+/// Runs `tasks` tasks over every gateway (up to 4 in flight each); after a
+/// quarter of the results, applies `faults`. Checks that every result
+/// arrives exactly once and from the right host, and that exactly the
+/// faulted hosts' channels end.
+fn farm(fleet: &mut Fleet, group: &Group, tasks: i64, faults: &[(usize, Fault)]) -> Farm {
+    const WINDOW: usize = 4;
+    let gws: Vec<Gateway> = group.gateways();
+    let n = gws.len();
+    let mc = group.remote_exec(FARM).unwrap();
+    let channels: Vec<Channel> = mc.channels();
+    let queue = mc.make_receive_queue(Some(Value::str("ENDED"))).unwrap();
+    let mut pending: VecDeque<i64> = (0..tasks).collect();
+    let mut in_flight: Vec<Vec<i64>> = vec![Vec::new(); n];
+    let mut alive = vec![true; n];
+    let mut results: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut faulted_at = None;
+    let mut ended = Vec::new();
+    let fill = |i: usize, pending: &mut VecDeque<i64>, in_flight: &mut Vec<Vec<i64>>| {
+        while in_flight[i].len() < WINDOW {
+            let Some(t) = pending.pop_front() else { break };
+            if channels[i].send(&t).is_err() {
+                // The host died and its end is not taken yet: the task
+                // stays queued for the others.
+                pending.push_front(t);
+                break;
+            }
+            in_flight[i].push(t);
+        }
+    };
+    let t0 = Instant::now();
+    for i in 0..n {
+        fill(i, &mut pending, &mut in_flight);
+    }
+    while results.len() < tasks as usize {
+        let (ch, item) = queue
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("farm stalled at {} results: {e}", results.len()));
+        // (channel ids are per gateway: tell them apart by gateway)
+        let i = (0..n)
+            .find(|&i| gws[i].id() == ch.gateway().id())
+            .expect("a channel of ours");
+        if item == Value::str("ENDED") {
+            alive[i] = false;
+            let at: Instant = faulted_at.expect("a channel ended before any fault");
+            ended.push((i, at.elapsed()));
+            pending.extend(in_flight[i].drain(..));
+            for j in (0..n).filter(|&j| alive[j]) {
+                fill(j, &mut pending, &mut in_flight);
+            }
+            assert!(alive.iter().any(|&a| a), "every host is gone");
+            continue;
+        }
+        let (task, square, server): (i64, i64, String) =
+            execnet::from_value(item).expect("[task, square, server]");
+        assert_eq!(square, task * task);
+        assert_eq!(server, fleet.hosts[i].addr, "result from the wrong host");
+        assert!(
+            results.insert(task, i).is_none(),
+            "task {task} arrived twice"
+        );
+        in_flight[i].retain(|&t| t != task);
+        if results.len() == tasks as usize / 4 && faulted_at.is_none() {
+            faulted_at = Some(Instant::now());
+            for &(h, fault) in faults {
+                assert!(h > 0, "host 0 is the jump host");
+                match fault {
+                    Fault::KillHost => fleet.kill_host(h),
+                    Fault::KillWorker => assert_eq!(fleet.kill_workers(h), 1, "host {h}"),
+                    Fault::Silence => fleet.silence(h).unwrap(),
+                }
+            }
+        }
+        if alive[i] {
+            fill(i, &mut pending, &mut in_flight);
+        }
+    }
+    let time = t0.elapsed();
+    // A silent host may be given up after the last result: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ended.len() < faults.len() && Instant::now() < deadline {
+        if let Ok((ch, item)) = queue.recv_timeout(Duration::from_millis(100)) {
+            let i = (0..n).find(|&i| gws[i].id() == ch.gateway().id()).unwrap();
+            assert_eq!(item, Value::str("ENDED"), "an item after the last result");
+            ended.push((i, faulted_at.unwrap().elapsed()));
+        }
+    }
+    let mut detected = Vec::new();
+    for &(h, fault) in faults {
+        let &(_, after) = ended
+            .iter()
+            .find(|&&(i, _)| i == h)
+            .unwrap_or_else(|| panic!("host {h} ({fault:?}) never ended; ended: {ended:?}"));
+        let err = channels[h]
+            .waitclose(Some(Duration::from_secs(10)))
+            .expect_err("a faulted host's channel ends with an error");
+        detected.push((h, fault, after, err));
+    }
+    assert_eq!(
+        ended.len(),
+        faults.len(),
+        "unfaulted hosts ended: {ended:?}"
+    );
+    // The others end cleanly once their input ends.
+    for (i, ch) in channels.iter().enumerate() {
+        if faults.iter().all(|&(h, _)| h != i) {
+            ch.close_sending().unwrap();
+            ch.waitclose(Some(Duration::from_secs(10)))
+                .unwrap_or_else(|e| panic!("host {i}: {e}"));
+        }
+    }
+    let per_host = (0..n)
+        .map(|i| results.values().filter(|&&h| h == i).count())
+        .collect();
+    Farm {
+        time,
+        per_host,
+        detected,
+    }
+}
+
+fn fleet_or_skip(default: usize) -> Option<Fleet> {
+    match Fleet::create(Fleet::size(default).max(4)) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            skip(&format!("cannot create the fleet: {e}"));
+            None
+        }
+    }
+}
+
 #[test]
 fn fleet_start_farm_and_a_host_killed_mid_run() {
     bounded(Duration::from_secs(300), || {
-        let n = Fleet::size(4).max(2);
         let t0 = Instant::now();
-        let mut fleet = match Fleet::create(n) {
-            Ok(f) => f,
-            Err(e) => return skip(&format!("cannot create the fleet: {e}")),
+        let Some(mut fleet) = fleet_or_skip(4) else {
+            return;
         };
-        let setup = t0.elapsed();
+        let (setup, n) = (t0.elapsed(), fleet.hosts.len());
 
         // One host alone, then all at once.
         let t0 = Instant::now();
@@ -41,7 +189,7 @@ fn fleet_start_farm_and_a_host_killed_mid_run() {
         one.exit().unwrap();
         let group = Group::new();
         let t0 = Instant::now();
-        let gws = group
+        group
             .makegateways((0..n).map(|i| fleet.spec(i)))
             .unwrap_or_else(|e| panic!("makegateways: {e}"));
         let all_start = t0.elapsed();
@@ -66,115 +214,107 @@ fn fleet_start_farm_and_a_host_killed_mid_run() {
             }
         }
 
-        // The farm: up to WINDOW tasks in flight per host; a host's
-        // unfinished tasks go back to the queue when its channel ends.
-        const TASKS: i64 = 2000;
-        const WINDOW: usize = 4;
-        let victim = n - 1;
-        let mc = group.remote_exec(FARM).unwrap();
-        let channels: Vec<Channel> = mc.channels();
-        let queue = mc.make_receive_queue(Some(Value::str("ENDED"))).unwrap();
-        let mut pending: VecDeque<i64> = (0..TASKS).collect();
-        let mut in_flight: Vec<Vec<i64>> = vec![Vec::new(); n];
-        let mut alive = vec![true; n];
-        let mut results: BTreeMap<i64, (i64, usize)> = BTreeMap::new();
-        let mut killed_at = None;
-        let mut detected = None;
-        let farm_start = Instant::now();
-        let fill = |i: usize, pending: &mut VecDeque<i64>, in_flight: &mut Vec<Vec<i64>>| {
-            while in_flight[i].len() < WINDOW {
-                let Some(t) = pending.pop_front() else { break };
-                if channels[i].send(&t).is_err() {
-                    // The host died and its end is not taken yet: the task
-                    // stays queued for the others.
-                    pending.push_front(t);
-                    break;
-                }
-                in_flight[i].push(t);
-            }
-        };
-        for i in 0..n {
-            fill(i, &mut pending, &mut in_flight);
-        }
-        while results.len() < TASKS as usize {
-            let (ch, item) = queue
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|e| panic!("farm stalled at {} results: {e}", results.len()));
-            // (channel ids are per gateway: tell them apart by gateway)
-            let i = (0..n)
-                .find(|&i| gws[i].id() == ch.gateway().id())
-                .expect("a channel of ours");
-            if item == Value::str("ENDED") {
-                alive[i] = false;
-                assert_eq!(i, victim, "host {i} ended without being killed");
-                detected = Some(killed_at.map(|k: Instant| k.elapsed()));
-                pending.extend(in_flight[i].drain(..));
-                for j in (0..n).filter(|&j| alive[j]) {
-                    fill(j, &mut pending, &mut in_flight);
-                }
-                continue;
-            }
-            let (task, square, server): (i64, i64, String) =
-                execnet::from_value(item).expect("[task, square, server]");
-            assert_eq!(square, task * task);
-            assert_eq!(server, fleet.hosts[i].addr);
-            assert!(
-                results.insert(task, (square, i)).is_none(),
-                "task {task} arrived twice"
-            );
-            in_flight[i].retain(|&t| t != task);
-            if results.len() == TASKS as usize / 4 && killed_at.is_none() {
-                assert!(!in_flight[victim].is_empty());
-                killed_at = Some(Instant::now());
-                fleet.kill_host(victim);
-            }
-            if alive[i] {
-                fill(i, &mut pending, &mut in_flight);
-            }
-        }
-        let farm_time = farm_start.elapsed();
-        let detected = detected
-            .flatten()
-            .expect("the killed host's channel ended during the farm");
+        // via=: a gateway on the jump host starts one on the last host.
+        let jump = group.get("fh0").unwrap();
+        let via = Gateway::builder(&format!(
+            "ssh={}-direct//ssh_config={}//python=/usr/bin/python3//via=fh0",
+            fleet.hosts[n - 1].name,
+            fleet.ssh_config().display()
+        ))
+        .unwrap()
+        .via_gateway(jump)
+        .start()
+        .unwrap();
+        let conn: Vec<String> = via
+            .remote_exec("import os; channel.send(os.environ['SSH_CONNECTION'].split())")
+            .unwrap()
+            .receive()
+            .unwrap();
+        assert_eq!(
+            (conn[0].as_str(), conn[2].as_str()),
+            (
+                fleet.hosts[0].addr.as_str(),
+                fleet.hosts[n - 1].addr.as_str()
+            )
+        );
+        via.exit().unwrap();
 
-        // The victim's channel ends with a typed error; the others' work
-        // is complete and each ends cleanly once its input ends.
-        let err = channels[victim]
-            .waitclose(Some(Duration::from_secs(10)))
-            .expect_err("a killed host's channel ends with an error");
+        const TASKS: i64 = 2000;
+        let victim = n - 1;
+        let f = farm(&mut fleet, &group, TASKS, &[(victim, Fault::KillHost)]);
+        let (_, _, detected, err) = &f.detected[0];
         assert!(
             matches!(err, Error::WorkerDied { .. } | Error::ConnectionLost(_)),
             "{err:?}"
         );
-        let victim_host = &fleet.hosts[victim];
+        // ssh's own message names the host's address.
         let text = err.to_string();
-        assert!(
-            text.contains(&victim_host.addr),
-            "the error does not name {}: {text}",
-            victim_host.addr
-        );
-        for (i, ch) in channels.iter().enumerate().filter(|&(i, _)| i != victim) {
-            ch.close_sending().unwrap();
-            ch.waitclose(Some(Duration::from_secs(10)))
-                .unwrap_or_else(|e| panic!("host {i}: {e}"));
-        }
-        let per_host: Vec<usize> = (0..n)
-            .map(|i| results.values().filter(|&&(_, h)| h == i).count())
-            .collect();
-        assert!(per_host[..victim].iter().all(|&c| c > 0), "{per_host:?}");
+        assert!(text.contains(&fleet.hosts[victim].addr), "{text}");
+        assert!(*detected < Duration::from_secs(10), "{detected:?}");
         let t0 = Instant::now();
         group.terminate(Some(Duration::from_secs(2)));
         let terminate = t0.elapsed();
         eprintln!(
             "fleet of {n}: setup {setup:?}; one host start {one_start:?}, all {n} at once \
-             {all_start:?}; farm of {TASKS} tasks in {farm_time:?} ({:.0} tasks/s), per host \
-             {per_host:?}; {} killed, detected after {detected:?}: {text}; terminate {terminate:?}",
-            TASKS as f64 / farm_time.as_secs_f64(),
-            victim_host.name,
+             {all_start:?}; farm of {TASKS} tasks in {:?} ({:.0} tasks/s), per host {:?}; \
+             {} killed, detected after {detected:?}: {}; terminate {terminate:?}",
+            f.time,
+            TASKS as f64 / f.time.as_secs_f64(),
+            f.per_host,
+            fleet.hosts[victim].name,
+            text.replace('\n', " "),
         );
         assert!(
-            detected < Duration::from_secs(10),
-            "detected after {detected:?}"
+            terminate < Duration::from_secs(10),
+            "terminate took {terminate:?}"
+        );
+    })
+}
+
+#[test]
+fn fleet_faults_mid_run() {
+    bounded(Duration::from_secs(300), || {
+        let Some(mut fleet) = fleet_or_skip(6) else {
+            return;
+        };
+        let n = fleet.hosts.len();
+        let group = Group::new();
+        group
+            .makegateways((0..n).map(|i| fleet.spec(i)))
+            .unwrap_or_else(|e| panic!("makegateways: {e}"));
+        const TASKS: i64 = 3000;
+        let faults = [
+            (n - 1, Fault::KillHost),
+            (n - 2, Fault::KillWorker),
+            (n - 3, Fault::Silence),
+        ];
+        let f = farm(&mut fleet, &group, TASKS, &faults);
+        let mut lines = Vec::new();
+        for (h, fault, after, err) in &f.detected {
+            assert!(
+                matches!(err, Error::WorkerDied { .. } | Error::ConnectionLost(_)),
+                "host {h} ({fault:?}): {err:?}"
+            );
+            // Keepalives every 2 s, 3 unanswered: a silent host in ~6 s.
+            let bound = Duration::from_secs(if *fault == Fault::Silence { 20 } else { 10 });
+            assert!(
+                *after < bound,
+                "host {h} ({fault:?}) detected after {after:?}"
+            );
+            lines.push(format!(
+                "{} {fault:?}: {after:?}: {}",
+                fleet.hosts[*h].name,
+                err.to_string().replace('\n', " ")
+            ));
+        }
+        let t0 = Instant::now();
+        group.terminate(Some(Duration::from_secs(2)));
+        let terminate = t0.elapsed();
+        eprintln!(
+            "fleet of {n}, faults: farm of {TASKS} tasks in {:?}, per host {:?}; {}; terminate {terminate:?}",
+            f.time,
+            f.per_host,
+            lines.join("; ")
         );
         assert!(
             terminate < Duration::from_secs(10),
