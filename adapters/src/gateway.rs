@@ -232,83 +232,35 @@ impl GatewayBuilder {
         self
     }
 
-    /// Starts the gateway the spec describes.
+    /// Starts the gateway the spec describes: the transport that claims
+    /// the spec (see [`crate::transport`]) reaches the worker, off this
+    /// thread, then the protocol starts over it.
     pub async fn start(mut self) -> Result<Gateway> {
-        use transport::{popen, socket, ssh, via};
-        let spec = &self.spec;
-        let via_id = spec.via().map(str::to_string);
-        let transport = match (spec.gateway_type(), via_id) {
-            (Some("popen"), None) => {
-                let mut opts = popen::PopenOptions::from_spec(spec)?;
-                opts.output = self.output_mode;
-                popen::connect(&opts)?
-            }
-            (Some("popen"), Some(id)) => {
-                let opts = popen::PopenOptions::from_spec(spec)?;
-                let t = via::connect_popen(&self.through(&id)?, &opts).await?;
-                return self.start_probed(t).await;
-            }
-            (Some("ssh"), via_id) => {
-                let mut opts = ssh::SshOptions::from_spec(spec)?;
-                opts.output = self.output_mode;
-                self.remoteaddress = Some(opts.host().to_string());
-                let t = match via_id {
-                    None => ssh::connect(&opts)?,
-                    Some(id) => via::connect_ssh(&self.through(&id)?, &opts).await?,
-                };
-                return self.start_probed(t).await;
-            }
-            (Some("socket"), None) => match spec.installvia().map(str::to_string) {
-                Some(id) => {
-                    let bind = spec
-                        .socket()
-                        .filter(|b| !b.is_empty())
-                        .unwrap_or("127.0.0.1:0")
-                        .to_string();
-                    let (t, address) = socket::install_via(&self.through(&id)?, &bind).await?;
-                    self.remoteaddress = Some(address);
-                    t
-                }
-                None => {
-                    let address = spec.socket().unwrap_or("").to_string();
-                    let token = match self.token.take() {
-                        Some(t) => Some(t),
-                        None => socket::token_from_spec(spec)?,
-                    };
-                    let t = socket::connect(&address, &token.unwrap_or_default())?;
-                    self.remoteaddress = Some(address);
-                    t
-                }
-            },
-            (Some("socket"), Some(_)) => {
-                return Err(Error::Spec(
-                    "socket= does not go via= a gateway; use socket//installvia=GWID".into(),
-                ))
-            }
-            (Some(other), _) => {
-                return Err(Error::Spec(format!(
-                    "{other} gateways are not implemented yet"
-                )))
-            }
-            (None, _) => {
-                return Err(Error::Spec(format!(
-                    "no gateway type in {:?} (expected popen, ssh=, socket=)",
-                    self.spec.to_string()
-                )))
-            }
+        let token = self.token.take();
+        let connector = transport::connector_for(&transport::Request {
+            spec: &self.spec,
+            output: self.output_mode,
+            token,
+        })?;
+        let through = match connector.through() {
+            Some(id) => Some(self.through(id)?),
+            None => None,
         };
-        self.start_with_transport(transport).await
-    }
-
-    /// Starts over a transport whose process a probe can explain (ssh,
-    /// via): a failed start becomes the specific error (host not found,
-    /// authentication failed, interpreter not found, …).
-    async fn start_probed(
-        self,
-        (transport, probe): (Transport, transport::ssh::Probe),
-    ) -> Result<Gateway> {
+        let transport::Connected {
+            transport,
+            probe,
+            remoteaddress,
+        } = connector.connect(through).await?;
+        if remoteaddress.is_some() {
+            self.remoteaddress = remoteaddress;
+        }
         let r = self.start_with_transport(transport).await;
-        r.map_err(|e| probe.classify(e))
+        // A probe turns a failed start into the specific error (host not
+        // found, authentication failed, interpreter not found, ...).
+        match probe {
+            Some(probe) => r.map_err(|e| probe.classify(e)),
+            None => r,
+        }
     }
 
     /// Runs the protocol over a caller-supplied transport (the worker source
@@ -337,7 +289,13 @@ impl GatewayBuilder {
         };
         let span = tracing::debug_span!("gateway", id = %id);
         let started = Instant::now();
-        let driver = Driver::start(transport, self.config, options, sink, span.clone())?;
+        // Driver::start spawns threads and writes the HELLO: off this thread.
+        let config = self.config;
+        let driver_span = span.clone();
+        let driver = transport::off_thread(move || {
+            Driver::start(transport, config, options, sink, driver_span)
+        })
+        .await?;
         let info = match driver.wait_ready(started + self.startup_timeout).await {
             Ok(info) => info,
             Err(e) => {

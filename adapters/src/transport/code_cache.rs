@@ -25,7 +25,7 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::process::lock;
+use crate::sync::lock;
 
 /// Longest `sys.version` accepted in a record (CPython's is ~80 bytes).
 const MAX_VERSION: usize = 1024;

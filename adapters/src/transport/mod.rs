@@ -12,6 +12,19 @@
 //! Bootstrapping (sending the worker source) is the transport's job, done
 //! before the `Transport` is returned: the driver starts with the protocol's
 //! first frame.
+//!
+//! **Choosing a transport.** Each transport module implements [`Connect`]
+//! once and offers a *claim* function that turns a spec it serves into its
+//! connector; [`TRANSPORTS`] lists the claims, one line each. The builder
+//! asks [`connector_for`] and then only calls the trait: it never looks at
+//! the gateway type itself. Adding a transport is one new file here and one
+//! line in [`TRANSPORTS`] (docs/architecture.md, "Add a transport").
+//!
+//! **Off the caller's thread.** Starting a transport spawns processes,
+//! writes the bootstrap payload and connects sockets: blocking system
+//! calls. The async face must not run them on an executor's thread, so the
+//! blocking connectors run on a thread of the `blocking` pool
+//! ([`off_thread`]); see docs/architecture.md for the cost.
 
 pub(crate) mod code_cache;
 pub mod popen;
@@ -20,10 +33,85 @@ pub mod socket;
 pub mod ssh;
 pub mod via;
 
+use std::future::Future;
 use std::io::{Read, Write};
+use std::pin::Pin;
 use std::time::Duration;
 
-use crate::error::ExitStatus;
+use crate::error::{Error, ExitStatus, Result};
+use crate::gateway::Gateway;
+use crate::xspec::{OutputMode, XSpec};
+
+/// Every transport, by the claim that recognises its specs (tried in
+/// order; the first that claims a spec serves it). Adding a transport: one
+/// new module with a [`Connect`] implementation, and its line here.
+const TRANSPORTS: &[Claim] = &[popen::claim, ssh::claim, socket::claim];
+
+/// A transport's claim: `None` when the spec is not its own, else its
+/// connector (or why the spec is wrong for it).
+pub(crate) type Claim = fn(&Request<'_>) -> Option<Result<Box<dyn Connect>>>;
+
+/// What a gateway start asks of its transport.
+pub(crate) struct Request<'a> {
+    /// The parsed spec.
+    pub spec: &'a XSpec,
+    /// How remote output reaches us (the builder may override `stdout=`).
+    pub output: OutputMode,
+    /// The socket server's token, when the builder was given one.
+    pub token: Option<Vec<u8>>,
+}
+
+/// A started transport, ready for the protocol.
+pub(crate) struct Connected {
+    /// The byte stream.
+    pub transport: Transport,
+    /// Explains a failed start from the process's exit status and stderr
+    /// (ssh and via starts).
+    pub probe: Option<ssh::Probe>,
+    /// Where the worker was reached (ssh host, socket address).
+    pub remoteaddress: Option<String>,
+}
+
+/// A future that a connector returns (boxed: connectors are chosen at run
+/// time).
+pub(crate) type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connected>> + Send>>;
+
+/// How one kind of transport reaches a worker; implemented once per
+/// transport module.
+pub(crate) trait Connect: Send {
+    /// The gateway id that `via=` / `installvia=` names, when the spec goes
+    /// through another gateway.
+    fn through(&self) -> Option<&str> {
+        None
+    }
+    /// Starts the worker (spawn or connect, then the bootstrap payload) and
+    /// returns its byte stream. `through` is the gateway [`through`](Self::through)
+    /// names. Never blocks the calling thread.
+    fn connect(self: Box<Self>, through: Option<Gateway>) -> ConnectFuture;
+}
+
+/// The connector of the first transport in [`TRANSPORTS`] that claims
+/// `request.spec`.
+pub(crate) fn connector_for(request: &Request<'_>) -> Result<Box<dyn Connect>> {
+    if let Some(claimed) = TRANSPORTS.iter().find_map(|claim| claim(request)) {
+        return claimed;
+    }
+    Err(match request.spec.gateway_type() {
+        Some(other) => Error::Spec(format!("{other} gateways are not implemented yet")),
+        None => Error::Spec(format!(
+            "no gateway type in {:?} (expected popen, ssh=, socket=)",
+            request.spec.to_string()
+        )),
+    })
+}
+
+/// Runs a blocking start (spawn, payload write, connect) on a thread of the
+/// `blocking` pool, so that an async caller's executor thread never blocks.
+pub(crate) async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    blocking::unblock(f).await
+}
 
 /// A byte stream to a worker, ready for the protocol.
 pub struct Transport {

@@ -16,8 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use super::{code_cache, process, PeerControl, Transport};
+use super::{
+    code_cache, off_thread, process, via, Connect, ConnectFuture, Connected, PeerControl, Request,
+    Transport,
+};
 use crate::error::{Error, Result};
+use crate::gateway::Gateway;
 use crate::xspec::{OutputMode, XSpec};
 
 /// Requested size of the stdin/stdout pipes.
@@ -115,6 +119,58 @@ pub(crate) fn find_in_path(name: &str, path: Option<OsString>) -> Option<PathBuf
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false)
         })
+}
+
+/// The spec's gateway type this module serves.
+const KIND: &str = "popen";
+
+/// The popen transport: a local subprocess, or one started from another
+/// gateway's host (`via=GWID`).
+struct PopenConnect {
+    opts: PopenOptions,
+    via: Option<String>,
+}
+
+/// Claims `popen` specs (see [`super::TRANSPORTS`]).
+pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
+    if request.spec.gateway_type() != Some(KIND) {
+        return None;
+    }
+    let via = request.spec.via().map(str::to_string);
+    Some(PopenOptions::from_spec(request.spec).map(|mut opts| {
+        if via.is_none() {
+            // Through a relay the target's stderr always comes back as
+            // items; the output mode applies to a direct child only.
+            opts.output = request.output;
+        }
+        Box::new(PopenConnect { opts, via }) as Box<dyn Connect>
+    }))
+}
+
+impl Connect for PopenConnect {
+    fn through(&self) -> Option<&str> {
+        self.via.as_deref()
+    }
+
+    fn connect(self: Box<Self>, through: Option<Gateway>) -> ConnectFuture {
+        Box::pin(async move {
+            let (transport, probe) = match through {
+                Some(gw) => {
+                    let (t, probe) = via::connect_popen(&gw, &self.opts).await?;
+                    (t, Some(probe))
+                }
+                None => {
+                    let opts = self.opts;
+                    (off_thread(move || connect(&opts)).await?, None)
+                }
+            };
+            Ok(Connected {
+                transport,
+                probe,
+                remoteaddress: None,
+            })
+        })
+    }
 }
 
 /// Starts the interpreter, sends it the worker, and returns the byte stream.

@@ -14,6 +14,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
+
+use crate::sync::lock;
 use std::time::{Duration, Instant};
 
 use super::PeerControl;
@@ -362,12 +364,6 @@ impl StderrTail {
         v.extend_from_slice(b);
         String::from_utf8_lossy(&v).into_owned()
     }
-}
-
-/// Locks, ignoring poisoning: the data guarded here stays consistent even if
-/// a holder panicked (every critical section is a few plain assignments).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -21,10 +21,10 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::process::lock;
-use super::{PeerControl, Transport};
+use super::{off_thread, Connect, ConnectFuture, Connected, PeerControl, Request, Transport};
 use crate::error::{Error, ExitStatus, Result};
 use crate::gateway::Gateway;
+use crate::sync::lock;
 use crate::xspec::XSpec;
 
 /// The server's greeting (protocol.md §12).
@@ -66,6 +66,84 @@ pub fn split_address(address: &str) -> Result<(String, u16)> {
         return Err(bad());
     }
     Ok((host.to_string(), port))
+}
+
+/// The spec's gateway type this module serves.
+const KIND: &str = "socket";
+
+/// The socket transport: a running socket server (`socket=HOST:PORT`), or
+/// one installed in another gateway's worker first (`installvia=GWID`).
+enum SocketConnect {
+    Direct { address: String, token: Vec<u8> },
+    InstallVia { via: String, bind: String },
+}
+
+/// Claims `socket=` specs (see [`super::TRANSPORTS`]).
+pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
+    let spec = request.spec;
+    if spec.gateway_type() != Some(KIND) {
+        return None;
+    }
+    if spec.via().is_some() {
+        return Some(Err(Error::Spec(
+            "socket= does not go via= a gateway; use socket//installvia=GWID".into(),
+        )));
+    }
+    let connector = match spec.installvia() {
+        Some(via) => SocketConnect::InstallVia {
+            via: via.to_string(),
+            bind: spec
+                .socket()
+                .filter(|b| !b.is_empty())
+                .unwrap_or("127.0.0.1:0")
+                .to_string(),
+        },
+        None => {
+            let token = match request.token.clone() {
+                Some(t) => Some(t),
+                None => match token_from_spec(spec) {
+                    Ok(t) => t,
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            SocketConnect::Direct {
+                address: spec.socket().unwrap_or("").to_string(),
+                token: token.unwrap_or_default(),
+            }
+        }
+    };
+    Some(Ok(Box::new(connector)))
+}
+
+impl Connect for SocketConnect {
+    fn through(&self) -> Option<&str> {
+        match self {
+            SocketConnect::InstallVia { via, .. } => Some(via),
+            SocketConnect::Direct { .. } => None,
+        }
+    }
+
+    fn connect(self: Box<Self>, through: Option<Gateway>) -> ConnectFuture {
+        Box::pin(async move {
+            let (transport, address) = match (*self, through) {
+                (SocketConnect::InstallVia { bind, .. }, Some(gw)) => {
+                    install_via(&gw, &bind).await?
+                }
+                (SocketConnect::InstallVia { via, .. }, None) => {
+                    return Err(Error::Spec(format!("no gateway {via:?} to install via")))
+                }
+                (SocketConnect::Direct { address, token }, _) => {
+                    let a = address.clone();
+                    (off_thread(move || connect(&a, &token)).await?, address)
+                }
+            };
+            Ok(Connected {
+                transport,
+                probe: None,
+                remoteaddress: Some(address),
+            })
+        })
+    }
 }
 
 /// Connects to a socket server, proves the token, sends the worker and

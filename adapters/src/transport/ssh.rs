@@ -25,9 +25,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::process::{self, lock, ProcessControl, Shared};
-use super::{PeerControl, Transport};
+use super::process::{self, ProcessControl, Shared};
+use super::{off_thread, via, Connect, ConnectFuture, Connected, PeerControl, Request, Transport};
 use crate::error::{Error, ExitStatus, Result};
+use crate::gateway::Gateway;
+use crate::sync::lock;
 use crate::xspec::{OutputMode, XSpec};
 
 /// How long an idle shared connection survives us if we die without
@@ -141,6 +143,52 @@ impl SshOptions {
         argv.extend(self.args.iter().cloned());
         argv.push(self.remote_command());
         argv
+    }
+}
+
+/// The spec's gateway type this module serves.
+const KIND: &str = "ssh";
+
+/// The ssh transport: `ssh … PYTHON` from here, or from another gateway's
+/// host (`via=GWID`).
+struct SshConnect {
+    opts: SshOptions,
+    via: Option<String>,
+}
+
+/// Claims `ssh=` specs (see [`super::TRANSPORTS`]).
+pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
+    if request.spec.gateway_type() != Some(KIND) {
+        return None;
+    }
+    let via = request.spec.via().map(str::to_string);
+    Some(SshOptions::from_spec(request.spec).map(|mut opts| {
+        opts.output = request.output;
+        Box::new(SshConnect { opts, via }) as Box<dyn Connect>
+    }))
+}
+
+impl Connect for SshConnect {
+    fn through(&self) -> Option<&str> {
+        self.via.as_deref()
+    }
+
+    fn connect(self: Box<Self>, through: Option<Gateway>) -> ConnectFuture {
+        Box::pin(async move {
+            let remoteaddress = Some(self.opts.host().to_string());
+            let (transport, probe) = match through {
+                Some(gw) => via::connect_ssh(&gw, &self.opts).await?,
+                None => {
+                    let opts = self.opts;
+                    off_thread(move || connect(&opts)).await?
+                }
+            };
+            Ok(Connected {
+                transport,
+                probe: Some(probe),
+                remoteaddress,
+            })
+        })
     }
 }
 

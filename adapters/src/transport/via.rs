@@ -29,12 +29,13 @@ use serde::Serialize;
 
 use execnet_core::Value;
 
-use super::process::{lock, source_loader, worker_args, Shared};
+use super::process::{source_loader, worker_args, Shared};
 use super::ssh::{Probe, SshOptions};
 use super::{PeerControl, Transport};
 use crate::channel::Channel;
 use crate::error::{Error, ExitStatus, Result};
 use crate::gateway::Gateway;
+use crate::sync::lock;
 use crate::transport::popen::PopenOptions;
 
 /// How many bytes of the target's stderr are kept.
