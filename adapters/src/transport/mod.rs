@@ -23,8 +23,8 @@
 //! **Off the caller's thread.** Starting a transport spawns processes,
 //! writes the bootstrap payload and connects sockets: blocking system
 //! calls. The async face must not run them on an executor's thread, so the
-//! blocking connectors run on a thread of the `blocking` pool
-//! ([`off_thread`]); see docs/architecture.md for the cost.
+//! blocking connectors run on a thread of their own ([`off_thread`]); see
+//! docs/architecture.md for the cost.
 
 pub(crate) mod code_cache;
 pub mod popen;
@@ -36,10 +36,14 @@ pub mod via;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use event_listener::Event;
 
 use crate::error::{Error, ExitStatus, Result};
 use crate::gateway::Gateway;
+use crate::sync::lock;
 use crate::xspec::{OutputMode, XSpec};
 
 /// Every transport, by the claim that recognises its specs (tried in
@@ -105,12 +109,53 @@ pub(crate) fn connector_for(request: &Request<'_>) -> Result<Box<dyn Connect>> {
     })
 }
 
-/// Runs a blocking start (spawn, payload write, connect) on a thread of the
-/// `blocking` pool, so that an async caller's executor thread never blocks.
+/// Runs a blocking start (spawn, payload write, connect) on a thread of its
+/// own, so that an async caller's executor thread never blocks; the caller
+/// awaits the result. A thread per start costs tens of microseconds against
+/// a start of ~10 ms, and ends with the start (a pool's idle threads would
+/// linger; docs/architecture.md has the numbers). If the caller gives up
+/// (drops the future), the start still completes on its thread and its
+/// result is dropped there: a started process is killed and reaped.
 pub(crate) async fn off_thread<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    blocking::unblock(f).await
+    struct Slot<T> {
+        value: Mutex<Option<Result<T>>>,
+        done: Event,
+    }
+    /// Fills the slot even when `f` panics, so the awaiting side never
+    /// waits for good.
+    struct Fill<T>(Arc<Slot<T>>);
+    impl<T> Drop for Fill<T> {
+        fn drop(&mut self) {
+            let mut v = lock(&self.0.value);
+            if v.is_none() {
+                *v = Some(Err(Error::Io(Arc::new(std::io::Error::other(
+                    "the gateway start thread panicked",
+                )))));
+            }
+            drop(v);
+            self.0.done.notify(usize::MAX);
+        }
+    }
+    let slot = Arc::new(Slot {
+        value: Mutex::new(None),
+        done: Event::new(),
+    });
+    let fill = Fill(slot.clone());
+    std::thread::Builder::new()
+        .name("execnet-start".into())
+        .spawn(move || {
+            let r = f();
+            *lock(&fill.0.value) = Some(r);
+        })?;
+    loop {
+        let listener = slot.done.listen();
+        if let Some(r) = lock(&slot.value).take() {
+            return r;
+        }
+        listener.await;
+    }
 }
 
 /// A byte stream to a worker, ready for the protocol.
