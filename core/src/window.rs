@@ -123,3 +123,69 @@ impl RecvWindow {
         self.owed >= self.threshold
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumed_credit_goes_back_from_half_a_window() {
+        let mut w = RecvWindow::new(100);
+        assert_eq!(grant_threshold(100), 50);
+        w.spend(30).unwrap();
+        assert_eq!(w.item_delivered(30), 30);
+        assert!(!w.item_consumed(30), "30 < 50 owed: no WINDOW yet");
+        w.spend(30).unwrap();
+        assert_eq!(w.item_delivered(30), 30);
+        assert!(w.item_consumed(30), "60 owed: a WINDOW is due");
+        assert_eq!(w.grant(), 60);
+        assert_eq!(w.grant(), 0);
+        // 100 - 60 spent + 60 granted: the whole window again.
+        assert_eq!(w.spend(101), Err(100));
+    }
+
+    #[test]
+    fn chunks_flow_while_nothing_waits_and_are_held_while_items_wait() {
+        let mut w = RecvWindow::new(100);
+        // Nothing waits: a DATA_MORE chunk's credit is owed at once.
+        w.spend(60).unwrap();
+        assert!(w.chunk_buffered(60));
+        assert_eq!(w.grant(), 60);
+        // An item waits: the next chunks' credit is held with their item.
+        w.spend(10).unwrap();
+        assert_eq!(w.item_delivered(10), 10);
+        w.spend(20).unwrap();
+        assert!(!w.chunk_buffered(20));
+        // The item completes carrying the held credit.
+        w.spend(5).unwrap();
+        assert_eq!(w.item_delivered(5), 25);
+        assert!(!w.item_consumed(10));
+        assert!(!w.item_consumed(25), "35 owed after both items: below half");
+        assert_eq!(w.grant(), 35);
+    }
+
+    #[test]
+    fn the_last_waiting_item_releases_what_was_held() {
+        let mut w = RecvWindow::new(100);
+        w.spend(10).unwrap();
+        w.item_delivered(10);
+        w.spend(40).unwrap();
+        assert!(!w.chunk_buffered(40));
+        // Consuming the only waiting item releases the 40 held for the
+        // item still being reassembled.
+        assert!(w.item_consumed(10));
+        assert_eq!(w.grant(), 50);
+    }
+
+    #[test]
+    fn a_dropped_payload_returns_its_credit_and_what_was_held() {
+        let mut w = RecvWindow::new(100);
+        w.spend(10).unwrap();
+        w.item_delivered(10);
+        w.spend(30).unwrap();
+        w.chunk_buffered(30);
+        w.spend(20).unwrap();
+        assert!(w.dropped(20), "20 + 30 held = 50 owed");
+        assert_eq!(w.grant(), 50);
+    }
+}

@@ -7,6 +7,19 @@
 //! goes through, `commands.rs` what the handles ask (exec, send, receive,
 //! close, status), `termination.rs` the end of a gateway.
 //!
+//! **The drive contract** (the core's run loop, `execnet_core` crate doc):
+//! every input goes in through one of `Session::handle_input` (reading.rs,
+//! `feed`), `handle_eof` (reading.rs) or `handle_timeout` (termination.rs,
+//! with the session's own `poll_timeout` deadline, never an invented one),
+//! or a command (commands.rs, dispatch.rs). After each, under the same lock,
+//! the driver drains in the core's order: `poll_transmit` into `outbuf`
+//! (writing.rs, `write_loop` / `pump_for_flusher`), then `poll_event`
+//! (dispatch.rs, `dispatch`; again after transmitting, since sending frees
+//! window room), then `poll_timeout` (only a terminate sets one; the
+//! termination wait is bounded by the caller's deadline and then applies
+//! the session's). Bytes leave in `poll_transmit` order through one writing
+//! token; events are dispatched under the lock and user code runs after it.
+//!
 //! Shared state sits under one `Mutex` ([`State`]): the session, a queue of
 //! received items per channel, callbacks, status replies, and the bytes
 //! waiting to be written. Three kinds of threads touch it:

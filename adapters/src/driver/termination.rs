@@ -97,8 +97,14 @@ impl Driver {
         {
             let mut st = lock(&self.state);
             if st.ended.is_none() {
-                st.session
-                    .handle_timeout(Instant::now() + Duration::from_secs(3600));
+                // The worker is killed and reaped: no answer can come any
+                // more, so the session's own terminate deadline (from
+                // `begin_terminate`'s grace) counts as passed. Without a
+                // terminate under way there is no deadline; then the end of
+                // the stream ends it.
+                if let Some(deadline) = st.session.poll_timeout() {
+                    st.session.handle_timeout(deadline.max(Instant::now()));
+                }
                 if st.ended.is_none() {
                     st.session.handle_eof();
                 }
