@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--only", action="append", help="row name (repeatable)")
     ap.add_argument("--json", help="write all samples here")
     a = ap.parse_args()
+    # absolute (the runs change directory), not resolved (a venv's python is a symlink)
+    a.ours, a.execnet = os.path.abspath(a.ours), os.path.abspath(a.execnet)
     rows = a.only or list(ROWS)
     tmp = tempfile.mkdtemp(prefix="bench-xdist-")
     try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import types
 from typing import Any
 
@@ -185,6 +186,56 @@ class _Controller:
             if getattr(spec, "stdout", None) is None and getattr(spec, "via", None) is None:
                 if getattr(spec, "popen", None) or getattr(spec, "ssh", None):
                     spec.stdout = "inherit"
+        self._start_in_parallel(specs)
+
+    def _start_in_parallel(self, specs: Any) -> None:
+        """Starts every worker's interpreter at once instead of one after another.
+
+        xdist's ``setup_nodes`` calls ``group.makegateway(spec)`` for one spec
+        after the other, each waiting for its interpreter to start (an ssh
+        login: ~0.2-0.3 s each). Here all of them start together on threads
+        (the engine's start releases the GIL); xdist's own calls, in its
+        order, then receive the started gateways (an instance attribute on
+        our Group; a failed start raises there, where it would have). Specs
+        xdist makes later (a replaced crashed worker) start as usual.
+        """
+        nm = _nodemanager(self.config)
+        group = getattr(nm, "group", None)
+        if group is None or not isinstance(group, _execnet_rs().Group) or len(specs) < 2:
+            return
+        if any(getattr(spec, "id", None) is None for spec in specs):
+            return
+        unbound = type(group).makegateway
+        started: dict = {}
+        lock = threading.Lock()
+
+        def start(spec: Any) -> None:
+            try:
+                result: tuple = (True, unbound(group, spec))
+            except BaseException as e:  # noqa: BLE001 - handed to xdist's call below
+                result = (False, e)
+            with lock:
+                started[spec.id] = result
+
+        threads = [threading.Thread(target=start, args=(spec,), daemon=True,
+                                    name="execnet_rs.xdist start %s" % spec.id) for spec in specs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        def makegateway(spec: Any = None) -> Any:
+            key = getattr(spec, "id", None)
+            with lock:
+                result = started.pop(key, None) if key is not None else None
+            if result is None:
+                return unbound(group, spec)
+            ok, value = result
+            if not ok:
+                raise value
+            return value
+
+        group.makegateway = makegateway
 
     def pytest_xdist_newgateway(self, gateway: Any) -> None:
         """Channels of this gateway tell xdist why the worker died.
