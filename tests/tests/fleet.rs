@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use execnet::blocking::{makegateway, Channel, Gateway, Group};
 use execnet::{Error, Value};
 use execnet_tests::fleet::Fleet;
-use execnet_tests::{bounded, skip};
+use execnet_tests::{bounded, skip, TempDir};
 
 /// Each task is squared, slowly enough that the run lasts a while.
 const FARM: &str = r#"
@@ -239,7 +239,7 @@ fn fleet_start_farm_and_a_host_killed_mid_run() {
         );
         via.exit().unwrap();
 
-        const TASKS: i64 = 2000;
+        const TASKS: i64 = 10_000;
         let victim = n - 1;
         let f = farm(&mut fleet, &group, TASKS, &[(victim, Fault::KillHost)]);
         let (_, _, detected, err) = &f.detected[0];
@@ -319,6 +319,98 @@ fn fleet_faults_mid_run() {
         assert!(
             terminate < Duration::from_secs(10),
             "terminate took {terminate:?}"
+        );
+    })
+}
+
+/// Writes a tree of `files` small files (1-4 KiB, in 40 directories).
+fn tree(root: &std::path::Path, files: usize) -> u64 {
+    let mut bytes = 0;
+    for f in 0..files {
+        let dir = root.join(format!("d{:02}/sub{}", f % 40, f % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        let len = 1024 + (f * 613) % 3072;
+        let data: Vec<u8> = (0..len).map(|i| ((i * 31 + f * 7) % 251) as u8).collect();
+        std::fs::write(dir.join(format!("f{f}.dat")), &data).unwrap();
+        bytes += len as u64;
+    }
+    bytes
+}
+
+/// Every file of `a` is in `b` with the same content, and no more.
+fn same_tree(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let out = std::process::Command::new("diff")
+        .args(["-rq"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+/// rsync of a 2,000-file tree to every host at once, against `tar | ssh
+/// tar` to the same hosts (in parallel, through the same jump host) in the
+/// same run. The hosts share our file system, so each gets its own
+/// destination directory.
+#[test]
+fn fleet_rsync_vs_tar() {
+    bounded(Duration::from_secs(300), || {
+        let Some(fleet) = fleet_or_skip(4) else {
+            return;
+        };
+        let n = fleet.hosts.len();
+        const FILES: usize = 2000;
+        let tmp = TempDir::new("fleet-rsync");
+        let src = tmp.path().join("src");
+        let bytes = tree(&src, FILES);
+        let group = Group::new();
+        group
+            .makegateways((0..n).map(|i| fleet.spec(i)))
+            .unwrap_or_else(|e| panic!("makegateways: {e}"));
+        let dest = |how: &str, i: usize| tmp.path().join(format!("{how}-{i}"));
+
+        let mut sync = execnet::blocking::RSync::new(&src);
+        for (i, gw) in group.gateways().iter().enumerate() {
+            sync.add_target(gw, dest("rsync", i), false);
+        }
+        let t0 = Instant::now();
+        let stats = sync.send().unwrap();
+        let rsync = t0.elapsed();
+        assert_eq!(stats.files_sent, (FILES * n) as u64, "{stats:?}");
+
+        let t0 = Instant::now();
+        let tars: Vec<std::process::Child> = (0..n)
+            .map(|i| {
+                let cmd = format!(
+                    "tar -C {} -cf - . | ssh -F {} {} 'mkdir -p {d} && tar -C {d} -xf -'",
+                    src.display(),
+                    fleet.ssh_config().display(),
+                    fleet.hosts[i].name,
+                    d = dest("tar", i).display()
+                );
+                std::process::Command::new("sh")
+                    .args(["-c", &cmd])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut t in tars {
+            assert!(t.wait().unwrap().success());
+        }
+        let tar = t0.elapsed();
+        for i in 0..n {
+            assert!(
+                same_tree(&src, &dest("rsync", i)),
+                "rsync to host {i} differs"
+            );
+            assert!(same_tree(&src, &dest("tar", i)), "tar to host {i} differs");
+        }
+        group.terminate(Some(Duration::from_secs(2)));
+        eprintln!(
+            "fleet of {n}: {FILES} files ({} KiB) to every host: rsync {rsync:?}, \
+             tar | ssh tar {tar:?} (ratio {:.2})",
+            bytes / 1024,
+            rsync.as_secs_f64() / tar.as_secs_f64()
         );
     })
 }
