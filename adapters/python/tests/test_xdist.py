@@ -276,6 +276,15 @@ def test_env_and_chdir_spec_keys(tmp_path):
     assert "2 passed" in r.out, r
 
 
+def test_a_worker_that_cannot_start_fails_the_run_clearly(tmp_path):
+    """Workers start in parallel; a failed start is raised where xdist asked for it."""
+    write(tmp_path, {"test_a.py": "def test_a(): pass\n"})
+    r = pytest_run(tmp_path, "--tx", "popen", "--tx", "popen//python=/nonexistent/python3",
+                   "--tx", "popen", "--dist", "load", timeout=120)
+    assert r.ret != 0, r
+    assert "/nonexistent/python3" in r.out, r
+
+
 # --- what xdist users suffer from on execnet ------------------------------------
 
 @pytest.mark.parametrize("how,signame", [

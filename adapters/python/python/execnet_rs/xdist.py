@@ -160,6 +160,11 @@ def _execnet_rs() -> Any:
     return execnet_rs
 
 
+#: How many workers start at once: below OpenSSH's default MaxStartups (10),
+#: which drops further unauthenticated connections; more would not start
+#: local interpreters faster on a few cores either.
+PARALLEL_STARTS = 8
+
 #: Seconds a worker gets to stop after Ctrl-C before it is killed.
 INTERRUPT_GRACE = 1.0
 
@@ -193,9 +198,10 @@ class _Controller:
 
         xdist's ``setup_nodes`` calls ``group.makegateway(spec)`` for one spec
         after the other, each waiting for its interpreter to start (an ssh
-        login: ~0.2-0.3 s each). Here all of them start together on threads
+        login: ~0.2-0.3 s each). Here they start together on threads
         (the engine's start releases the GIL); xdist's own calls, in its
-        order, then receive the started gateways (an instance attribute on
+        order, then receive the started gateways (at most ``PARALLEL_STARTS``
+        start at a time) (an instance attribute on
         our Group; a failed start raises there, where it would have). Specs
         xdist makes later (a replaced crashed worker) start as usual.
         """
@@ -217,8 +223,18 @@ class _Controller:
             with lock:
                 started[spec.id] = result
 
-        threads = [threading.Thread(target=start, args=(spec,), daemon=True,
-                                    name="execnet_rs.xdist start %s" % spec.id) for spec in specs]
+        todo = list(specs)
+
+        def starter() -> None:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    spec = todo.pop(0)
+                start(spec)
+
+        threads = [threading.Thread(target=starter, daemon=True, name="execnet_rs.xdist start %d" % i)
+                   for i in range(min(PARALLEL_STARTS, len(specs)))]
         for t in threads:
             t.start()
         for t in threads:
