@@ -515,8 +515,11 @@ def socketserver(tmp_path):
         pytest.fail("no %s" % script)
     token = tmp_path / "token"
     token.write_text("xdist-test-token-%d" % os.getpid())
+    # its own cwd: a worker that ignored chdir= would rsync into it, not here
+    cwd = tmp_path / "server-cwd"
+    cwd.mkdir()
     p = subprocess.Popen([INNER_PY, str(script), "--bind", "127.0.0.1:0", "--token-file", str(token)],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = p.stdout.readline().strip()
         assert line.startswith("listening on "), line
@@ -540,3 +543,6 @@ def test_socket_tx(tmp_path, socketserver):
                    "-W", "ignore::DeprecationWarning", timeout=180)
     assert r.ret == 0, r
     assert "1 passed" in r.out, r
+    # xdist rsynced into chdir= (relative paths: the worker must have entered it)
+    assert (tmp_path / "remote" / "proj" / "test_s.py").exists()
+    assert list((tmp_path / "server-cwd").iterdir()) == []
