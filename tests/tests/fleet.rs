@@ -247,9 +247,12 @@ fn fleet_start_farm_and_a_host_killed_mid_run() {
             matches!(err, Error::WorkerDied { .. } | Error::ConnectionLost(_)),
             "{err:?}"
         );
-        // ssh's own message names the host's address.
+        // (The error itself does not carry the host: ssh's stderr names
+        // its address in "Connection to ADDR closed by remote host", but
+        // not in "client_loop: send disconnect: Broken pipe", which a
+        // client that was writing says instead. The channel's gateway id,
+        // fh<i>, is what names it.)
         let text = err.to_string();
-        assert!(text.contains(&fleet.hosts[victim].addr), "{text}");
         assert!(*detected < Duration::from_secs(10), "{detected:?}");
         let t0 = Instant::now();
         group.terminate(Some(Duration::from_secs(2)));
