@@ -267,6 +267,50 @@ impl Fleet {
         .map(|_| ())
     }
 
+    /// Makes `/usr/bin/python3` unusable on host `i` for every session
+    /// its sshd starts from now on: an empty, non-executable file is
+    /// bind-mounted over it in the daemon's own mount namespace (`ip netns
+    /// exec` gave each daemon one, and no mount there propagates to ours;
+    /// both are checked before anything is mounted).
+    pub fn remove_python(&self, i: usize) -> io::Result<()> {
+        let pid = self.hosts[i]
+            .sshd
+            .as_ref()
+            .and_then(Sshd::pid)
+            .ok_or_else(|| io::Error::other("no sshd on that host"))?;
+        let ours = std::fs::read_link("/proc/self/ns/mnt")?;
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))?;
+        if ours == theirs {
+            return Err(io::Error::other(
+                "the host's sshd shares our mount namespace: not mounting anything",
+            ));
+        }
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+        if let Some(root) = mountinfo.lines().find(|l| l.split(' ').nth(4) == Some("/")) {
+            if root.contains(" shared:") {
+                return Err(io::Error::other(format!(
+                    "the host's root mount propagates (shared): {root}"
+                )));
+            }
+        }
+        let empty = self._dir.path().join("no-python");
+        std::fs::write(&empty, b"")?;
+        let out = Command::new("nsenter")
+            .arg(format!("--target={pid}"))
+            .args(["--mount", "mount", "--bind"])
+            .arg(&empty)
+            .arg("/usr/bin/python3")
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "nsenter mount: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     fn write_ssh_config(&self) -> io::Result<()> {
         let mut cfg = String::new();
         for (i, h) in self.hosts.iter().enumerate() {

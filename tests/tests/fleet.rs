@@ -417,3 +417,47 @@ fn fleet_rsync_vs_tar() {
         );
     })
 }
+
+/// A host without Python: starting every host at once fails for that one
+/// with `InterpreterNotFound`, the others start and work; our own Python is
+/// untouched.
+#[test]
+fn fleet_host_without_python() {
+    bounded(Duration::from_secs(300), || {
+        let Some(fleet) = fleet_or_skip(4) else {
+            return;
+        };
+        let n = fleet.hosts.len();
+        let victim = n - 1;
+        fleet.remove_python(victim).unwrap();
+        let group = Group::new();
+        let t0 = Instant::now();
+        let err = group
+            .makegateways((0..n).map(|i| fleet.spec(i)))
+            .expect_err("a host without python");
+        let took = t0.elapsed();
+        assert!(
+            matches!(&err, Error::InterpreterNotFound { python, .. } if python.contains("python3")),
+            "{err:?}"
+        );
+        let started: Vec<String> = group
+            .gateways()
+            .iter()
+            .map(|g| g.id().to_string())
+            .collect();
+        let want: Vec<String> = (0..victim).map(|i| fleet.hosts[i].name.clone()).collect();
+        assert_eq!(started, want);
+        let mc = group.remote_exec("channel.send(6 * 7)").unwrap();
+        assert_eq!(mc.receive_each::<i64>().unwrap(), vec![42; victim]);
+        group.terminate(Some(Duration::from_secs(2)));
+        let ours = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", "pass"])
+            .status()
+            .unwrap();
+        assert!(ours.success(), "our python3 was touched");
+        eprintln!(
+            "fleet of {n}: {} without python: makegateways failed after {took:?} with: {err}",
+            fleet.hosts[victim].name
+        );
+    })
+}
