@@ -28,7 +28,7 @@ use crate::{ChannelRef, Config, OutputMode, RemoteInfo, RemoteStatus, Value, XSp
 
 /// Opens a gateway from a spec string (see [`XSpec`]).
 pub fn makegateway(spec: &str) -> Result<Gateway> {
-    block_on(crate::makegateway(spec)).map(Gateway)
+    crate::transport::inline_starts(|| block_on(crate::makegateway(spec)).map(Gateway))
 }
 
 /// A running worker. Cheap to clone; see [`crate::Gateway`].
@@ -134,11 +134,13 @@ impl GatewayBuilder {
     }
     /// Starts the gateway.
     pub fn start(self) -> Result<Gateway> {
-        block_on(self.0.start()).map(Gateway)
+        crate::transport::inline_starts(|| block_on(self.0.start()).map(Gateway))
     }
     /// Runs the protocol over a caller-supplied transport.
     pub fn start_with_transport(self, transport: crate::transport::Transport) -> Result<Gateway> {
-        block_on(self.0.start_with_transport(transport)).map(Gateway)
+        crate::transport::inline_starts(|| {
+            block_on(self.0.start_with_transport(transport)).map(Gateway)
+        })
     }
 }
 
@@ -260,11 +262,13 @@ impl Group {
     }
     /// Opens a gateway in the group (`""`: the default spec).
     pub fn makegateway(&self, spec: &str) -> Result<Gateway> {
-        block_on(self.0.makegateway(spec)).map(Gateway)
+        crate::transport::inline_starts(|| block_on(self.0.makegateway(spec)).map(Gateway))
     }
     /// Opens a gateway from a builder in the group.
     pub fn makegateway_with(&self, builder: GatewayBuilder) -> Result<Gateway> {
-        block_on(self.0.makegateway_with(builder.0)).map(Gateway)
+        crate::transport::inline_starts(|| {
+            block_on(self.0.makegateway_with(builder.0)).map(Gateway)
+        })
     }
     /// The gateway with this id.
     pub fn get(&self, id: &str) -> Option<Gateway> {
@@ -296,7 +300,7 @@ impl Group {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        block_on(crate::Group::with_specs(specs)).map(Group)
+        crate::transport::inline_starts(|| block_on(crate::Group::with_specs(specs)).map(Group))
     }
     /// Opens a gateway per spec, all at once, in this group.
     pub fn makegateways<I, S>(&self, specs: I) -> Result<Vec<Gateway>>
@@ -304,7 +308,9 @@ impl Group {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        block_on(self.0.makegateways(specs)).map(|v| v.into_iter().map(Gateway).collect())
+        crate::transport::inline_starts(|| {
+            block_on(self.0.makegateways(specs)).map(|v| v.into_iter().map(Gateway).collect())
+        })
     }
     /// The spec used by `makegateway("")`.
     pub fn defaultspec(&self) -> String {
