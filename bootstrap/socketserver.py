@@ -285,7 +285,6 @@ class Server(object):
                 if e.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
-            self.stats["accepted"] += 1
             if len(self._pending) >= self.max_startups:
                 oldest = next(iter(self._pending.values()))
                 self.stats["evicted"] += 1
@@ -300,6 +299,9 @@ class Server(object):
                 continue
             p = _Pending(conn, peer, time.monotonic() + self.handshake_timeout)
             self._pending[conn.fileno()] = p
+            # Counted once it is pending: a reader of stats (tests, logs)
+            # that sees it accepted also sees it in pending().
+            self.stats["accepted"] += 1
             sel.register(conn, selectors.EVENT_WRITE, p)
             self._step(sel, p, selectors.EVENT_WRITE)
 
