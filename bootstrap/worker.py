@@ -164,10 +164,10 @@ def _lookup(v):
         if isinstance(v, t):
             _ENC[type(v)] = f
             return f
-    raise DumpError(
-        "cannot send a value of type %r over a channel (supported: None, bool, int, "
+    raise DumpError(  # execnet's words first: code matches "can't serialize"
+        "can't serialize %r: not sendable over a channel (supported: None, bool, int, "
         "float, complex, bytes, str, list, tuple, dict, set, frozenset, Channel)"
-        % type(v).__name__
+        % (type(v),)
     )
 
 
@@ -913,6 +913,9 @@ class Gateway(object):
         # the leader's channel, and its item handed straight back by _data (not queued)
         self._mine, self._handed = None, _NOITEM
         self._drops = deque()  # ids of channels whose handles were dropped (_handle)
+        # wakes the reaper thread (_dropped); held while there is nothing to reap
+        self._rsig, self._reaper = _thread.allocate_lock(), False
+        self._rsig.acquire()
         self._codes = {}  # source -> code: the same snippet is often executed many times
         # executor threads waiting for a task ([task, lock] each); the wake-up chain
         self._idle, self._wakeq, self._waking = [], deque(), False
@@ -1085,8 +1088,37 @@ class Gateway(object):
         h = ch._h and ch._h()
         if h is None:
             h = _Handle(ch)
-            ch._h = _wref(h, lambda r, cid=ch.id, drop=self._drops.append: drop(cid))
+            ch._h = _wref(h, lambda r, cid=ch.id, drop=self._drops.append, wake=self._dropped:
+                          (drop(cid), wake()))
         return h
+
+    def _dropped(self):
+        # weakref callback (any thread, any point): no lock taken. The reaper thread
+        # closes the channel at once: a handle dropped by a thread of remote code that
+        # then ends or idles was closed only when this side next read input or sent, so
+        # the peer's waitclose() waited for unrelated traffic
+        if not self._reaper:
+            self._reaper = True  # a racing second start is harmless: both serve _rsig
+            try:
+                _thread.start_new_thread(self._reap_loop, ())
+            except Exception:
+                self._reaper = False  # interpreter shutting down: the next reap does it
+        try:
+            self._rsig.release()
+        except Exception:
+            pass  # released already: the reaper has not woken yet and will see this id
+
+    def _reap_loop(self):
+        sig = self._rsig
+        while True:
+            sig.acquire()
+            if self._dead:
+                try:
+                    sig.release()  # wake a second reaper too (_dropped)
+                except Exception:
+                    pass
+                return
+            self._safe(self._reap)
 
     def _reap(self):
         # close the channels whose handles were dropped (no lock held): CLOSE, or
@@ -1710,6 +1742,10 @@ class Gateway(object):
     def _shutdown(self, reason=None):
         with self._lock:
             self._dead = True
+            try:
+                self._rsig.release()  # the reaper thread ends
+            except Exception:
+                pass
             # execs not started yet: queued for the main thread or on the wake-up chain
             queued = list(self._execq) + [
                 w if type(w) is tuple else w[0] for w in self._wakeq if type(w) is not Channel]

@@ -38,6 +38,15 @@ class WorkerTestCase(unittest.TestCase):
 class InProcessGateway(unittest.TestCase):
     """A Gateway driven in this process: for paths a subprocess cannot pin down."""
 
+    def detach_at_cleanup(self, gw):
+        # runs before the fds close (cleanups are LIFO): channels dropped when the test
+        # ends are closed by the reaper thread, which must not write into a closed fd
+        # that a later test's pipe may have reused
+        def detach():
+            with gw._wlock:
+                gw._outfd = None
+        self.addCleanup(detach)
+
     def test_short_write_sends_the_rest_once(self):
         # the fast path's single os.write may write part of a frame (a socket, a
         # signal): the rest follows, nothing twice
@@ -45,6 +54,7 @@ class InProcessGateway(unittest.TestCase):
         self.addCleanup(os.close, r)
         self.addCleanup(os.close, w)
         gw = W.Gateway(None, w, {"version": 1})
+        self.detach_at_cleanup(gw)
         ch = gw.newchannel()
         real, calls = os.write, []
 
@@ -71,6 +81,7 @@ class InProcessGateway(unittest.TestCase):
         for fd in (r, w, out):
             self.addCleanup(os.close, fd)
         gw = W.Gateway(W.Reader(r), out, {"version": 1})
+        self.detach_at_cleanup(gw)
         cbch, mine, other = gw._chanref(1), gw._chanref(3), gw.newchannel()
         seen = []
 
@@ -194,7 +205,7 @@ class Exec(WorkerTestCase):
             "try:\n    channel.send([1, Foo()])\nexcept TypeError as e:\n    channel.send(str(e))\n"
             "channel.send('still usable')\n")
         msg = h.item(c)
-        self.assertIn("'Foo'", msg)
+        self.assertIn("can't serialize <class '__channelexec__.Foo'>", msg)
         self.assertEqual(h.item(c), "still usable")
 
     def test_item_larger_than_max_item_is_refused_locally(self):
@@ -373,6 +384,29 @@ class ChannelSemantics(WorkerTestCase):
         self.assertEqual(h.receive(c)[:2], ("close", None))
         h.exec_("import gc\ngc.collect()\n")
         self.assertEqual([h.item(sub) for _ in range(3)], [0, 1, 2])
+        self.assertEqual(h.receive(sub)[:2], ("close", None))
+
+    def test_channel_dropped_by_another_thread_closes_without_more_input(self):
+        # a thread of remote code drops the last handle after the exec has ended and
+        # the host sends nothing more: the close still comes (it came only with the
+        # next input; execnet's test_channel_callback_remote_freed waited for it)
+        h = self.host()
+        c = h.exec_("import _thread, gc, time\n"
+                    "def producer(box):\n"
+                    "    sub = box.pop()\n"
+                    "    sub.send(1)\n"
+                    "    while not channel.isclosed():\n"
+                    "        time.sleep(0.01)\n"
+                    "    time.sleep(0.3)  # the exec's thread has done its own reaping\n"
+                    "    del sub\n"
+                    "    gc.collect()  # PyPy frees it at a GC\n"
+                    "sub = channel.gateway.newchannel()\n"
+                    "channel.send(sub)\n"
+                    "_thread.start_new_thread(producer, ([sub],))\n"
+                    "del sub\n")
+        sub = h.item(c).id
+        self.assertEqual(h.receive(c)[:2], ("close", None))
+        self.assertEqual(h.item(sub), 1)
         self.assertEqual(h.receive(sub)[:2], ("close", None))
 
     def test_dropped_channel_with_callback_sends_last_message(self):

@@ -128,10 +128,11 @@ fn to_value_depth(obj: &Bound<'_, PyAny>, ctx: Option<&Ctx<'_>>, depth: u32) -> 
     }
     Err(dump_error(
         py,
+        // execnet's text: "can't serialize <class 'set_iterator'>"
         format!(
             "can't serialize {}",
             obj.get_type()
-                .name()
+                .repr()
                 .map(|n| n.to_string())
                 .unwrap_or_default()
         ),

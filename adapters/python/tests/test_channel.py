@@ -171,6 +171,47 @@ def test_dropped_unused_channel_closes(gw):
     assert gw.remote_status().numexecuting == 0
 
 
+def test_unsendable_value_says_cant_serialize_both_ways(gw):
+    # execnet's text, which code matches: "can't serialize <class '...'>"
+    ch = gw.remote_exec("channel.send(ValueError(42))")
+    with pytest.raises(ch.RemoteError) as e:
+        ch.receive(10)
+    assert "can't serialize <class 'ValueError'>" in str(e.value)
+    ch = gw.remote_exec("channel.send(channel.receive())")
+    with pytest.raises(execnet_rs.DumpError) as e:
+        ch.send(object())
+    assert str(e.value).startswith("can't serialize <class 'object'>")
+    ch.send(1)
+    assert ch.receive(10) == 1
+
+
+def test_channel_dropped_by_a_remote_thread_closes(gw):
+    # execnet's test_channel_callback_remote_freed: a remote thread sends on a
+    # channel and ends, dropping it; nothing else happens on the gateway, yet
+    # the host's waitclose() returns (it waited for unrelated traffic)
+    seen = []
+    ch = gw.remote_exec(
+        """
+        import _thread, gc, time
+        def producer(box):
+            sub = box.pop()
+            for i in range(3):
+                time.sleep(0.05)
+                sub.send(i)
+            del sub
+            gc.collect()
+        box = [channel.receive()]
+        _thread.start_new_thread(producer, (box,))
+        """
+    )
+    sub = gw.newchannel()
+    sub.setcallback(seen.append)
+    ch.send(sub)
+    ch.waitclose(10)
+    sub.waitclose(10)
+    assert seen == [0, 1, 2]
+
+
 def test_multichannel(group):
     for _ in range(3):
         group.makegateway(f"popen//python={sys.executable}")
