@@ -17,6 +17,30 @@ def test_remote_exec_module(gw):
     assert ch.receive(10) == "__channelexec__"
 
 
+def test_remote_traceback_names_the_module_file(gw, tmp_path, monkeypatch):
+    # execnet's tracebacks of remote_exec(module) and remote_exec(function)
+    # name the module's file and line, not "<remote exec>"
+    (tmp_path / "remote_tb_example.py").write_text(
+        "\ndef run_me(channel=None):\n    raise ValueError('me')\n\n"
+        "if __name__ == '__channelexec__':\n    run_me()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import remote_tb_example as mod
+
+    for source in (mod, mod.run_me):
+        ch = gw.remote_exec(source)
+        with pytest.raises(ch.RemoteError) as e:
+            ch.receive(10)
+        text = str(e.value)
+        assert 'remote_tb_example.py", line 3, in run_me' in text
+        assert "raise ValueError('me')" in text  # the file is there: lines shown
+        assert text.endswith("ValueError: me\n")
+    ch = gw.remote_exec("def f():\n    raise KeyError(1)\nf()\n")
+    with pytest.raises(ch.RemoteError) as e:
+        ch.receive(10)
+    assert 'File "<remote exec>", line 2, in f' in str(e.value)
+
+
 def _no_channel_arg(x):
     pass
 

@@ -128,19 +128,22 @@ class Gateway:
           ``function(channel, **kwargs)``;
         * a module: its source is executed.
         """
-        call_name = None
+        call_name = file_name = None
         if isinstance(source, types.ModuleType):
             file_name = inspect.getsourcefile(source)
             linecache.updatecache(file_name)  # type: ignore[arg-type]
             source = inspect.getsource(source)
         elif isinstance(source, types.FunctionType):
             call_name = source.__name__
+            file_name = inspect.getsourcefile(source)
             source = _source_of_function(source)
         else:
             source = textwrap.dedent(str(source))
 
         if not call_name and kwargs:
             raise TypeError("can't pass kwargs to non-function remote_exec")
+        if file_name:
+            source = _compiled_as(source, file_name)
         if call_name:
             return self._gw.remote_exec_call(self, source, call_name, kwargs)
         return self._gw.remote_exec(self, source)
@@ -190,6 +193,17 @@ def _find_non_builtin_globals(source: str, codeobj: types.CodeType) -> list[str]
         for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.Name) and node.id not in vars and node.id not in builtins.__dict__
     ]
+
+
+def _compiled_as(source: str, file_name: str) -> str:
+    """Source that runs ``source`` compiled under ``file_name``, so that
+    remote tracebacks name the module's file and its lines, as execnet's do
+    (execnet sends the file name along; the engine's exec request has only
+    the source). Runs in the exec's own namespace (``channel``,
+    ``__name__``); a function's frame is its file's, a module's traceback
+    starts with one ``<remote exec>`` line, where execnet's starts with its
+    own ``gateway_base`` frames."""
+    return "exec(compile(%r, %r, 'exec', dont_inherit=True))\n" % (source + "\n", file_name)
 
 
 def _source_of_function(function) -> str:
