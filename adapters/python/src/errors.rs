@@ -32,6 +32,17 @@ pub(crate) fn timeout_error(py: Python<'_>, msg: String) -> PyErr {
     make(py, |r| &r.timeout_error, msg)
 }
 
+/// A failed gateway start. execnet raises `HostNotFound` for any ssh
+/// gateway whose worker never answered (ssh's own failures: a bad
+/// `ssh_config`, an unknown option, a refused login); the engine's
+/// classified causes keep their mapping in [`to_pyerr`].
+pub(crate) fn start_error(py: Python<'_>, e: Error, ssh: bool) -> PyErr {
+    match e {
+        Error::BootstrapFailed { .. } if ssh => make(py, |r| &r.host_not_found, e.to_string()),
+        e => to_pyerr(py, e, Op::Other),
+    }
+}
+
 /// What the failing call was doing: decides between DumpError and
 /// LoadError for value errors, and the text of some errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::convert::{to_py, to_value, Ctx};
-use crate::errors::{to_pyerr, Op};
+use crate::errors::{start_error, to_pyerr, Op};
 use crate::{duration, fork_gen, registry, wait};
 
 fn forked() -> PyErr {
@@ -322,9 +322,10 @@ fn makegateway(py: Python<'_>, spec: &str, via: Option<Bound<'_, Gateway>>) -> P
     if let Some(v) = via {
         builder = builder.via_gateway(v.get().gw()?.clone());
     }
+    let ssh = x.ssh().is_some();
     let gw = py
         .detach(|| builder.start())
-        .map_err(|e| to_pyerr(py, e, Op::Other))?;
+        .map_err(|e| start_error(py, e, ssh))?;
     Ok(Gateway::new(gw))
 }
 

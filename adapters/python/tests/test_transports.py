@@ -64,6 +64,16 @@ def test_ssh_unknown_host_is_hostnotfound(group, sshd):
         group.makegateway(f"ssh=no-such-host.invalid//ssh_config={sshd.ssh_config}")
 
 
+def test_ssh_failing_before_the_worker_is_hostnotfound(group, tmp_path):
+    # execnet: HostNotFound for any ssh start whose worker never answered;
+    # here ssh itself fails (exit 255) on a missing config file, no network
+    if not __import__("shutil").which("ssh"):
+        pytest.skip("SKIPPED: no ssh client on PATH")
+    with pytest.raises(execnet_rs.HostNotFound) as e:
+        group.makegateway(f"ssh=xyz//ssh_config={tmp_path / 'missing'}")
+    assert "missing" in str(e.value)  # ssh's own words are kept
+
+
 def test_socket_gateway(group, socketserver, monkeypatch):
     monkeypatch.setenv("EXECNET_SOCKET_TOKEN", socketserver.token)
     gw = group.makegateway(f"socket={socketserver.address}")
