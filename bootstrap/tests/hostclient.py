@@ -238,6 +238,7 @@ class Host(object):
             self.proc.wait()
             raise AssertionError("worker did not exit within %s s" % timeout)
         self.write(None)
+        self.wt.join(5)  # closing a file another thread writes to crashed CPython 3.6
         self._stderr = self.proc.stderr.read() if self.proc.stderr else b""
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
@@ -256,6 +257,7 @@ class Host(object):
                 self.proc.kill()
                 self.proc.wait()
             self.write(None)
+            self.wt.join(5)
             for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
                 try:
                     if f:

@@ -24,6 +24,22 @@ INTERRUPTS = sys.implementation.name == "cpython"  # PyThreadState_SetAsyncExc
 OWN_IMPORT = sys.implementation.name == "cpython"
 ECHO = "for x in channel:\n    channel.send(x)\n"
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD, signal.SIGHUP]
+# remote code left running after TERMINATE: the tests wait until its threads are gone,
+# so that none is left behind
+LOOP = ("import _thread, time\nt = time.time()\nchannel.send(_thread.get_ident())\n"
+        "while time.time() - t < 3:\n%s")
+SPIN = "    pass\n"
+DEAF = "    try:\n        time.sleep(0.01)\n    except KeyboardInterrupt:\n        pass\n"
+
+
+def gone(idents, bound=10):
+    """Whether the threads idents have all ended within bound seconds."""
+    end = time.time() + bound
+    while time.time() < end:
+        if not set(idents) & set(sys._current_frames()):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def worker_namespace():
@@ -70,6 +86,7 @@ class ThreadGateway(object):
 
     def cleanup(self):
         self.host.write(None)  # ends the host's writer thread
+        self.host.wt.join(5)
         for f in (self.host.wfile, self.host.rfile):
             try:
                 f.close()
@@ -208,14 +225,10 @@ class ThreadMode(unittest.TestCase):
         # can raise one in another thread, CPython) and their channels are closed
         g = self.gateway()
         h = g.host
-        c1 = h.exec_("import time\nt = time.time()\nchannel.send('looping')\n"
-                     "while time.time() - t < 8:\n    pass\n")
-        c2 = h.exec_("import time\nt = time.time()\nchannel.send('looping')\n"
-                     "while time.time() - t < 8:\n    try:\n        time.sleep(0.01)\n"
-                     "    except KeyboardInterrupt:\n        pass\n")
+        c1 = h.exec_(LOOP % SPIN)
+        c2 = h.exec_(LOOP % DEAF)
         c3 = h.exec_("channel.receive()")
-        self.assertEqual(h.item(c1), "looping")
-        self.assertEqual(h.item(c2), "looping")
+        idents = [h.item(c1), h.item(c2)]
         self.assertEqual(g.terminate(bound=4), [False, False])
         kind, err, _ = h.queues[c1][0]
         self.assertEqual(kind, "close")
@@ -229,14 +242,14 @@ class ThreadMode(unittest.TestCase):
         self.assertEqual(kind, "close")
         self.assertIn("terminated while this execution was still running", err)
         self.assertEqual(h.queues[c3][0][:2], ("close", None))
+        self.assertTrue(gone(idents))
 
     @unittest.skipUnless(INTERRUPTS, "SKIPPED: only CPython can interrupt the calling thread")
     def test_terminate_interrupts_main_thread_only_execution(self):
         g = self.gateway(options={"execmodel": "main_thread_only"})
         h = g.host
-        c = h.exec_("import time\nt = time.time()\nchannel.send('looping')\n"
-                    "while time.time() - t < 8:\n    pass\n")
-        self.assertEqual(h.item(c), "looping")
+        c = h.exec_(LOOP % SPIN)
+        self.assertEqual(h.item(c), g.thread.ident)
         self.assertEqual(g.terminate(bound=4), [False, False])
         kind, err, _ = h.queues[c][0]
         self.assertEqual(kind, "close")
