@@ -62,21 +62,7 @@ pub struct Fleet {
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs `ip ARGS`, failing with its stderr.
-fn ip(args: &[&str]) -> io::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use crate::netns::ip;
 
 /// The pids of every process in namespace `ns`.
 fn pids_in(ns: &str) -> Vec<u32> {

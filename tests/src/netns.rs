@@ -31,8 +31,8 @@ pub struct Topology {
     veth_root: String,
 }
 
-/// Runs `ip ARGS`, failing with its stderr.
-fn ip(args: &[&str]) -> io::Result<String> {
+/// Runs `ip ARGS`, failing with its stderr (the fleet test bed uses it too).
+pub(crate) fn ip(args: &[&str]) -> io::Result<String> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
