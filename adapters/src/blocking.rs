@@ -290,6 +290,15 @@ impl Group {
     pub fn set_defaultspec(&self, spec: &str) {
         self.0.set_defaultspec(spec)
     }
+    /// Bounds how many gateways `makegateways` starts at once (see
+    /// [`crate::Group::set_max_concurrent_starts`]); `None` is unbounded.
+    pub fn set_max_concurrent_starts(&self, n: Option<usize>) {
+        self.0.set_max_concurrent_starts(n)
+    }
+    /// The bound on concurrent starts (`None`: unbounded).
+    pub fn max_concurrent_starts(&self) -> Option<usize> {
+        self.0.max_concurrent_starts()
+    }
     /// Terminates every gateway within about `timeout`.
     pub fn terminate(&self, timeout: Option<Duration>) {
         block_on(self.0.terminate(timeout))

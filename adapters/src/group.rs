@@ -43,6 +43,9 @@ struct GroupState {
     reserved: Vec<String>,
     next: usize,
     defaultspec: String,
+    /// Bound on gateways starting at once in `makegateways` (`None`:
+    /// unbounded).
+    max_starts: Option<usize>,
 }
 
 impl GroupState {
@@ -75,6 +78,7 @@ impl Group {
                 reserved: Vec::new(),
                 next: 0,
                 defaultspec: "popen".into(),
+                max_starts: None,
             }),
         }
     }
@@ -107,6 +111,22 @@ impl Group {
     /// Sets the spec used by `makegateway("")`.
     pub fn set_defaultspec(&self, spec: &str) {
         self.lock().defaultspec = spec.to_string();
+    }
+
+    /// Bounds how many gateways [`makegateways`](Self::makegateways) starts
+    /// at once: `Some(n)` starts them in batches of at most `n` (each batch
+    /// finishes its handshakes before the next begins), so e.g. many ssh
+    /// hosts behind one jump host stay under its `MaxStartups`. `None` (the
+    /// default, as execnet does) starts them all at once. `Some(0)` is taken
+    /// as `Some(1)`.
+    pub fn set_max_concurrent_starts(&self, n: Option<usize>) {
+        self.lock().max_starts = n.map(|n| n.max(1));
+    }
+
+    /// The bound set by
+    /// [`set_max_concurrent_starts`](Self::set_max_concurrent_starts).
+    pub fn max_concurrent_starts(&self) -> Option<usize> {
+        self.lock().max_starts
     }
 
     /// Allocates the spec's id (`id=`, or the next free `gwN`) and reserves
@@ -229,18 +249,23 @@ impl Group {
                 self.get(id)
                     .or_else(|| first.iter().find(|g| g.id() == id).cloned())
             };
-            let started = join_all(
-                idx.iter()
-                    .map(|&i| {
-                        GatewayBuilder::from_spec(prepared[i].clone())
-                            .resolve_through(lookup)
-                            .start()
-                    })
-                    .collect(),
-            )
-            .await;
-            for (i, r) in idx.into_iter().zip(started) {
-                results[i] = Some(r);
+            // A bound starts the round in batches of at most `batch`.
+            let batch = self.max_concurrent_starts().unwrap_or(usize::MAX).max(1);
+            for chunk in idx.chunks(batch) {
+                let started = join_all(
+                    chunk
+                        .iter()
+                        .map(|&i| {
+                            GatewayBuilder::from_spec(prepared[i].clone())
+                                .resolve_through(lookup)
+                                .start()
+                        })
+                        .collect(),
+                )
+                .await;
+                for (&i, r) in chunk.iter().zip(started) {
+                    results[i] = Some(r);
+                }
             }
         }
         let mut gateways = Vec::new();

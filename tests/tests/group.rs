@@ -293,3 +293,54 @@ fn via_gateways_start_in_one_batch_and_terminate_first() {
         }
     })
 }
+
+/// `set_max_concurrent_starts(2)`: of 6 popen gateways at most 2 start at
+/// once. Each interpreter is launched through a shell wrapper that logs its
+/// start time and then waits 0.3 s before exec'ing python, so a start takes
+/// at least 0.3 s: bounded to 2, any 3 consecutive logged starts span at
+/// least 0.3 s (the third waits for a finished handshake); unbounded, all 6
+/// would be logged within milliseconds.
+#[test]
+fn makegateways_bounded_concurrency() {
+    bounded(LIMIT, || {
+        let dir = std::env::temp_dir().join(format!("execnet-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("starts.log");
+        let wrap = dir.join("wrap.sh");
+        std::fs::write(
+            &wrap,
+            format!(
+                "date +%s.%N >> '{}'\nsleep 0.3\nexec /usr/bin/python3 \"$@\"\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let group = Group::new();
+        assert_eq!(group.max_concurrent_starts(), None);
+        group.set_max_concurrent_starts(Some(2));
+        assert_eq!(group.max_concurrent_starts(), Some(2));
+        let spec = format!("popen//python=/bin/sh {}", wrap.display());
+        let gws = group.makegateways(vec![spec; 6]).unwrap();
+        assert_eq!(gws.len(), 6);
+        let mc = group
+            .remote_exec("import os; channel.send(os.getpid())")
+            .unwrap();
+        let pids: Vec<u32> = mc.receive_each().unwrap();
+        assert_eq!(pids.len(), 6);
+        let mut starts: Vec<f64> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        starts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(starts.len(), 6, "{starts:?}");
+        for w in starts.windows(3) {
+            assert!(
+                w[2] - w[0] >= 0.29,
+                "3 starts in flight at once: {starts:?}"
+            );
+        }
+        group.terminate(Some(T));
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
