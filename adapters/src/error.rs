@@ -102,8 +102,12 @@ pub enum Error {
         stderr_tail: String,
     },
     /// The worker process ended without terminating the protocol.
-    #[error("worker died ({status}){}", tail_suffix(.stderr_tail))]
+    #[error("{gateway}: worker died ({status}){}", tail_suffix(.stderr_tail))]
     WorkerDied {
+        /// Which gateway: `gateway ID`, with its remote address when it has
+        /// one (`gateway fh3 (fh3)`, `gateway gw1 (127.0.0.1:8888)`) — on a
+        /// fleet, the host whose channels ended.
+        gateway: String,
         /// How it ended.
         status: ExitStatus,
         /// The last lines the worker wrote to stderr.

@@ -292,8 +292,12 @@ impl GatewayBuilder {
         // Driver::start spawns threads and writes the HELLO: off this thread.
         let config = self.config;
         let driver_span = span.clone();
+        let label = match &self.remoteaddress {
+            Some(address) => format!("gateway {id} ({address})"),
+            None => format!("gateway {id}"),
+        };
         let driver = transport::off_thread(move || {
-            Driver::start(transport, config, options, sink, driver_span)
+            Driver::start(transport, config, options, sink, driver_span, label)
         })
         .await?;
         let info = match driver.wait_ready(started + self.startup_timeout).await {

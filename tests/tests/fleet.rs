@@ -247,12 +247,13 @@ fn fleet_start_farm_and_a_host_killed_mid_run() {
             matches!(err, Error::WorkerDied { .. } | Error::ConnectionLost(_)),
             "{err:?}"
         );
-        // (The error itself does not carry the host: ssh's stderr names
-        // its address in "Connection to ADDR closed by remote host", but
-        // not in "client_loop: send disconnect: Broken pipe", which a
-        // client that was writing says instead. The channel's gateway id,
-        // fh<i>, is what names it.)
+        // The error names the host through its gateway (id and address
+        // fh<i>), whatever ssh's stderr says ("Connection to ADDR closed by
+        // remote host", or "client_loop: send disconnect: Broken pipe" from
+        // a client that was writing).
         let text = err.to_string();
+        let host = &fleet.hosts[victim].name;
+        assert!(text.contains(&format!("gateway {host} ({host})")), "{text}");
         assert!(*detected < Duration::from_secs(10), "{detected:?}");
         let t0 = Instant::now();
         group.terminate(Some(Duration::from_secs(2)));

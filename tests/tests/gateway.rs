@@ -159,6 +159,11 @@ fn assert_worker_died(gw: &Gateway, ch: &execnet::blocking::Channel, signal: i32
         other => panic!("expected WorkerDied, got {other:?}"),
     }
     assert!(e.to_string().contains(&format!("signal {signal}")), "{e}");
+    // Which gateway died is in the error (on a fleet: which host).
+    assert!(
+        e.to_string().contains(&format!("gateway {}", gw.id())),
+        "{e}"
+    );
     // Sticky, and waitclose agrees.
     assert!(matches!(
         ch.waitclose(Some(T)),

@@ -173,6 +173,9 @@ pub(crate) struct Driver {
     callback_context: OnceLock<CallbackContext>,
     pub(crate) span: tracing::Span,
     pub(crate) description: String,
+    /// `gateway ID (ADDRESS)`: names the gateway in the errors that end its
+    /// channels (one of many gateways died: which one?).
+    pub(crate) label: String,
 }
 
 impl std::fmt::Debug for Driver {
@@ -268,6 +271,7 @@ impl Driver {
         options: Value,
         output: OutputSink,
         span: tracing::Span,
+        label: String,
     ) -> Result<Arc<Driver>> {
         let Transport {
             reader,
@@ -315,6 +319,7 @@ impl Driver {
             callback_context: OnceLock::new(),
             span,
             description,
+            label,
         });
         let r = driver.clone();
         let reader_thread = std::thread::Builder::new()

@@ -190,6 +190,7 @@ impl Driver {
         let death = match &self.control {
             Some(c) => match c.wait(REAP_ON_EOF) {
                 Some(status) => Error::WorkerDied {
+                    gateway: self.label.clone(),
                     status,
                     stderr_tail: c.stderr_tail(Duration::from_millis(300)),
                 },
@@ -200,12 +201,13 @@ impl Driver {
                     let status = c.wait(Duration::from_secs(1));
                     tracing::debug!(?status, "stream ended while the worker ran; killed it");
                     Error::ConnectionLost(format!(
-                        "the stream ended while the worker (pid {}) was still running; it was killed",
+                        "{}: the stream ended while the worker (pid {}) was still running; it was killed",
+                        self.label,
                         c.pid().map_or_else(|| "?".to_string(), |p| p.to_string())
                     ))
                 }
             },
-            None => Error::ConnectionLost("end of stream".into()),
+            None => Error::ConnectionLost(format!("{}: end of stream", self.label)),
         };
         let mut work = Vec::new();
         {
