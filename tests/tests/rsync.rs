@@ -627,7 +627,9 @@ fn cli_rsync() {
         let exe = std::env::current_exe().unwrap();
         let bin = exe.parent().unwrap().parent().unwrap().join("execnet");
         if !bin.exists() {
-            execnet_tests::skip("the execnet binary is not built (cargo test -p execnet)");
+            execnet_tests::skip(
+                "the execnet binary is not built (cargo build --release -p execnet-cli)",
+            );
             return;
         }
         let d = dirs("cli");
