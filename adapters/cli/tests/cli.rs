@@ -6,6 +6,15 @@ fn execnet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_execnet"))
 }
 
+/// Fails the test with the command's stderr unless it exited with 0.
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn run_prints_items_as_json_lines() {
     let out = execnet()
@@ -16,11 +25,7 @@ fn run_prints_items_as_json_lines() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
@@ -43,11 +48,7 @@ fn run_on_several_gateways_prefixes_ids_and_forwards_output() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let mut lines: Vec<&str> = stdout.lines().collect();
     lines.sort();
@@ -106,11 +107,7 @@ fn stdin_lines_are_sent_as_json_values() {
         &["run", "-c", "channel.send(channel.receive() + 1)"],
         "41\n",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
     // Every JSON type; blank lines skipped; end of input ends the remote's
     // iteration, and the remote still sends after it.
@@ -122,11 +119,7 @@ fn stdin_lines_are_sent_as_json_values() {
         ],
         "1\n\n2.5\r\n\"s\"\nnull\ntrue\n[1, [2]]\n{\"k\": {\"n\": -3}}\n18446744073709551615\n",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
@@ -153,11 +146,7 @@ fn stdin_raw_lines_are_str_and_go_to_every_gateway() {
         ],
         "a b\n\n{not json}\r\nlast without newline",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let mut lines: Vec<&str> = stdout.lines().collect();
     lines.sort();
