@@ -25,8 +25,7 @@ use crate::xspec::{OutputMode, XSpec};
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The grace period of `terminate(None)` and of dropping the last handle.
 pub const DROP_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a new gateway may take to say hello.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::transport::STARTUP_TIMEOUT;
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
@@ -243,7 +242,7 @@ impl GatewayBuilder {
             token,
         })?;
         let through = match connector.through() {
-            Some(id) => Some(self.through(id)?),
+            Some(id) => Some(Box::new(self.through(id)?) as Box<dyn transport::Through>),
             None => None,
         };
         let transport::Connected {

@@ -112,6 +112,7 @@ mod gateway;
 mod group;
 pub mod io;
 mod multi;
+mod relay;
 mod rsync;
 mod sync;
 pub mod transport;

@@ -32,6 +32,9 @@ pub(crate) mod process;
 pub mod socket;
 pub mod ssh;
 pub mod via;
+mod worker_setup;
+
+pub use worker_setup::WorkerSetup;
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -42,9 +45,12 @@ use std::time::Duration;
 use event_listener::Event;
 
 use crate::error::{Error, ExitStatus, Result};
-use crate::gateway::Gateway;
 use crate::sync::lock;
 use crate::xspec::{OutputMode, XSpec};
+
+/// How long a new gateway may take to say hello (and a transport to take
+/// its bootstrap payload).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every transport, by the claim that recognises its specs (tried in
 /// order; the first that claims a spec serves it). Adding a transport: one
@@ -91,7 +97,33 @@ pub(crate) trait Connect: Send {
     /// Starts the worker (spawn or connect, then the bootstrap payload) and
     /// returns its byte stream. `through` is the gateway [`through`](Self::through)
     /// names. Never blocks the calling thread.
-    fn connect(self: Box<Self>, through: Option<Gateway>) -> ConnectFuture;
+    fn connect(self: Box<Self>, through: Option<Box<dyn Through>>) -> ConnectFuture;
+}
+
+/// A boxed future of a [`Through`] call.
+pub(crate) type ThroughFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// What a transport needs of the gateway a start goes through (`via=GWID`,
+/// `installvia=GWID`). `Gateway` implements it in `crate::relay`, so no
+/// transport names gateways or channels: `gateway` uses `transport`,
+/// `relay` uses both, and nothing points back (no import cycle).
+pub(crate) trait Through: Send + Sync {
+    /// The gateway's id, for descriptions and errors.
+    fn id(&self) -> &str;
+    /// Runs `argv` on the gateway's host (`None` first: that worker's own
+    /// interpreter) with `env` added to its environment, in a session of
+    /// its own; returns the byte stream to its stdin/stdout and its
+    /// control (kill, exit status, stderr tail).
+    fn relay_process(
+        &self,
+        argv: Vec<Option<String>>,
+        env: Vec<(String, String)>,
+        description: String,
+    ) -> ThroughFuture<'_, (Transport, Arc<dyn PeerControl>)>;
+    /// Starts `bootstrap/socketserver.py` in the gateway's worker, bound to
+    /// `bind` (`HOST:PORT`, port 0: any free one) and accepting `token`;
+    /// returns the address it serves.
+    fn install_socket_server(&self, bind: String, token: String) -> ThroughFuture<'_, String>;
 }
 
 /// The connector of the first transport in [`TRANSPORTS`] that claims

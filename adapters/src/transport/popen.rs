@@ -18,10 +18,9 @@ use std::sync::OnceLock;
 
 use super::{
     code_cache, off_thread, process, via, Connect, ConnectFuture, Connected, PeerControl, Request,
-    Transport,
+    Through, Transport, WorkerSetup,
 };
 use crate::error::{Error, Result};
-use crate::gateway::Gateway;
 use crate::xspec::{OutputMode, XSpec};
 
 /// Requested size of the stdin/stdout pipes.
@@ -32,20 +31,13 @@ const PIPE_SIZE: usize = 1 << 20;
 pub struct PopenOptions {
     /// The interpreter command line; `None`: the resolved default `python3`.
     pub python: Option<Vec<String>>,
-    /// Working directory, created if missing.
-    pub chdir: Option<PathBuf>,
-    /// Niceness increment.
-    pub nice: Option<i32>,
-    /// Extra environment.
-    pub env: Vec<(String, String)>,
-    /// Run with `-B`.
-    pub dont_write_bytecode: bool,
-    /// Whether the worker's stderr is passed through to ours.
-    pub output: OutputMode,
+    /// How the worker process is set up (`chdir=`, `nice=`, `env:`, ...).
+    pub setup: WorkerSetup,
 }
 
 impl PopenOptions {
-    /// Takes the popen keys of a spec.
+    /// Takes the popen keys of a spec. [`Error::Spec`]: `python=` is empty
+    /// or not a valid shell word list.
     pub fn from_spec(spec: &XSpec) -> Result<PopenOptions> {
         let python = match spec.python() {
             Some(p) => {
@@ -60,14 +52,7 @@ impl PopenOptions {
         };
         Ok(PopenOptions {
             python,
-            chdir: spec.chdir().map(PathBuf::from),
-            nice: spec.nice(),
-            env: spec
-                .env()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            dont_write_bytecode: spec.dont_write_bytecode(),
-            output: spec.stdout(),
+            setup: WorkerSetup::from_spec(spec),
         })
     }
 }
@@ -141,7 +126,7 @@ pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
         if via.is_none() {
             // Through a relay the target's stderr always comes back as
             // items; the output mode applies to a direct child only.
-            opts.output = request.output;
+            opts.setup.output = request.output;
         }
         Box::new(PopenConnect { opts, via }) as Box<dyn Connect>
     }))
@@ -152,11 +137,11 @@ impl Connect for PopenConnect {
         self.via.as_deref()
     }
 
-    fn connect(self: Box<Self>, through: Option<Gateway>) -> ConnectFuture {
+    fn connect(self: Box<Self>, through: Option<Box<dyn Through>>) -> ConnectFuture {
         Box::pin(async move {
             let (transport, probe) = match through {
                 Some(gw) => {
-                    let (t, probe) = via::connect_popen(&gw, &self.opts).await?;
+                    let (t, probe) = via::connect_popen(gw.as_ref(), &self.opts).await?;
                     (t, Some(probe))
                 }
                 None => {
@@ -184,15 +169,12 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
     let (program, pre_args) = argv
         .split_first()
         .ok_or_else(|| Error::Spec("python= is empty".into()))?;
-    let boot = code_cache::boot(&argv, &opts.env);
+    let setup = &opts.setup;
+    let boot = code_cache::boot(&argv, &setup.env);
     let mut cmd = Command::new(program);
-    cmd.args(pre_args).args(process::worker_args(
-        opts.chdir.as_deref(),
-        opts.nice,
-        opts.dont_write_bytecode,
-        &boot.loader,
-    ));
-    for (k, v) in &opts.env {
+    cmd.args(pre_args)
+        .args(setup.interpreter_args(&boot.loader));
+    for (k, v) in &setup.env {
         cmd.env(k, v);
     }
     let description = format!("popen {}", shell_words::join(&argv));
@@ -201,7 +183,7 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
         mut stdin,
         stdout,
         control,
-    } = process::spawn(cmd, &python, opts.output == OutputMode::Inherit)?;
+    } = process::spawn(cmd, &python, setup.output == OutputMode::Inherit)?;
     tracing::debug!(pid = control.pid(), %description, "spawned worker");
 
     // Bigger pipes: fewer wake-ups per MiB (about 4x the bandwidth here).

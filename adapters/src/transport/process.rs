@@ -1,17 +1,10 @@
-//! What every transport that starts a process shares: the interpreter's
-//! arguments (the bootstrap loader with the `chdir=` / `nice=` prelude),
-//! spawning it in its own process group with piped stdio, and
-//! [`ProcessControl`] (reaping, killing the group, the tail of stderr).
-//!
-//! popen runs `PYTHON ARGS…` locally, ssh runs `ssh … 'env … PYTHON ARGS…'`,
-//! and via asks a relay on another gateway to run the same argv: the
-//! arguments come from [`worker_args`] in every case, so `chdir=` and
-//! `nice=` behave the same over all of them (and `env:` is set by each
-//! launcher in the interpreter's environment, before it starts).
+//! What every transport that starts a process shares: spawning it in its
+//! own process group with piped stdio, and [`ProcessControl`] (reaping,
+//! killing the group, the tail of stderr). The interpreter's arguments come
+//! from [`WorkerSetup`](super::WorkerSetup).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -23,37 +16,6 @@ use crate::error::{Error, ExitStatus, Result};
 
 /// How many bytes of stderr are kept for error reports.
 const STDERR_TAIL: usize = 8 * 1024;
-
-/// The interpreter arguments that start the worker: `[-B] -u -c LOADER`,
-/// where LOADER is docs/protocol.md §1's loader preceded by a prelude that
-/// creates and enters `chdir` and applies `nice` (in the main thread, before
-/// the worker starts any thread, so every thread inherits it; the HELLO
-/// already reports the new directory). Values are embedded as JSON strings,
-/// which are valid Python string literals.
-pub(crate) fn worker_args(
-    chdir: Option<&Path>,
-    nice: Option<i32>,
-    dont_write_bytecode: bool,
-    loader: &str,
-) -> Vec<String> {
-    let mut prelude = String::new();
-    if chdir.is_some() || nice.is_some() {
-        prelude.push_str("import os;");
-    }
-    if let Some(dir) = chdir {
-        let d = serde_json::to_string(&dir.to_string_lossy()).unwrap_or_else(|_| "'.'".into());
-        prelude.push_str(&format!("os.makedirs({d},exist_ok=True);os.chdir({d});"));
-    }
-    if let Some(n) = nice {
-        prelude.push_str(&format!("os.nice({n});"));
-    }
-    let mut args = Vec::with_capacity(4);
-    if dont_write_bytecode {
-        args.push("-B".to_string());
-    }
-    args.extend(["-u".to_string(), "-c".to_string(), prelude + loader]);
-    args
-}
 
 /// A started process: its stdin and stdout, and its control.
 pub(crate) struct Spawned {
@@ -110,7 +72,7 @@ pub(crate) fn source_loader() -> String {
 
 /// How long a spawned interpreter may take to read the bootstrap payload
 /// from its stdin (as long as it may take to answer HELLO).
-const PAYLOAD_TIMEOUT: Duration = crate::gateway::STARTUP_TIMEOUT;
+const PAYLOAD_TIMEOUT: Duration = super::STARTUP_TIMEOUT;
 
 /// Writes the bootstrap payload (`parts`, in order: what the loader reads)
 /// to a freshly spawned interpreter; on failure kills and reaps it and

@@ -21,9 +21,10 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{off_thread, Connect, ConnectFuture, Connected, PeerControl, Request, Transport};
+use super::{
+    off_thread, Connect, ConnectFuture, Connected, PeerControl, Request, Through, Transport,
+};
 use crate::error::{Error, ExitStatus, Result};
-use crate::gateway::Gateway;
 use crate::sync::lock;
 use crate::xspec::XSpec;
 
@@ -123,11 +124,11 @@ impl Connect for SocketConnect {
         }
     }
 
-    fn connect(self: Box<Self>, through: Option<Gateway>) -> ConnectFuture {
+    fn connect(self: Box<Self>, through: Option<Box<dyn Through>>) -> ConnectFuture {
         Box::pin(async move {
             let (transport, address) = match (*self, through) {
                 (SocketConnect::InstallVia { bind, .. }, Some(gw)) => {
-                    install_via(&gw, &bind).await?
+                    install_via(gw.as_ref(), bind).await?
                 }
                 (SocketConnect::InstallVia { via, .. }, None) => {
                     return Err(Error::Spec(format!("no gateway {via:?} to install via")))
@@ -293,20 +294,12 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 /// Starts a socket server inside `via`'s worker (a thread there serves it;
 /// it lives as long as that worker), bound to `bind` (`HOST:PORT`, port 0:
 /// any free one), with a fresh random token; connects to it.
-pub(crate) async fn install_via(via: &Gateway, bind: &str) -> Result<(Transport, String)> {
+pub(crate) async fn install_via(via: &dyn Through, bind: String) -> Result<(Transport, String)> {
     let token: String = random_bytes::<32>()?
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let ch = via
-        .remote_exec_call(
-            execnet_bootstrap::SOCKETSERVER_SOURCE,
-            "installvia",
-            &serde_json::json!({ "bind": bind, "token": token }),
-        )
-        .await?;
-    let served: String = ch.receive().await?;
-    let _ = ch.waitclose(Some(CONNECT_TIMEOUT)).await;
+    let served = via.install_socket_server(bind, token.clone()).await?;
     let (host, port) = split_address(&served)?;
     // A wildcard bind is reached over loopback from the same machine.
     let host = match host.as_str() {
@@ -316,7 +309,9 @@ pub(crate) async fn install_via(via: &Gateway, bind: &str) -> Result<(Transport,
         h => h.to_string(),
     };
     let address = format!("{host}:{port}");
-    let transport = connect(&address, token.as_bytes())?;
+    // Connecting blocks (TCP connect, the token exchange, the payload).
+    let a = address.clone();
+    let transport = off_thread(move || connect(&a, token.as_bytes())).await?;
     Ok((transport, address))
 }
 

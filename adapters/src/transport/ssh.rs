@@ -26,9 +26,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::process::{self, ProcessControl, Shared};
-use super::{off_thread, via, Connect, ConnectFuture, Connected, PeerControl, Request, Transport};
+use super::{
+    off_thread, via, Connect, ConnectFuture, Connected, PeerControl, Request, Through, Transport,
+    WorkerSetup,
+};
 use crate::error::{Error, ExitStatus, Result};
-use crate::gateway::Gateway;
 use crate::sync::lock;
 use crate::xspec::{OutputMode, XSpec};
 
@@ -46,18 +48,11 @@ pub struct SshOptions {
     /// The remote interpreter command, pasted into the remote shell line
     /// unquoted (default `python3`).
     pub python: String,
-    /// Remote working directory, created if missing.
-    pub chdir: Option<PathBuf>,
-    /// Niceness increment of the remote worker.
-    pub nice: Option<i32>,
-    /// Extra remote environment.
-    pub env: Vec<(String, String)>,
-    /// Run the remote interpreter with `-B`.
-    pub dont_write_bytecode: bool,
+    /// How the remote worker process is set up (`chdir=`, `nice=`, `env:`,
+    /// ...).
+    pub setup: WorkerSetup,
     /// Share one connection per host (`ssh_reuse`).
     pub reuse: bool,
-    /// Whether ssh's stderr (with the worker's) is passed through to ours.
-    pub output: OutputMode,
 }
 
 impl SshOptions {
@@ -75,15 +70,8 @@ impl SshOptions {
             args,
             ssh_config: spec.ssh_config().map(PathBuf::from),
             python: spec.python().unwrap_or("python3").to_string(),
-            chdir: spec.chdir().map(PathBuf::from),
-            nice: spec.nice(),
-            env: spec
-                .env()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            dont_write_bytecode: spec.dont_write_bytecode(),
+            setup: WorkerSetup::from_spec(spec),
             reuse: spec.ssh_reuse(),
-            output: spec.stdout(),
         })
     }
 
@@ -95,21 +83,16 @@ impl SshOptions {
     /// The shell line ssh runs remotely.
     pub fn remote_command(&self) -> String {
         let mut line = String::new();
-        if !self.env.is_empty() {
+        if !self.setup.env.is_empty() {
             line.push_str("env");
-            for (k, v) in &self.env {
+            for (k, v) in &self.setup.env {
                 line.push(' ');
                 line.push_str(&shell_words::quote(&format!("{k}={v}")));
             }
             line.push(' ');
         }
         line.push_str(&self.python);
-        for a in process::worker_args(
-            self.chdir.as_deref(),
-            self.nice,
-            self.dont_write_bytecode,
-            &process::source_loader(),
-        ) {
+        for a in self.setup.interpreter_args(&process::source_loader()) {
             line.push(' ');
             line.push_str(&shell_words::quote(&a));
         }
@@ -163,7 +146,7 @@ pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
     }
     let via = request.spec.via().map(str::to_string);
     Some(SshOptions::from_spec(request.spec).map(|mut opts| {
-        opts.output = request.output;
+        opts.setup.output = request.output;
         Box::new(SshConnect { opts, via }) as Box<dyn Connect>
     }))
 }
@@ -173,11 +156,11 @@ impl Connect for SshConnect {
         self.via.as_deref()
     }
 
-    fn connect(self: Box<Self>, through: Option<Gateway>) -> ConnectFuture {
+    fn connect(self: Box<Self>, through: Option<Box<dyn Through>>) -> ConnectFuture {
         Box::pin(async move {
             let remoteaddress = Some(self.opts.host().to_string());
             let (transport, probe) = match through {
-                Some(gw) => via::connect_ssh(&gw, &self.opts).await?,
+                Some(gw) => via::connect_ssh(gw.as_ref(), &self.opts).await?,
                 None => {
                     let opts = self.opts;
                     off_thread(move || connect(&opts)).await?
@@ -233,7 +216,7 @@ pub(crate) fn connect(opts: &SshOptions) -> Result<(Transport, Probe)> {
         mut stdin,
         stdout,
         control,
-    } = process::spawn(cmd, "ssh", opts.output == OutputMode::Inherit)?;
+    } = process::spawn(cmd, "ssh", opts.setup.output == OutputMode::Inherit)?;
     tracing::debug!(pid = control.pid(), %description, reuse = opts.reuse, "spawned ssh");
     let control = Arc::new(SshControl {
         process: control,
@@ -479,7 +462,7 @@ mod tests {
         let words = shell_words::split(remote).unwrap();
         assert_eq!(
             words.last().unwrap(),
-            &process::worker_args(None, None, false, &process::source_loader())[2]
+            &WorkerSetup::default().interpreter_args(&process::source_loader())[2]
         );
     }
 

@@ -1,0 +1,345 @@
+//! The relay behind `via=` and `installvia=`: how a [`Gateway`] serves as
+//! the [`Through`] of another gateway's start.
+//!
+//! A small relay ([`RELAY`]) runs in the intermediate worker: it starts the
+//! target process there, in a session of its own, and pumps its stdout to
+//! the channel as bytes items, its stderr as str items, and finally its
+//! exit status as an int. Bytes items from us go to the target's stdin; the
+//! end of the channel closes it. A second channel carries kill requests, so
+//! that [`PeerControl::kill`] never waits behind data. The host side is an
+//! ordinary [`Transport`]: the bootstrap and the whole protocol session go
+//! through the relay, and a via gateway can itself be the intermediate of
+//! another one (chains). What runs there is decided by `transport::via`;
+//! `installvia=` runs `bootstrap/socketserver.py` in the intermediate
+//! worker instead (`transport::socket`).
+//!
+//! This module sits above both the transports and the gateways (it uses
+//! channels to make a transport), which keeps `transport` free of
+//! gateways: the modules form no import cycle.
+//!
+//! The control channel travels as the relay channel's first item: a channel
+//! inside `remote_exec_call` kwargs currently ends the intermediate
+//! gateway's session (a worker bug, reported separately).
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use execnet_core::Value;
+
+use crate::channel::Channel;
+use crate::error::{ExitStatus, Result};
+use crate::gateway::Gateway;
+use crate::sync::lock;
+use crate::transport::process::Shared;
+use crate::transport::{socket, PeerControl, Through, ThroughFuture, Transport};
+
+/// How many bytes of the target's stderr are kept.
+const STDERR_TAIL: usize = 8 * 1024;
+
+/// The relay, run in the intermediate worker with `relay(channel, argv,
+/// env)`; the first item it receives is the control channel (sent as an
+/// item rather than in the call's kwargs: see the module docs). `argv[0] is
+/// None`: that worker's own interpreter.
+pub(crate) const RELAY: &str = r#"
+import os, signal, subprocess, sys, threading
+
+def relay(channel, argv, env):
+    ctl = channel.receive()
+    if argv[0] is None:
+        argv = [sys.executable] + list(argv[1:])
+    environ = dict(os.environ)
+    environ.update(env)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=environ, bufsize=0,
+                                start_new_session=True)
+    except OSError as e:
+        channel.send("relay: cannot start %s: %s\n" % (argv[0], e))
+        channel.send(127)
+        return
+
+    def kill(_item=None):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    ctl.setcallback(kill)
+
+    def pump(f, wrap):
+        fd = f.fileno()
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                return
+            try:
+                channel.send(wrap(data))
+            except Exception:
+                kill()
+                return
+
+    pumps = [threading.Thread(target=pump, args=(proc.stdout, bytes)),
+             threading.Thread(target=pump, args=(proc.stderr,
+                                                 lambda b: b.decode("utf-8", "replace")))]
+    for t in pumps:
+        t.daemon = True
+        t.start()
+
+    def finish():
+        for t in pumps:
+            t.join()
+        rc = proc.wait()
+        try:
+            channel.send(rc)
+        except Exception:
+            pass
+    waiter = threading.Thread(target=finish)
+    waiter.daemon = True
+    waiter.start()
+
+    fd = proc.stdin.fileno()
+    try:
+        while True:
+            data = channel.receive()
+            while data:
+                data = data[os.write(fd, data):]
+    except Exception:
+        pass  # the end of the channel, or the target stopped reading
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    waiter.join()
+"#;
+
+#[derive(Serialize)]
+struct RelayArgs<'a> {
+    argv: Vec<Option<String>>,
+    env: std::collections::BTreeMap<&'a str, &'a str>,
+}
+
+/// What the relay reported, shared by the reader and the control.
+#[derive(Default)]
+struct RelayState {
+    inner: Mutex<RelayInner>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct RelayInner {
+    status: Option<ExitStatus>,
+    ended: bool,
+    /// Why the relay channel ended, if not with the target's exit status.
+    lost: Option<String>,
+    stderr: Vec<u8>,
+}
+
+impl Through for Gateway {
+    fn id(&self) -> &str {
+        Gateway::id(self)
+    }
+
+    fn relay_process(
+        &self,
+        argv: Vec<Option<String>>,
+        env: Vec<(String, String)>,
+        description: String,
+    ) -> ThroughFuture<'_, (Transport, Arc<dyn PeerControl>)> {
+        Box::pin(async move {
+            let (transport, control) = relay(self, argv, &env, description).await?;
+            Ok((transport, control as Arc<dyn PeerControl>))
+        })
+    }
+
+    fn install_socket_server(&self, bind: String, token: String) -> ThroughFuture<'_, String> {
+        Box::pin(async move {
+            let ch = self
+                .remote_exec_call(
+                    execnet_bootstrap::SOCKETSERVER_SOURCE,
+                    "installvia",
+                    &serde_json::json!({ "bind": bind, "token": token }),
+                )
+                .await?;
+            let served: String = ch.receive().await?;
+            let _ = ch.waitclose(Some(socket::CONNECT_TIMEOUT)).await;
+            Ok(served)
+        })
+    }
+}
+
+/// Starts `argv` through `via`'s relay (see the module docs).
+async fn relay(
+    via: &Gateway,
+    argv: Vec<Option<String>>,
+    env: &[(String, String)],
+    description: String,
+) -> Result<(Transport, Arc<RelayControl>)> {
+    let ctl = via.newchannel()?;
+    let args = RelayArgs {
+        argv,
+        env: env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+    };
+    let ch = via.remote_exec_call(RELAY, "relay", &args).await?;
+    ch.send(&ctl).await?;
+    ch.send_value(&Value::Bytes(
+        execnet_bootstrap::worker_compressed().to_vec(),
+    ))
+    .await?;
+    let state = Arc::new(RelayState::default());
+    let control = Arc::new(RelayControl {
+        ctl,
+        state: state.clone(),
+        via: via.id().to_string(),
+    });
+    let transport = Transport {
+        reader: Box::new(RelayReader {
+            ch: ch.clone(),
+            state: state.clone(),
+            pending: Vec::new(),
+            pos: 0,
+        }),
+        writer: Box::new(RelayWriter { ch }),
+        control: Some(Box::new(Shared(control.clone()))),
+        description,
+    };
+    Ok((transport, control))
+}
+
+/// The target's stdout, from the relay channel.
+struct RelayReader {
+    ch: Channel,
+    state: Arc<RelayState>,
+    pending: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for RelayReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.pos < self.pending.len() {
+                let n = buf.len().min(self.pending.len() - self.pos);
+                buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            match futures_lite::future::block_on(self.ch.receive_value(None)) {
+                Ok(Value::Bytes(b)) => {
+                    self.pending = b;
+                    self.pos = 0;
+                }
+                Ok(Value::Str(s)) => {
+                    let mut g = lock(&self.state.inner);
+                    g.stderr.extend_from_slice(s.as_bytes());
+                    let excess = g.stderr.len().saturating_sub(STDERR_TAIL);
+                    g.stderr.drain(..excess);
+                }
+                Ok(v) => {
+                    let status = match v.as_i64().and_then(|c| i32::try_from(c).ok()) {
+                        Some(c) if c < 0 => ExitStatus::Signal(-c),
+                        Some(c) => ExitStatus::Code(c),
+                        None => ExitStatus::Unknown,
+                    };
+                    // The target is gone: close our side, so the relay ends.
+                    let _ = self.ch.close();
+                    self.end(Some(status), None);
+                    return Ok(0);
+                }
+                Err(e) => {
+                    let lost = if !e.is_eof() {
+                        Some(e.to_string())
+                    } else if self.ch.gateway().is_terminated() {
+                        Some("it was terminated".to_string())
+                    } else {
+                        None
+                    };
+                    self.end(None, lost);
+                    return Ok(0);
+                }
+            }
+        }
+    }
+}
+
+impl RelayReader {
+    fn end(&self, status: Option<ExitStatus>, lost: Option<String>) {
+        let mut g = lock(&self.state.inner);
+        if g.ended {
+            return;
+        }
+        g.ended = true;
+        g.status = status;
+        g.lost = lost;
+        self.state.cv.notify_all();
+    }
+}
+
+/// Bytes to the target's stdin, as items on the relay channel.
+struct RelayWriter {
+    ch: Channel,
+}
+
+impl Write for RelayWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        futures_lite::future::block_on(self.ch.send_value(&Value::Bytes(buf.to_vec())))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string()))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RelayWriter {
+    fn drop(&mut self) {
+        // The end of our stream: the relay closes the target's stdin.
+        let _ = self.ch.close();
+    }
+}
+
+/// Kill requests go through their own channel; the status is what the relay
+/// reported.
+struct RelayControl {
+    ctl: Channel,
+    state: Arc<RelayState>,
+    via: String,
+}
+
+impl PeerControl for RelayControl {
+    fn kill(&self) {
+        if lock(&self.state.inner).ended {
+            return;
+        }
+        // The control channel never carries data, so its window is open and
+        // this send does not wait for the peer.
+        let _ =
+            futures_lite::future::block_on(self.ctl.send_timeout(&"kill", Duration::from_secs(1)));
+    }
+    fn wait(&self, timeout: Duration) -> Option<ExitStatus> {
+        let g = lock(&self.state.inner);
+        let (g, _) = self
+            .state
+            .cv
+            .wait_timeout_while(g, timeout, |s| !s.ended)
+            .unwrap_or_else(|e| e.into_inner());
+        g.ended.then(|| g.status.unwrap_or(ExitStatus::Unknown))
+    }
+    fn stderr_tail(&self, _timeout: Duration) -> String {
+        let g = lock(&self.state.inner);
+        let mut text = String::from_utf8_lossy(&g.stderr).into_owned();
+        if let Some(lost) = &g.lost {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "(the gateway {} that relayed this one ended: {lost})",
+                self.via
+            ));
+        }
+        text
+    }
+}
