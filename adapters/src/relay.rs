@@ -2,14 +2,19 @@
 //! the [`Through`] of another gateway's start.
 //!
 //! A small relay ([`RELAY`]) runs in the intermediate worker: it starts the
-//! target process there, in a session of its own, and pumps its stdout to
-//! the channel as bytes items, its stderr as str items, and finally its
-//! exit status as an int. Bytes items from us go to the target's stdin; the
-//! end of the channel closes it. A second channel carries kill requests, so
-//! that [`PeerControl::kill`] never waits behind data. The host side is an
+//! target process there, in a session of its own, and its threads pump the
+//! target's stdout to a data channel (made here) as bytes items, its stderr
+//! as str items, and finally its exit status as an int. Bytes items from us
+//! go to the target's stdin; the end of the channel closes it. A second
+//! channel carries kill requests, so that [`PeerControl::kill`] never waits
+//! behind data. The relay's exec returns as soon as the target runs: an
+//! intermediate worker with `execmodel=main_thread_only` (pytest-xdist's
+//! `--px`) relays any number of targets, where a relay that held its exec
+//! would let only one start at a time (execnet refuses the second with a
+//! deadlock error). The host side is an
 //! ordinary [`Transport`]: the bootstrap and the whole protocol session go
 //! through the relay, and a via gateway can itself be the intermediate of
-//! another one (chains). What runs there is decided by `transport::via`;
+//! //! another one (chains). What runs there is decided by `transport::via`;
 //! `installvia=` runs `bootstrap/socketserver.py` in the intermediate
 //! worker instead (`transport::socket`).
 //!
@@ -17,9 +22,10 @@
 //! channels to make a transport), which keeps `transport` free of
 //! gateways: the modules form no import cycle.
 //!
-//! The control channel travels as the relay channel's first item: a channel
-//! inside `remote_exec_call` kwargs currently ends the intermediate
-//! gateway's session (a worker bug, reported separately).
+//! The control and data channels travel as the exec channel's first two
+//! items rather than in the call's kwargs: a channel inside
+//! `remote_exec_call` kwargs currently ends the intermediate gateway's
+//! session (a worker bug, reported separately).
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
@@ -34,7 +40,7 @@ use crate::error::{ExitStatus, Result};
 use crate::gateway::Gateway;
 use crate::sync::lock;
 use crate::transport::process::Shared;
-use crate::transport::{socket, PeerControl, Through, ThroughFuture, Transport};
+use crate::transport::{socket, PeerControl, Through, ThroughFuture, Transport, STARTUP_TIMEOUT};
 
 /// How many bytes of the target's stderr are kept.
 const STDERR_TAIL: usize = 8 * 1024;
@@ -47,7 +53,12 @@ pub(crate) const RELAY: &str = r#"
 import os, signal, subprocess, sys, threading
 
 def relay(channel, argv, env):
+    # Both channels come as items (see the module docs). `data` carries the
+    # target's bytes; this exec returns as soon as the target runs, so the
+    # intermediate worker's main thread (execmodel=main_thread_only) is
+    # free for the next relay: its threads do the pumping.
     ctl = channel.receive()
+    data = channel.receive()
     if argv[0] is None:
         argv = [sys.executable] + list(argv[1:])
     environ = dict(os.environ)
@@ -57,8 +68,8 @@ def relay(channel, argv, env):
                                 stderr=subprocess.PIPE, env=environ, bufsize=0,
                                 start_new_session=True)
     except OSError as e:
-        channel.send("relay: cannot start %s: %s\n" % (argv[0], e))
-        channel.send(127)
+        data.send("relay: cannot start %s: %s\n" % (argv[0], e))
+        data.send(127)
         return
 
     def kill(_item=None):
@@ -72,49 +83,46 @@ def relay(channel, argv, env):
         fd = f.fileno()
         while True:
             try:
-                data = os.read(fd, 65536)
+                got = os.read(fd, 65536)
             except OSError:
-                data = b""
-            if not data:
+                got = b""
+            if not got:
                 return
             try:
-                channel.send(wrap(data))
+                data.send(wrap(got))
             except Exception:
                 kill()
                 return
 
+    def feed():
+        fd = proc.stdin.fileno()
+        try:
+            while True:
+                item = data.receive()
+                while item:
+                    item = item[os.write(fd, item):]
+        except Exception:
+            pass  # the end of the channel, or the target stopped reading
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
     pumps = [threading.Thread(target=pump, args=(proc.stdout, bytes)),
              threading.Thread(target=pump, args=(proc.stderr,
                                                  lambda b: b.decode("utf-8", "replace")))]
-    for t in pumps:
-        t.daemon = True
-        t.start()
 
     def finish():
         for t in pumps:
             t.join()
         rc = proc.wait()
         try:
-            channel.send(rc)
+            data.send(rc)
         except Exception:
             pass
-    waiter = threading.Thread(target=finish)
-    waiter.daemon = True
-    waiter.start()
-
-    fd = proc.stdin.fileno()
-    try:
-        while True:
-            data = channel.receive()
-            while data:
-                data = data[os.write(fd, data):]
-    except Exception:
-        pass  # the end of the channel, or the target stopped reading
-    try:
-        proc.stdin.close()
-    except OSError:
-        pass
-    waiter.join()
+    for t in pumps + [threading.Thread(target=feed), threading.Thread(target=finish)]:
+        t.daemon = True
+        t.start()
 "#;
 
 #[derive(Serialize)]
@@ -184,8 +192,13 @@ async fn relay(
         argv,
         env: env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
     };
-    let ch = via.remote_exec_call(RELAY, "relay", &args).await?;
-    ch.send(&ctl).await?;
+    let ch = via.newchannel()?;
+    let exec = via.remote_exec_call(RELAY, "relay", &args).await?;
+    exec.send(&ctl).await?;
+    exec.send(&ch).await?;
+    // The relay returns once the target runs; an error there (a bug, or a
+    // worker that cannot run threads) ends the exec channel with it.
+    exec.waitclose(Some(STARTUP_TIMEOUT)).await?;
     ch.send_value(&Value::Bytes(
         execnet_bootstrap::worker_compressed().to_vec(),
     ))

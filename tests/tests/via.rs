@@ -222,3 +222,36 @@ fn exiting_the_via_gateway_ends_its_targets_with_an_error() {
         );
     })
 }
+
+/// pytest-xdist's `--px`: one proxy gateway with `execmodel=main_thread_only`
+/// and several targets through it. The relay's exec returns once its target
+/// runs, so the proxy's only exec thread is free for the next relay; a relay
+/// that held it made the second start wait for the start timeout.
+#[test]
+fn several_targets_through_a_main_thread_only_proxy() {
+    bounded(LIMIT, || {
+        let proxy = Gateway::builder("popen//execmodel=main_thread_only")
+            .unwrap()
+            .start()
+            .unwrap();
+        let start = |_| {
+            Gateway::builder(&format!("popen//via={}", proxy.id()))
+                .unwrap()
+                .via_gateway(proxy.clone())
+                .startup_timeout(Duration::from_secs(10))
+                .start()
+        };
+        let targets: Vec<Gateway> = (0..3).map(start).collect::<Result<_, _>>().unwrap();
+        for t in &targets {
+            assert_eq!(ppid(t.info().pid), Some(proxy.info().pid));
+            suite::run(t);
+        }
+        // The proxy still runs code of its own (its main thread is free).
+        let ch = proxy.remote_exec("channel.send(6 * 7)").unwrap();
+        assert_eq!(ch.receive::<i64>().unwrap(), 42);
+        for t in targets {
+            t.exit().unwrap();
+        }
+        proxy.exit().unwrap();
+    })
+}
