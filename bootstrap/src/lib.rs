@@ -36,10 +36,12 @@
 //! stderr: the process's stderr (fd 1 output too, in the default "inherit" mode)
 //! ```
 //!
-//! popen may instead use [`learning_loader`] (the interpreter hands its
-//! compiled worker back ahead of its frames) and, for later starts of the
-//! same interpreter, [`cached_loader`] (it loads that code instead of
-//! compiling the source; docs/protocol.md §1).
+//! popen uses [`boot_loader`] instead: a header on stdin says whether
+//! compiled code (from an earlier start of the same interpreter, kept in
+//! memory and on disk by the host) comes ahead of the source; without it
+//! the interpreter compiles the source and hands its compiled worker back
+//! ahead of its frames (docs/protocol.md §1). [`learning_loader`] and
+//! [`cached_loader`] are the same two halves with the choice made in argv.
 //!
 //! `-S` may be added (the worker needs no `site`); it saves ~20 ms per start.
 //! The worker moves the protocol off fds 0/1 at once (fd 0 becomes
@@ -153,6 +155,43 @@ pub fn cached_loader(code_len: usize, version: &str, len: usize) -> String {
          _x=marshal.loads(_d) if _execnet_boot else zlib.decompress(_s);\
          del _b,_d,_s;exec(_x)"
     )
+}
+
+/// The `-c` argument of a popen start whose stdin says what it carries: the
+/// host decides *after* spawning the interpreter whether it sends compiled
+/// code, so an interpreter starts while another start of the same one is
+/// still compiling (single-flight, `transport/code_cache.rs`).
+///
+/// stdin: a header line made by [`boot_header`] (`K N VERSION_HEX\n`), `K`
+/// bytes of marshal data (none when `K` is 0), `N` bytes of
+/// [`worker_compressed`], then frames. The loader loads the marshal data
+/// only if `K > 0` and `sys.version` is the version in the header (marshal
+/// data of another version could crash the interpreter), and then sets
+/// `_execnet_boot = True` in `__main__`. Otherwise it compiles the source,
+/// writes the code record of a [`learning_loader`] to fd 1 (see
+/// [`CODE_RECORD_MAGIC`]) ahead of the worker's frames, and runs it. The
+/// argument holds quotes and newlines: for argv (popen), not for a remote
+/// shell.
+pub fn boot_loader() -> &'static str {
+    "import sys,zlib,marshal\n\
+     _b=sys.stdin.buffer;_h=_b.readline().split();_d=_b.read(int(_h[0]));_s=_b.read(int(_h[1]))\n\
+     if _d and sys.version.encode().hex()==_h[2].decode():_x=marshal.loads(_d);_execnet_boot=True\n\
+     else:\n \
+     _x=compile(zlib.decompress(_s),'<string>','exec');_m=marshal.dumps(_x);_v=sys.version.encode()\n \
+     _f=open(1,'wb',closefd=False);_f.write(b'EXNCODE1'+len(_v).to_bytes(4,'big')+_v+len(_m).to_bytes(4,'big')+_m);_f.flush();del _f,_m,_v\n\
+     del _b,_h,_d,_s;exec(_x)"
+}
+
+/// The header line a [`boot_loader`] reads first: `code_len` bytes of
+/// marshal data compiled by the interpreter whose `sys.version` is
+/// `version` follow it (`code_len` 0: none, `version` is ignored), then
+/// `source_len` bytes of [`worker_compressed`].
+pub fn boot_header(code_len: usize, version: &str, source_len: usize) -> Vec<u8> {
+    let mut hex: String = version.bytes().map(|b| format!("{b:02x}")).collect();
+    if hex.is_empty() {
+        hex.push('-');
+    }
+    format!("{code_len} {source_len} {hex}\n").into_bytes()
 }
 
 #[cfg(test)]

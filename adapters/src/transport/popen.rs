@@ -5,13 +5,13 @@
 //! read by a thread that keeps its tail for error reports and passes it
 //! through to our stderr when output is inherited (all of that is
 //! `transport/process.rs`, shared with ssh). The first start of an
-//! interpreter has it hand back its compiled worker, which later starts load
-//! instead of compiling (`transport/code_cache.rs`). The default interpreter is
+//! interpreter has it hand back its compiled worker, which later starts (in
+//! this process, or in others through the disk cache) load instead of
+//! compiling (`transport/code_cache.rs`). The default interpreter is
 //! the `python3` on `PATH`, resolved once to the real binary (a pyenv shim
 //! costs ~80 ms per start).
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -191,11 +191,12 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
     let _ = rustix::pipe::fcntl_setpipe_size(&stdin, PIPE_SIZE);
     let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_SIZE);
 
-    process::send_worker(&mut stdin, &control, &boot.payload())?;
-    let reader: Box<dyn Read + Send> = match boot.learn {
-        Some(key) => Box::new(code_cache::LearningReader::new(stdout, key)),
-        None => Box::new(stdout),
-    };
+    // Compiled code from memory or disk, or the source; may wait for
+    // another start of this interpreter that is compiling (single-flight)
+    // while this one's interpreter starts up.
+    let start = boot.resolve();
+    process::send_worker(&mut stdin, &control, &start.payload())?;
+    let reader = start.reader(stdout);
     Ok(Transport {
         reader,
         writer: Box::new(stdin),
