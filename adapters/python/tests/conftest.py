@@ -7,6 +7,10 @@ import pytest
 
 import execnet_rs
 
+# The tests never write the user's compiled-worker cache (~/.cache/execnet-rs);
+# the engine reads this at its first popen start.
+os.environ.setdefault("EXECNET_CACHE_DIR", "off")
+
 
 def _pythons():
     found = [sys.executable]
