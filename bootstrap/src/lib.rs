@@ -96,12 +96,16 @@ pub const RSYNC_SOURCE: &str = include_str!("../rsync_remote.py");
 /// The worker source, zlib-compressed (computed once, on first use).
 pub fn worker_compressed() -> &'static [u8] {
     static COMPRESSED: OnceLock<Vec<u8>> = OnceLock::new();
-    COMPRESSED.get_or_init(|| {
-        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(WORKER_SOURCE.as_bytes())
-            .expect("writing to a Vec cannot fail");
-        enc.finish().expect("writing to a Vec cannot fail")
-    })
+    COMPRESSED.get_or_init(|| compress(WORKER_SOURCE))
+}
+
+/// `source`, zlib-compressed as the loaders expect it (for a worker source
+/// with statements in front, see `WorkerSetup` in the `execnet` crate).
+pub fn compress(source: &str) -> Vec<u8> {
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(source.as_bytes())
+        .expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
 }
 
 /// The `-c` argument that reads `len` compressed bytes from stdin and runs them:

@@ -115,6 +115,54 @@ fn suite_over_a_standalone_server() {
     })
 }
 
+/// `chdir=`, `nice=`, `env:` and `dont_write_bytecode` reach a worker that
+/// the socket server started (the server runs the interpreter, so they
+/// travel as statements in front of the worker source), on a standalone
+/// server and on one installed through a gateway.
+#[test]
+fn worker_keys_over_a_socket() {
+    bounded(LIMIT, || {
+        let server = Server::start("127.0.0.1:0", "sesame");
+        let dir = TempDir::new("socket-chdir");
+        let target = dir.path().join("made/here");
+        let check = |gw: &Gateway| {
+            let ch = gw
+                .remote_exec(
+                    "import os, sys, subprocess\n\
+                     child = subprocess.check_output([sys.executable, '-c', \
+                     'import os; print(os.environ[\"EXECNET_S\"])']).decode().strip()\n\
+                     channel.send((os.getcwd(), os.nice(0), os.environ['EXECNET_S'], child, \
+                     sys.dont_write_bytecode))",
+                )
+                .unwrap();
+            let (cwd, nice, env, child, no_bytecode): (String, i64, String, String, bool) =
+                ch.receive().unwrap();
+            assert_eq!(cwd, target.to_string_lossy());
+            assert_eq!(gw.info().cwd, target.to_string_lossy(), "the HELLO's cwd");
+            assert!(nice >= 3, "nice {nice}");
+            assert_eq!((env.as_str(), child.as_str()), ("a b'c", "a b'c"));
+            assert!(no_bytecode);
+        };
+        let keys = format!(
+            "chdir={}//nice=3//env:EXECNET_S=a b'c//dont_write_bytecode",
+            target.display()
+        );
+        let gw = makegateway(&format!("socket={}//token=sesame//{keys}", server.address)).unwrap();
+        check(&gw);
+        gw.exit().unwrap();
+
+        let via = execnet_tests::gw();
+        let gw = Gateway::builder(&format!("socket//installvia={}//{keys}", via.id()))
+            .unwrap()
+            .via_gateway(via.clone())
+            .start()
+            .unwrap();
+        check(&gw);
+        gw.exit().unwrap();
+        via.exit().unwrap();
+    })
+}
+
 #[test]
 fn token_sources_and_addresses() {
     bounded(LIMIT, || {

@@ -23,6 +23,7 @@ use sha2::Sha256;
 
 use super::{
     off_thread, Connect, ConnectFuture, Connected, PeerControl, Request, Through, Transport,
+    WorkerSetup,
 };
 use crate::error::{Error, ExitStatus, Result};
 use crate::sync::lock;
@@ -74,7 +75,16 @@ const KIND: &str = "socket";
 
 /// The socket transport: a running socket server (`socket=HOST:PORT`), or
 /// one installed in another gateway's worker first (`installvia=GWID`).
-enum SocketConnect {
+struct SocketConnect {
+    target: Target,
+    /// `chdir=`, `nice=`, `env:`, `dont_write_bytecode`, applied by
+    /// statements in front of the worker source (the server starts the
+    /// interpreter).
+    setup: WorkerSetup,
+}
+
+/// Where the socket server is.
+enum Target {
     Direct { address: String, token: Vec<u8> },
     InstallVia { via: String, bind: String },
 }
@@ -90,8 +100,8 @@ pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
             "socket= does not go via= a gateway; use socket//installvia=GWID".into(),
         )));
     }
-    let connector = match spec.installvia() {
-        Some(via) => SocketConnect::InstallVia {
+    let target = match spec.installvia() {
+        Some(via) => Target::InstallVia {
             via: via.to_string(),
             bind: spec
                 .socket()
@@ -107,35 +117,40 @@ pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
                     Err(e) => return Some(Err(e)),
                 },
             };
-            SocketConnect::Direct {
+            Target::Direct {
                 address: spec.socket().unwrap_or("").to_string(),
                 token: token.unwrap_or_default(),
             }
         }
     };
-    Some(Ok(Box::new(connector)))
+    Some(Ok(Box::new(SocketConnect {
+        target,
+        setup: WorkerSetup::from_spec(spec),
+    })))
 }
 
 impl Connect for SocketConnect {
     fn through(&self) -> Option<&str> {
-        match self {
-            SocketConnect::InstallVia { via, .. } => Some(via),
-            SocketConnect::Direct { .. } => None,
+        match &self.target {
+            Target::InstallVia { via, .. } => Some(via),
+            Target::Direct { .. } => None,
         }
     }
 
     fn connect(self: Box<Self>, through: Option<Box<dyn Through>>) -> ConnectFuture {
         Box::pin(async move {
-            let (transport, address) = match (*self, through) {
-                (SocketConnect::InstallVia { bind, .. }, Some(gw)) => {
-                    install_via(gw.as_ref(), bind).await?
+            let setup = self.setup;
+            let (transport, address) = match (self.target, through) {
+                (Target::InstallVia { bind, .. }, Some(gw)) => {
+                    install_via(gw.as_ref(), bind, setup).await?
                 }
-                (SocketConnect::InstallVia { via, .. }, None) => {
+                (Target::InstallVia { via, .. }, None) => {
                     return Err(Error::Spec(format!("no gateway {via:?} to install via")))
                 }
-                (SocketConnect::Direct { address, token }, _) => {
+                (Target::Direct { address, token }, _) => {
                     let a = address.clone();
-                    (off_thread(move || connect(&a, &token)).await?, address)
+                    let t = off_thread(move || connect_with(&a, &token, &setup)).await?;
+                    (t, address)
                 }
             };
             Ok(Connected {
@@ -148,8 +163,16 @@ impl Connect for SocketConnect {
 }
 
 /// Connects to a socket server, proves the token, sends the worker and
-/// returns the byte stream.
+/// returns the byte stream. Errors: [`Error::Spec`] (no token, a malformed
+/// address), [`Error::HostNotFound`], [`Error::ConnectionRefused`],
+/// [`Error::HostUnreachable`], [`Error::AuthenticationFailed`] (the server
+/// refused the token or is not ours), [`Error::BootstrapFailed`].
 pub fn connect(address: &str, token: &[u8]) -> Result<Transport> {
+    connect_with(address, token, &WorkerSetup::default())
+}
+
+/// [`connect`], with the worker set up as `setup` says before it runs.
+pub fn connect_with(address: &str, token: &[u8], setup: &WorkerSetup) -> Result<Transport> {
     if token.is_empty() {
         return Err(Error::Spec(format!(
             "socket={address}: a token is needed (token=, token_file=, \
@@ -203,7 +226,12 @@ pub fn connect(address: &str, token: &[u8]) -> Result<Transport> {
     stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
     stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
     handshake(&mut stream, address, token)?;
-    let compressed = execnet_bootstrap::worker_compressed();
+    let with_setup = setup
+        .worker_source(execnet_bootstrap::WORKER_SOURCE)
+        .map(|source| execnet_bootstrap::compress(&source));
+    let compressed = with_setup
+        .as_deref()
+        .unwrap_or_else(|| execnet_bootstrap::worker_compressed());
     let len = u32::try_from(compressed.len())
         .map_err(|_| Error::Spec("worker source too large".into()))?;
     let mut msg = Vec::with_capacity(4 + compressed.len());
@@ -294,7 +322,11 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 /// Starts a socket server inside `via`'s worker (a thread there serves it;
 /// it lives as long as that worker), bound to `bind` (`HOST:PORT`, port 0:
 /// any free one), with a fresh random token; connects to it.
-pub(crate) async fn install_via(via: &dyn Through, bind: String) -> Result<(Transport, String)> {
+pub(crate) async fn install_via(
+    via: &dyn Through,
+    bind: String,
+    setup: WorkerSetup,
+) -> Result<(Transport, String)> {
     let token: String = random_bytes::<32>()?
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -311,7 +343,7 @@ pub(crate) async fn install_via(via: &dyn Through, bind: String) -> Result<(Tran
     let address = format!("{host}:{port}");
     // Connecting blocks (TCP connect, the token exchange, the payload).
     let a = address.clone();
-    let transport = off_thread(move || connect(&a, token.as_bytes())).await?;
+    let transport = off_thread(move || connect_with(&a, token.as_bytes(), &setup)).await?;
     Ok((transport, address))
 }
 

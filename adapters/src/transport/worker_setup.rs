@@ -48,31 +48,66 @@ impl WorkerSetup {
     }
 
     /// The interpreter arguments that start the worker: `[-B] -u -c LOADER`,
-    /// where LOADER is docs/protocol.md §1's loader preceded by a prelude
-    /// that creates and enters `chdir` and applies `nice` (in the main
-    /// thread, before the worker starts any thread, so every thread
-    /// inherits it; the HELLO already reports the new directory). Values
-    /// are embedded as JSON strings, which are valid Python string
-    /// literals.
+    /// where LOADER is docs/protocol.md §1's loader preceded by
+    /// [`prelude`](Self::prelude). `env:` is not in them: a launcher sets it
+    /// in the interpreter's environment, before it starts.
     pub(crate) fn interpreter_args(&self, loader: &str) -> Vec<String> {
+        let mut args = Vec::with_capacity(4);
+        if self.dont_write_bytecode {
+            args.push("-B".to_string());
+        }
+        args.extend(["-u".to_string(), "-c".to_string(), self.prelude() + loader]);
+        args
+    }
+
+    /// Python statements that create and enter `chdir` and apply `nice`,
+    /// run in the worker's main thread before it starts any thread (so
+    /// every thread inherits them; the HELLO already reports the new
+    /// directory). Values are embedded as JSON strings, which are valid
+    /// Python string literals. Empty when neither is set.
+    fn prelude(&self) -> String {
         let mut prelude = String::new();
         if self.chdir.is_some() || self.nice.is_some() {
             prelude.push_str("import os;");
         }
         if let Some(dir) = &self.chdir {
-            let d = serde_json::to_string(&dir.to_string_lossy()).unwrap_or_else(|_| "'.'".into());
+            let d = py_str(&dir.to_string_lossy());
             prelude.push_str(&format!("os.makedirs({d},exist_ok=True);os.chdir({d});"));
         }
         if let Some(n) = self.nice {
             prelude.push_str(&format!("os.nice({n});"));
         }
-        let mut args = Vec::with_capacity(4);
-        if self.dont_write_bytecode {
-            args.push("-B".to_string());
-        }
-        args.extend(["-u".to_string(), "-c".to_string(), prelude + loader]);
-        args
+        prelude
     }
+
+    /// The worker source with the whole setup as Python statements in
+    /// front, for transports that cannot shape the interpreter's start (a
+    /// socket server starts it): the prelude, then `env:` into
+    /// `os.environ` and `-B` as `sys.dont_write_bytecode`, before any code
+    /// of the worker or the user runs (processes the user's code starts
+    /// inherit that environment). `None`: nothing to add, send the worker
+    /// as it is.
+    pub(crate) fn worker_source(&self, source: &str) -> Option<String> {
+        let mut head = self.prelude();
+        if !self.env.is_empty() {
+            head.push_str("import os;");
+            for (k, v) in &self.env {
+                head.push_str(&format!("os.environ[{}]={};", py_str(k), py_str(v)));
+            }
+        }
+        if self.dont_write_bytecode {
+            head.push_str("import sys;sys.dont_write_bytecode=True;");
+        }
+        if head.is_empty() {
+            return None;
+        }
+        Some(format!("{head}\n{source}"))
+    }
+}
+
+/// `s` as a Python string literal (a JSON string is one).
+fn py_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "''".into())
 }
 
 #[cfg(test)]
@@ -107,6 +142,23 @@ mod tests {
         assert_eq!(
             WorkerSetup::default().interpreter_args("L"),
             ["-u", "-c", "L"]
+        );
+    }
+
+    #[test]
+    fn a_started_interpreter_gets_the_setup_as_statements() {
+        assert_eq!(WorkerSetup::default().worker_source("W"), None);
+        let setup = WorkerSetup {
+            chdir: Some(PathBuf::from("/d")),
+            env: vec![("A".into(), "x\"y".into())],
+            dont_write_bytecode: true,
+            ..WorkerSetup::default()
+        };
+        assert_eq!(
+            setup.worker_source("W").unwrap(),
+            "import os;os.makedirs(\"/d\",exist_ok=True);os.chdir(\"/d\");\
+             import os;os.environ[\"A\"]=\"x\\\"y\";\
+             import sys;sys.dont_write_bytecode=True;\nW"
         );
     }
 }

@@ -110,18 +110,6 @@ class Group:
         core = _core.makegateway(rendered, via)
         gw = Gateway(core, spec, self.execmodel)
         self._register(gw)
-        if spec.socket and (spec.chdir or spec.nice or spec.env):
-            # The socket server starts the worker without our chdir=/nice=
-            # prelude (and env: keys): apply them as execnet's makegateway
-            # does for every gateway, by a remote_exec (pytest-xdist rsyncs
-            # into chdir= and runs there).
-            try:
-                ch = gw.remote_exec(_SPEC_FIXUP)
-                ch.send((spec.chdir, int(spec.nice or 0), dict(spec.env)))
-                ch.waitclose()
-            except BaseException:
-                gw.exit()
-                raise
         return gw
 
     def allocate_id(self, spec: XSpec) -> None:
@@ -310,15 +298,3 @@ if hasattr(os, "register_at_fork"):
 default_group = Group()
 makegateway = default_group.makegateway
 set_execmodel = default_group.set_execmodel
-
-_SPEC_FIXUP = """
-import os
-path, nice, env = channel.receive()
-if path:
-    os.makedirs(path, exist_ok=True)
-    os.chdir(path)
-if nice and hasattr(os, "nice"):
-    os.nice(nice)
-for name, value in env.items():
-    os.environ[name] = value
-"""
