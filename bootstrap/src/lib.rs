@@ -93,6 +93,23 @@ pub const SOCKETSERVER_SOURCE: &str = include_str!("../socketserver.py");
 /// `remote_exec`.
 pub const RSYNC_SOURCE: &str = include_str!("../rsync_remote.py");
 
+/// The fork server's Python source (`bootstrap/forkserver.py`): one interpreter
+/// that loads the worker once and forks a ready worker per `popen//fork`
+/// gateway. Started with [`loader`]`(`[`forkserver_compressed`]`().len())`;
+/// its start and control protocol are described at the top of the file.
+pub const FORKSERVER_SOURCE: &str = include_str!("../forkserver.py");
+
+/// [`FORKSERVER_SOURCE`], zlib-compressed (computed once, on first use).
+pub fn forkserver_compressed() -> &'static [u8] {
+    static COMPRESSED: OnceLock<Vec<u8>> = OnceLock::new();
+    COMPRESSED.get_or_init(|| {
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(FORKSERVER_SOURCE.as_bytes())
+            .expect("writing to a Vec cannot fail");
+        enc.finish().expect("writing to a Vec cannot fail")
+    })
+}
+
 /// The worker source, zlib-compressed (computed once, on first use).
 pub fn worker_compressed() -> &'static [u8] {
     static COMPRESSED: OnceLock<Vec<u8>> = OnceLock::new();

@@ -1,0 +1,347 @@
+# execnet fork server (popen//fork; docs/architecture.md, "Fork workers").
+#
+# Stdlib only; runs unchanged on CPython 3.6-3.13 and PyPy3, like the worker. One
+# interpreter start serves many gateways: this process loads the worker once and
+# forks a ready worker per request, so each further gateway costs a fork, not an
+# interpreter start and a compile.
+#
+# Start: the host runs  python [-B] -u -c "import sys,zlib;exec(zlib.decompress(
+# sys.stdin.buffer.read(N)))"  with stdin a unix stream socket (the control
+# connection), stdout /dev/null and stderr its own. It writes this file
+# zlib-compressed (N bytes), then a 4-byte big-endian length and the worker's
+# compressed source, and sends nothing more until the server says READY.
+#
+# Requests (host -> server), 16 bytes each:  b"F", flags, 6 zero bytes, token (8,
+# big-endian), with two descriptors attached (SCM_RIGHTS): the worker's stdin (read
+# end of a pipe) and stdout (write end). Flags bit 0: relay the worker's stderr to
+# the host as it comes (output mode "inherit"). The token names the gateway in
+# every report about it.
+#
+# Reports (server -> host):  kind (1 byte), token (8), payload length (4), payload.
+#   R  ready (token 0)
+#   S  started: the worker's pid (4 bytes)
+#   E  not started: why (UTF-8)
+#   O  stderr bytes of the worker (relay requested)
+#   X  ended: b"C" exit code or b"S" signal, the number (4 bytes, signed), then the
+#      last bytes of the worker's stderr
+#
+# A worker is a child of this server: its own session and process group (setsid),
+# stdin/stdout the host's pipes, stderr a fresh pipe read here, every other
+# descriptor closed (nothing of another gateway or of the server is left in it);
+# then the worker's process-mode main runs as in a fresh interpreter. The server
+# reaps its children and reports how each ended, with the tail of its stderr. At the
+# end of the control connection (the host closed it or died) it kills every worker's
+# process group it still has, reaps them and exits.
+import os
+import sys
+import zlib
+import _signal  # not "signal": that imports enum
+import _socket
+import _struct as struct
+import select
+
+TAIL = 8192  # stderr bytes kept per worker for its exit report
+REQUEST = 16
+HDR = struct.Struct(">cQI")
+DEBUG = os.environ.get("EXECNET_DEBUG")
+
+
+def _trace(*a):
+    if DEBUG:
+        try:
+            os.write(2, ("[forkserver %d] %s\n" % (os.getpid(), " ".join(map(str, a)))).encode())
+        except OSError:
+            pass
+
+
+def _readn(f, n):
+    b = f.read(n)
+    if b is None or len(b) != n:
+        raise EOFError("control input ended during the start (%d of %d bytes)" % (len(b or b""), n))
+    return b
+
+
+def load_worker(inp):
+    """Read the worker's compressed source from the control input and define it
+    (only: thread-mode contract) in a namespace of its own."""
+    n = struct.unpack(">I", _readn(inp, 4))[0]
+    code = compile(zlib.decompress(_readn(inp, n)), "<string>", "exec")
+    ns = {"__name__": "execnet_fork_worker", "__builtins__": __builtins__}
+    exec(code, ns)
+    return ns
+
+
+def _status(st):
+    if os.WIFSIGNALED(st):
+        return b"S" + struct.pack(">i", os.WTERMSIG(st))
+    if os.WIFEXITED(st):
+        return b"C" + struct.pack(">i", os.WEXITSTATUS(st))
+    return b"C" + struct.pack(">i", -1)
+
+
+def _close_from(low):
+    try:
+        fds = [int(x) for x in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        fds = None
+    if fds is None:
+        os.closerange(low, 65536)
+        return
+    for fd in fds:
+        if fd >= low:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the directory listdir had open
+
+
+class Child(object):
+    __slots__ = ("token", "pid", "errfd", "tail", "relay", "alive")
+
+    def __init__(self, token, pid, errfd, relay):
+        self.token, self.pid, self.errfd, self.relay = token, pid, errfd, relay
+        self.tail = bytearray()
+        self.alive = True
+
+
+class Server(object):
+    def __init__(self, ctl, worker):
+        self.ctl = ctl  # _socket.socket: the control connection
+        self.worker = worker  # the worker's namespace
+        self.children = {}  # pid -> Child, until reaped
+        self.pipes = {}  # stderr read end -> Child, until its end of file
+        self.buf, self.fds = b"", []
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.poll = select.poll()
+        self.poll.register(ctl.fileno(), select.POLLIN)
+        self.poll.register(self.wake_r, select.POLLIN)
+
+    # -- reports
+    def report(self, kind, token, payload=b""):
+        try:
+            self.ctl.sendall(HDR.pack(kind, token, len(payload)) + payload)
+            return True
+        except OSError as e:
+            _trace("report failed:", e)
+            return False
+
+    # -- the loop
+    def serve(self):
+        # SIGCHLD wakes the loop (the C handler writes to wake_w); the Python-level
+        # handler does nothing, the loop reaps
+        _signal.set_wakeup_fd(self.wake_w)
+        _signal.signal(_signal.SIGCHLD, lambda s, f: None)
+        self.report(b"R", 0)
+        try:
+            import gc
+
+            gc.freeze()  # 3.7+: objects of the server stay out of the children's collections
+        except (ImportError, AttributeError):
+            pass
+        while True:
+            try:
+                ready = self.poll.poll(1000)
+            except InterruptedError:
+                ready = []
+            for fd, ev in ready:
+                if fd == self.wake_r:
+                    try:
+                        while os.read(self.wake_r, 512):
+                            pass
+                    except OSError:
+                        pass
+                elif fd in self.pipes:
+                    self.read_stderr(fd)
+            self.reap()
+            for fd, ev in ready:
+                if fd == self.ctl.fileno() and not self.control():
+                    self.shutdown()
+                    return
+
+    def control(self):
+        """Read (part of) a request; False at the end of the control connection."""
+        try:
+            data, anc, flags, _ = self.ctl.recvmsg(
+                REQUEST - len(self.buf), _socket.CMSG_SPACE(8 * 4))
+        except InterruptedError:
+            return True
+        except OSError as e:
+            _trace("control connection failed:", e)
+            return False
+        for level, kind, payload in anc:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                n = len(payload) // 4
+                self.fds.extend(struct.unpack("%di" % n, payload[:4 * n]))
+        if not data:
+            self.discard_fds()
+            return False
+        self.buf += data
+        if len(self.buf) == REQUEST:
+            req, self.buf = self.buf, b""
+            fds, self.fds = self.fds, []
+            self.request(req, fds)
+        return True
+
+    def discard_fds(self):
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+    def request(self, req, fds):
+        token = struct.unpack(">Q", req[8:16])[0]
+        if req[:1] != b"F" or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            self.report(b"E", token, ("bad request %r with %d descriptors"
+                                      % (req[:2], len(fds))).encode())
+            return
+        relay = bool(req[1] & 1)
+        inr, outw = fds
+        try:
+            er, ew = os.pipe()
+        except OSError as e:
+            os.close(inr)
+            os.close(outw)
+            self.report(b"E", token, ("no stderr pipe: %s" % e).encode())
+            return
+        try:
+            pid = os.fork()
+        except OSError as e:
+            pid = None
+            err = e
+        if pid == 0:
+            self.child(inr, outw, ew)  # never returns
+        os.close(inr)
+        os.close(outw)
+        os.close(ew)
+        if pid is None:
+            os.close(er)
+            self.report(b"E", token, ("fork failed: %s" % err).encode())
+            return
+        os.set_blocking(er, False)
+        c = Child(token, pid, er, relay)
+        self.children[pid] = c
+        self.pipes[er] = c
+        self.poll.register(er, select.POLLIN)
+        _trace("forked", pid, "for token", token)
+        self.report(b"S", token, struct.pack(">I", pid))
+
+    def child(self, inr, outw, ew):
+        """In the forked child: become a worker process, never return."""
+        try:
+            _signal.set_wakeup_fd(-1)
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            os.setsid()  # own session and process group: the host kills the group
+            os.dup2(inr, 0)
+            os.dup2(outw, 1)
+            os.dup2(ew, 2)
+            # the control socket object must not close a reused descriptor later
+            self.ctl.detach()
+            _close_from(3)
+            self.worker["_main"]()
+        except BaseException as e:
+            try:
+                os.write(2, ("execnet-worker: bootstrap failed: fork server child: %r\n"
+                             % (e,)).encode("utf-8", "replace"))
+            except BaseException:
+                pass
+        finally:
+            os._exit(1)
+
+    def read_stderr(self, fd):
+        c = self.pipes[fd]
+        try:
+            b = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            b = b""
+        if not b:
+            self.poll.unregister(fd)
+            os.close(fd)
+            del self.pipes[fd]
+            c.errfd = None
+            return
+        self.keep(c, b)
+
+    def keep(self, c, b):
+        if c.alive:
+            c.tail += b
+            if len(c.tail) > TAIL:
+                del c.tail[:-TAIL]
+        if c.relay:
+            self.report(b"O", c.token, b)
+
+    def reap(self):
+        while self.children:
+            try:
+                pid, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            c = self.children.pop(pid, None)
+            if c is None:
+                continue
+            # what the worker wrote before it ended is in the pipe now
+            for _ in range(16):
+                if c.errfd is None:
+                    break
+                try:
+                    b = os.read(c.errfd, 65536)
+                except OSError:
+                    break
+                if not b:
+                    self.read_stderr_eof(c)
+                    break
+                self.keep(c, b)
+            c.alive = False
+            _trace("reaped", pid, st)
+            self.report(b"X", c.token, _status(st) + bytes(c.tail))
+
+    def read_stderr_eof(self, c):
+        fd = c.errfd
+        self.poll.unregister(fd)
+        os.close(fd)
+        del self.pipes[fd]
+        c.errfd = None
+
+    def shutdown(self):
+        """The host has gone: no worker of ours outlives it."""
+        import time
+
+        for pid in list(self.children):
+            try:
+                os.killpg(pid, _signal.SIGKILL)
+            except OSError:
+                pass
+        end = time.monotonic() + 2.0
+        while self.children and time.monotonic() < end:
+            self.reap()
+            if self.children:
+                time.sleep(0.005)
+        _trace("exiting")
+
+
+def main():
+    inp = sys.stdin.buffer
+    worker = load_worker(inp)
+    # the control connection moves off fd 0 (fd 0 becomes /dev/null); everything
+    # the loader read through sys.stdin.buffer was the start's, nothing is buffered
+    ctl = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, os.dup(0))
+    dn = os.open(os.devnull, os.O_RDWR)
+    os.dup2(dn, 0)
+    os.close(dn)
+    Server(ctl, worker).serve()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The fork server (bootstrap/forkserver.py) through its real start and control
+protocol: forked workers speak the worker protocol over the host's pipes, each in
+its own process group with nothing else open; the server reports how each ended
+with its stderr tail, relays stderr on request, refuses a bad request, and when
+the control connection ends kills what is left and exits."""
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+import unittest
+import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hostclient import HERE, SOURCE, Host, W, loader  # noqa: E402
+
+FORKSERVER = os.path.join(HERE, "..", "forkserver.py")
+FS_SOURCE = zlib.compress(open(FORKSERVER, "rb").read(), 9)
+HDR = struct.Struct(">cQI")
+
+
+def alive(pid):
+    """Whether pid is a process that has not ended (a zombie has)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (IOError, OSError):
+        return False
+
+
+def wait_gone(pid, timeout=10):
+    end = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.01)
+    return not alive(pid)
+
+
+class Server(object):
+    """A fork server started as the host starts it."""
+
+    def __init__(self):
+        self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-c", loader(len(FS_SOURCE))],
+            stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True)
+        theirs.close()
+        self.ctl.sendall(FS_SOURCE + struct.pack(">I", len(SOURCE)) + SOURCE)
+        self.buf = b""
+        self.pending = []
+        kind, token, _ = self.report()
+        assert (kind, token) == (b"R", 0), (kind, token)
+        self.token = 0
+
+    def report(self, timeout=10):
+        """The next report: (kind, token, payload)."""
+        end = time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= HDR.size:
+                kind, token, n = HDR.unpack(self.buf[:HDR.size])
+                if len(self.buf) >= HDR.size + n:
+                    payload = self.buf[HDR.size:HDR.size + n]
+                    self.buf = self.buf[HDR.size + n:]
+                    return kind, token, payload
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([self.ctl], [], [], left)[0]:
+                raise AssertionError("no report within %s s" % timeout)
+            b = self.ctl.recv(65536)
+            if not b:
+                raise EOFError("the fork server closed the control connection")
+            self.buf += b
+
+    def expect(self, kind, token, timeout=10):
+        """The next report of `kind` for `token` (others are kept for later)."""
+        for i, r in enumerate(self.pending):
+            if r[0] == kind and r[1] == token:
+                return self.pending.pop(i)[2]
+        end = time.monotonic() + timeout
+        while True:
+            r = self.report(max(0.01, end - time.monotonic()))
+            if r[0] == kind and r[1] == token:
+                return r[2]
+            self.pending.append(r)
+
+    def fork(self, relay=False):
+        """(token, pid, Host) for a new forked worker."""
+        self.token += 1
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        req = b"F" + bytes([1 if relay else 0]) + b"\0" * 6 + struct.pack(">Q", self.token)
+        self.ctl.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                  struct.pack("2i", in_r, out_w))])
+        os.close(in_r)
+        os.close(out_w)
+        pid = struct.unpack(">I", self.expect(b"S", self.token))[0]
+        host = Host(stream=(os.fdopen(out_r, "rb", 0), os.fdopen(in_w, "wb", 0)))
+        return self.token, pid, host
+
+    def close(self):
+        self.ctl.close()
+        try:
+            rc = self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stderr.close()
+        return rc
+
+
+def run(host, source, timeout=10):
+    cid = host.exec_(source)
+    return host.item(cid, timeout)
+
+
+def ended(status):
+    kind, n = status[:1], struct.unpack(">i", status[1:5])[0]
+    return kind.decode(), n, status[5:].decode("utf-8", "replace")
+
+
+class ForkServer(unittest.TestCase):
+    def setUp(self):
+        self.server = Server()
+
+    def tearDown(self):
+        if self.server.proc.poll() is None:
+            self.server.close()
+
+    def test_forked_workers_are_full_workers_in_their_own_groups(self):
+        s = self.server
+        hosts = [s.fork() for _ in range(4)]
+        seen = set()
+        for token, pid, host in hosts:
+            info = host.hello()
+            self.assertEqual(info["pid"], pid)
+            got = run(host, "import os; channel.send((os.getpid(), os.getppid(), "
+                            "os.getpgid(0), os.getsid(0), sorted(os.listdir('/proc/self/fd'))))")
+            mypid, ppid, pgid, sid, fds = got
+            self.assertEqual((mypid, ppid, pgid, sid), (pid, s.proc.pid, pid, pid))
+            # 0/1/2 and the worker's own: the protocol's two dups, its stderr dup, the
+            # forwarding or nothing else (listdir's own descriptor comes and goes)
+            links = [os.readlink("/proc/%d/fd/%s" % (pid, fd)) for fd in fds
+                     if os.path.exists("/proc/%d/fd/%s" % (pid, fd))]
+            self.assertFalse([x for x in links if x.startswith("socket:")], links)
+            pipes = set(x for x in links if x.startswith("pipe:"))
+            self.assertFalse(pipes & seen, "a pipe of another worker is open here")
+            seen |= pipes
+            seen.add(pid)
+        self.assertEqual(len(set(p for _, p, _ in hosts)), 4)
+        for token, pid, host in hosts:
+            host.terminate()
+            self.assertEqual(ended(s.expect(b"X", token))[:2], ("C", 0))
+
+    def test_a_killed_worker_is_reported_with_its_stderr_tail(self):
+        s = self.server
+        token, pid, host = s.fork()
+        host.hello()
+        cid = host.exec_("import os, sys\nsys.stderr.write('last words\\n')\nsys.stderr.flush()\n"
+                         "os.kill(os.getpid(), 9)")
+        kind, n, tail = ended(s.expect(b"X", token))
+        self.assertEqual((kind, n), ("S", 9))
+        self.assertIn("last words", tail)
+        self.assertTrue(wait_gone(pid))
+        del cid
+
+    def test_stderr_is_relayed_on_request(self):
+        s = self.server
+        token, pid, host = s.fork(relay=True)
+        host.hello()
+        run(host, "import sys; sys.stderr.write('relayed text\\n'); sys.stderr.flush(); "
+                  "channel.send(1)")
+        self.assertIn(b"relayed text", s.expect(b"O", token))
+        host.terminate()
+        s.expect(b"X", token)
+
+    def test_a_request_without_descriptors_is_refused(self):
+        s = self.server
+        s.ctl.sendall(b"F\0" + b"\0" * 6 + struct.pack(">Q", 77))
+        self.assertIn(b"descriptors", s.expect(b"E", 77))
+        token, pid, host = s.fork()  # the server still serves
+        self.assertEqual(host.hello()["pid"], pid)
+        host.terminate()
+
+    def test_the_end_of_the_control_connection_ends_server_and_workers(self):
+        s = self.server
+        token, pid, host = s.fork()
+        host.hello()
+        grand = run(host, "import subprocess; p = subprocess.Popen(['sleep', '60']); "
+                          "channel.send(p.pid)")
+        self.assertEqual(s.close(), 0)
+        self.assertTrue(wait_gone(pid), "the worker outlived its server")
+        self.assertTrue(wait_gone(grand), "the worker's child outlived the server")
+
+    def test_a_worker_that_forks_keeps_working(self):
+        s = self.server
+        token, pid, host = s.fork()
+        host.hello()
+        got = run(host, "import os\nr, w = os.pipe()\npid = os.fork()\n"
+                        "if pid == 0:\n    os.write(w, b'child'); os._exit(0)\n"
+                        "os.close(w); data = os.read(r, 10); os.waitpid(pid, 0)\n"
+                        "channel.send(data)")
+        self.assertEqual(got, b"child")
+        self.assertEqual(run(host, "channel.send(6 * 7)"), 42)
+        host.terminate()
+        self.assertEqual(ended(s.expect(b"X", token))[:2], ("C", 0))
+
+
+if __name__ == "__main__":
+    unittest.main()
