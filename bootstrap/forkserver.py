@@ -321,7 +321,10 @@ class Server(object):
             try:
                 os.killpg(pid, _signal.SIGKILL)
             except OSError:
-                pass
+                try:
+                    os.kill(pid, _signal.SIGKILL)  # forked, not yet in its own group
+                except OSError:
+                    pass
         end = time.monotonic() + 2.0
         while self.children and time.monotonic() < end:
             self.reap()

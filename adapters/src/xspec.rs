@@ -192,6 +192,7 @@ impl XSpec {
             "id",
             "execmodel",
             "dont_write_bytecode",
+            "fork",
             "ssh_config",
             "ssh_reuse",
             "token",
@@ -261,6 +262,12 @@ impl XSpec {
     /// `dont_write_bytecode` flag: run the interpreter with `-B`.
     pub fn dont_write_bytecode(&self) -> bool {
         self.has("dont_write_bytecode")
+    }
+    /// `fork` flag (with `popen`): the worker is forked from a fork server
+    /// of its interpreter instead of started afresh (docs/architecture.md,
+    /// "Fork workers").
+    pub fn fork(&self) -> bool {
+        self.has("fork")
     }
     /// `ssh_config=`: an ssh config file.
     pub fn ssh_config(&self) -> Option<&str> {
@@ -367,6 +374,7 @@ mod tests {
             "socket//installvia=gw0",
             "socket=0.0.0.0:0//installvia=gw0",
             "vagrant_ssh=box//python=python3",
+            "popen//fork//python=python3//env:X=1//chdir=/w",
         ];
         for text in specs {
             let x = XSpec::parse(text).unwrap();
@@ -397,6 +405,9 @@ mod tests {
             (Some("socket"), None, Some("gw0"))
         );
         assert_eq!(XSpec::parse(specs[7]).unwrap().vagrant_ssh(), Some("box"));
+        let x = XSpec::parse(specs[8]).unwrap();
+        assert_eq!((x.gateway_type(), x.fork()), (Some("popen"), true));
+        assert!(!XSpec::parse(specs[1]).unwrap().fork());
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   worker.py        the worker: codec, framing, channels, execution, main loop
 //!   socketserver.py  standalone socket server (HMAC-SHA256 token handshake,
 //!                    one worker subprocess per connection; also `installvia`)
+//!   forkserver.py    popen//fork's fork server: loads the worker once, forks
+//!                    a ready worker per gateway, reaps and reports them
 //!   src/lib.rs       this crate: the sources as text, the compressed worker, the loader
 //!   tests/           stdlib unittest suites (`python -m unittest discover -s bootstrap/tests`)
 //! ```

@@ -27,6 +27,7 @@
 //! docs/architecture.md for the cost.
 
 pub(crate) mod code_cache;
+mod fork;
 pub mod popen;
 pub(crate) mod process;
 pub mod socket;
@@ -55,7 +56,7 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every transport, by the claim that recognises its specs (tried in
 /// order; the first that claims a spec serves it). Adding a transport: one
 /// new module with a [`Connect`] implementation, and its line here.
-const TRANSPORTS: &[Claim] = &[popen::claim, ssh::claim, socket::claim];
+const TRANSPORTS: &[Claim] = &[fork::claim, popen::claim, ssh::claim, socket::claim];
 
 /// A transport's claim: `None` when the spec is not its own, else its
 /// connector (or why the spec is wrong for it).

@@ -184,7 +184,7 @@ pub(crate) struct ProcessControl {
 }
 
 impl ProcessControl {
-    fn new(
+    pub(crate) fn new(
         child: Child,
         stderr: Option<std::process::ChildStderr>,
         passthrough: bool,

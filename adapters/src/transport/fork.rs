@@ -1,0 +1,737 @@
+//! `popen//fork`: local workers forked from a fork server, so that N
+//! gateways cost one interpreter start and N forks.
+//!
+//! One fork server runs per interpreter and per process setup that matters
+//! when the interpreter starts (`python=`, `chdir=`, `nice=`, `env:`,
+//! `dont_write_bytecode`; the [`ServerKey`]). It is
+//! `bootstrap/forkserver.py`, started like a popen worker (same loader, same
+//! `chdir`/`nice` prelude, same environment) but with its stdin a unix
+//! socket to us, the *control connection*. It loads the worker once; then,
+//! per gateway, we make the two pipes of the protocol (its stdin and
+//! stdout), send their far ends over the control connection
+//! (`SCM_RIGHTS`), and the server forks: the child gets its own session and
+//! process group, the pipes as fds 0/1, a fresh stderr pipe read by the
+//! server as fd 2, every other descriptor closed, and runs the worker's
+//! normal process-mode main. The driver then talks to it exactly as to a
+//! popen worker (output forwarding, terminate, HELLO with its own pid).
+//!
+//! The server is the worker's parent: it reaps it and reports, on the
+//! control connection, the pid (`S`), how it ended with the tail of its
+//! stderr (`X`), or why it could not fork (`E`); with output `inherit` it
+//! also relays the worker's stderr as it comes (`O`), which we copy to our
+//! stderr. [`ForkWorker`], the gateway's [`PeerControl`], kills the worker's
+//! process group itself and learns the exit status and stderr tail from
+//! those reports, so [`Error::WorkerDied`](crate::Error::WorkerDied) reads
+//! as for popen.
+//!
+//! Lifetime: every [`ForkWorker`] holds its [`Server`]; the registry only a
+//! weak reference. When the last gateway of a server is gone we close the
+//! control connection, and the server kills whatever is left of its
+//! workers' process groups, reaps them and exits (it does the same if we
+//! die). A server that ends under us fails the starts in flight (their
+//! worker never says HELLO: a start error carrying the reason), running
+//! gateways keep their pipes and go on, and the next start starts a new
+//! server.
+//!
+//! A start does not wait for the fork: it sends the request and hands the
+//! pipes to the driver, whose HELLO wait (the builder's start timeout)
+//! bounds it like any start; the pid arrives with the `S` report, and a
+//! kill asked for before that is carried out when it arrives.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{IoSlice, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::popen::{default_python, PopenOptions};
+use super::process::ProcessControl;
+use super::{
+    off_thread, Connect, ConnectFuture, Connected, PeerControl, Request, Through, Transport,
+    STARTUP_TIMEOUT,
+};
+use crate::error::{Error, ExitStatus, Result};
+use crate::sync::{lock, wait_timeout};
+use crate::xspec::OutputMode;
+
+/// The spec flag this module serves (`popen//fork`).
+const FLAG: &str = "fork";
+/// Requested size of the protocol pipes (as popen's).
+const PIPE_SIZE: usize = 1 << 20;
+/// A request's size on the control connection (forkserver.py's `REQUEST`).
+const REQUEST: usize = 16;
+/// A report's header: kind, token, payload length.
+const REPORT_HEADER: usize = 13;
+/// The largest report payload we accept (the server sends at most 64 KiB
+/// of stderr at once and an 8 KiB tail).
+const MAX_REPORT: usize = 1 << 20;
+/// How long dropping the last gateway waits for its server to exit before
+/// it kills it.
+const SERVER_EXIT: Duration = Duration::from_secs(2);
+
+/// Claims `popen//fork` specs (see [`super::TRANSPORTS`]; listed before
+/// popen, which would otherwise take them). `fork` with another gateway
+/// type, with `via=`, or with `jail` is refused.
+pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
+    let spec = request.spec;
+    if !spec.has(FLAG) {
+        return None;
+    }
+    if spec.gateway_type() != Some("popen") {
+        return Some(Err(Error::Spec(format!(
+            "fork is a popen option (popen//fork), not one of {:?}",
+            spec.gateway_type().unwrap_or("a spec without gateway type")
+        ))));
+    }
+    if spec.via().is_some() {
+        return Some(Err(Error::Spec(
+            "popen//fork cannot go via= another gateway (fork servers are local)".into(),
+        )));
+    }
+    if spec.has("jail") {
+        return Some(Err(Error::Spec(
+            "popen//fork and jail together are not supported".into(),
+        )));
+    }
+    Some(PopenOptions::from_spec(spec).map(|mut opts| {
+        opts.setup.output = request.output;
+        Box::new(ForkConnect { opts }) as Box<dyn Connect>
+    }))
+}
+
+/// The fork transport's connector.
+struct ForkConnect {
+    opts: PopenOptions,
+}
+
+impl Connect for ForkConnect {
+    fn connect(self: Box<Self>, _through: Option<Box<dyn Through>>) -> ConnectFuture {
+        Box::pin(async move {
+            let opts = self.opts;
+            let transport = off_thread(move || connect(&opts)).await?;
+            Ok(Connected {
+                transport,
+                probe: None,
+                remoteaddress: None,
+            })
+        })
+    }
+}
+
+/// Starts a forked worker: finds (or starts) the fork server of `opts`'
+/// interpreter and setup, and asks it for a worker. Errors:
+/// [`Error::InterpreterNotFound`] (the interpreter cannot be run),
+/// [`Error::BootstrapFailed`] (the server did not come up, or has ended).
+/// A worker the server cannot fork shows as a start that fails with the
+/// server's reason as its stderr.
+pub fn connect(opts: &PopenOptions) -> Result<Transport> {
+    let key = ServerKey::new(opts)?;
+    let server = server_for(key)?;
+    server.fork(opts.setup.output == OutputMode::Inherit)
+}
+
+/// What one fork server serves: the interpreter and every setting that
+/// takes effect when it starts. Output mode is per worker, not part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerKey {
+    argv: Vec<String>,
+    chdir: Option<PathBuf>,
+    nice: Option<i32>,
+    env: Vec<(String, String)>,
+    dont_write_bytecode: bool,
+}
+
+impl ServerKey {
+    fn new(opts: &PopenOptions) -> Result<ServerKey> {
+        let argv = match &opts.python {
+            Some(v) => v.clone(),
+            None => vec![default_python()?],
+        };
+        let s = &opts.setup;
+        Ok(ServerKey {
+            argv,
+            chdir: s.chdir.clone(),
+            nice: s.nice,
+            env: s.env.clone(),
+            dont_write_bytecode: s.dont_write_bytecode,
+        })
+    }
+}
+
+/// One registry slot per key; its lock is held while the key's server
+/// starts, so concurrent first starts wait for one server instead of
+/// starting several.
+type Slot = Arc<Mutex<Weak<Server>>>;
+
+/// The running fork servers, weakly: a server lives as long as gateways use
+/// it.
+fn registry() -> &'static Mutex<Vec<(ServerKey, Slot)>> {
+    static SERVERS: OnceLock<Mutex<Vec<(ServerKey, Slot)>>> = OnceLock::new();
+    SERVERS.get_or_init(Mutex::default)
+}
+
+/// The live server for `key`, started if there is none (or it has ended).
+fn server_for(key: ServerKey) -> Result<Arc<Server>> {
+    let slot = {
+        let mut all = lock(registry());
+        // Forget ended servers' slots that no one is starting in.
+        all.retain(|(_, slot)| {
+            Arc::strong_count(slot) > 1 || slot.try_lock().map_or(true, |w| w.strong_count() > 0)
+        });
+        match all.iter().find(|(k, _)| *k == key) {
+            Some((_, slot)) => slot.clone(),
+            None => {
+                let slot = Slot::default();
+                all.push((key.clone(), slot.clone()));
+                slot
+            }
+        }
+    };
+    let mut current = lock(&slot);
+    if let Some(server) = current.upgrade() {
+        if !server.reports.has_ended() {
+            return Ok(server);
+        }
+    }
+    let server = Arc::new(Server::start(&key)?);
+    *current = Arc::downgrade(&server);
+    Ok(server)
+}
+
+/// A running fork server: the control connection, what it reported, and
+/// its process.
+pub(crate) struct Server {
+    /// The control connection (requests go out here; a clone is read by
+    /// the report thread).
+    ctl: UnixStream,
+    /// Held while a request is written, so requests never interleave.
+    sending: Mutex<()>,
+    reports: Arc<Reports>,
+    process: Arc<ProcessControl>,
+    reader: Mutex<Option<JoinHandle<()>>>,
+    next_token: AtomicU64,
+    /// `popen//fork PYTHON`, for descriptions.
+    label: String,
+}
+
+impl Server {
+    /// Starts the fork server of `key` and waits until it is ready (bounded
+    /// by [`STARTUP_TIMEOUT`]).
+    fn start(key: &ServerKey) -> Result<Server> {
+        let python = shell_words::join(&key.argv);
+        let (program, pre_args) = key
+            .argv
+            .split_first()
+            .ok_or_else(|| Error::Spec("python= is empty".into()))?;
+        let (ours, theirs) = UnixStream::pair()?;
+        let setup = super::WorkerSetup {
+            chdir: key.chdir.clone(),
+            nice: key.nice,
+            env: key.env.clone(),
+            dont_write_bytecode: key.dont_write_bytecode,
+            output: OutputMode::Forward,
+        };
+        let source = execnet_bootstrap::forkserver_compressed();
+        let mut cmd = Command::new(program);
+        cmd.args(pre_args)
+            .args(setup.interpreter_args(&execnet_bootstrap::loader(source.len())))
+            .envs(key.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        {
+            use std::os::unix::process::CommandExt;
+            // Out of our terminal's process group: a Ctrl-C meant for us
+            // must not kill the server under running gateways.
+            cmd.process_group(0);
+        }
+        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                Error::InterpreterNotFound {
+                    python: python.clone(),
+                    reason: e.to_string(),
+                }
+            }
+            _ => Error::from(e),
+        })?;
+        let stderr = child.stderr.take();
+        let process = Arc::new(ProcessControl::new(child, stderr, false));
+        let pid = process.pid().unwrap_or(0);
+        let label = format!("popen//fork {python}");
+        tracing::debug!(pid, %label, "spawned fork server");
+
+        let fail = |reason: String| {
+            process.kill();
+            let status = process.wait(Duration::from_secs(2));
+            let how = status.map_or_else(String::new, |s| format!(" ({s})"));
+            Error::BootstrapFailed {
+                reason: format!("the fork server of {python}{how}: {reason}"),
+                stderr_tail: process.stderr_tail(Duration::from_millis(500)),
+            }
+        };
+        let started = Instant::now();
+        let worker = execnet_bootstrap::worker_compressed();
+        let len = u32::try_from(worker.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes();
+        let sent = ours
+            .set_write_timeout(Some(STARTUP_TIMEOUT))
+            .and_then(|()| (&ours).write_all(source))
+            .and_then(|()| (&ours).write_all(&len))
+            .and_then(|()| (&ours).write_all(worker));
+        if let Err(e) = sent {
+            return Err(fail(format!("writing its source: {e}")));
+        }
+        let reports = Arc::new(Reports::default());
+        let reader = ours.try_clone().and_then(|r| {
+            let reports = reports.clone();
+            let server_process = process.clone();
+            std::thread::Builder::new()
+                .name(format!("execnet-fork-{pid}"))
+                .spawn(move || {
+                    read_reports(r, &reports);
+                    // Without its control connection the server is of no
+                    // use (it exits at its end): reap it now, not when its
+                    // last gateway goes.
+                    if server_process.wait(SERVER_EXIT).is_none() {
+                        server_process.kill();
+                        let _ = server_process.wait(SERVER_EXIT);
+                    }
+                })
+        });
+        let reader = match reader {
+            Ok(h) => h,
+            Err(e) => return Err(fail(format!("no report thread: {e}"))),
+        };
+        let server = Server {
+            ctl: ours,
+            sending: Mutex::new(()),
+            reports,
+            process: process.clone(),
+            reader: Mutex::new(Some(reader)),
+            next_token: AtomicU64::new(1),
+            label,
+        };
+        let ready = server
+            .reports
+            .wait_until(started + STARTUP_TIMEOUT, |b| {
+                if b.ready {
+                    Some(Ok(()))
+                } else {
+                    b.ended.clone().map(Err)
+                }
+            })
+            .unwrap_or_else(|| Err(format!("not ready within {STARTUP_TIMEOUT:?}")));
+        if let Err(why) = ready {
+            drop(server);
+            return Err(fail(why));
+        }
+        tracing::debug!(pid, elapsed = ?started.elapsed(), "fork server ready");
+        Ok(server)
+    }
+
+    /// Asks the server for a worker and returns its byte stream. Does not
+    /// wait for the fork (see the module docs).
+    fn fork(self: &Arc<Self>, relay: bool) -> Result<Transport> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags};
+
+        // CLOEXEC: no other child we start inherits them (the server gets
+        // its copies over the socket).
+        let (in_r, in_w) = pipe_with(PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
+        let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
+        // Bigger pipes: fewer wake-ups per MiB. Best effort, as popen's.
+        let _ = fcntl_setpipe_size(&in_w, PIPE_SIZE);
+        let _ = fcntl_setpipe_size(&out_r, PIPE_SIZE);
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.reports
+            .register(token)
+            .map_err(|why| self.ended_error(&why))?;
+
+        let mut req = [0u8; REQUEST];
+        req[0] = b'F';
+        req[1] = u8::from(relay);
+        req[8..].copy_from_slice(&token.to_be_bytes());
+        let sent = {
+            let _one_at_a_time = lock(&self.sending);
+            let fds = [in_r.as_fd(), out_w.as_fd()];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+            let mut ancillary = SendAncillaryBuffer::new(&mut space);
+            // The buffer is sized for exactly these two descriptors.
+            let pushed = ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+            debug_assert!(pushed);
+            match sendmsg(
+                &self.ctl,
+                &[IoSlice::new(&req)],
+                &mut ancillary,
+                SendFlags::NOSIGNAL,
+            ) {
+                // The descriptors travel with the first byte; the rest of a
+                // short write follows as plain bytes.
+                Ok(n) => (&self.ctl).write_all(&req[n..]),
+                Err(e) => Err(e.into()),
+            }
+        };
+        if let Err(e) = sent {
+            self.reports.update(|b| {
+                b.workers.remove(&token);
+            });
+            return Err(self.ended_error(&format!("it did not take the request: {e}")));
+        }
+        let control = ForkWorker {
+            server: self.clone(),
+            token,
+        };
+        // The server holds the far ends now; ours would keep the worker's
+        // stdin open after we are gone, and its stdout after it is gone.
+        drop((in_r, out_w));
+        Ok(Transport {
+            reader: Box::new(File::from(out_r)),
+            writer: Box::new(File::from(in_w)),
+            description: format!(
+                "{} (fork server pid {})",
+                self.label,
+                self.process.pid().unwrap_or(0)
+            ),
+            control: Some(Box::new(control)),
+        })
+    }
+
+    fn ended_error(&self, why: &str) -> Error {
+        let status = self.process.wait(Duration::from_millis(200));
+        let how = status.map_or_else(String::new, |s| format!(" ({s})"));
+        Error::BootstrapFailed {
+            reason: format!(
+                "the fork server of {} (pid {}) has ended{how}: {why}",
+                self.label,
+                self.process.pid().unwrap_or(0)
+            ),
+            stderr_tail: self.process.stderr_tail(Duration::from_millis(200)),
+        }
+    }
+}
+
+impl Drop for Server {
+    /// The last gateway has gone: closing the control connection ends the
+    /// server (it kills what is left of its workers, reaps them and exits).
+    fn drop(&mut self) {
+        let _ = self.ctl.shutdown(std::net::Shutdown::Both);
+        if self.process.wait(SERVER_EXIT).is_none() {
+            self.process.kill();
+            let _ = self.process.wait(SERVER_EXIT);
+        }
+        if let Some(reader) = lock(&self.reader).take() {
+            // It has seen the end of the connection (shut down above).
+            let _ = reader.join();
+        }
+    }
+}
+
+/// What the server reported, shared by its report thread and the gateways.
+#[derive(Default)]
+struct Reports {
+    board: Mutex<Board>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Board {
+    /// The server said READY.
+    ready: bool,
+    /// Why the control connection ended (`None` while it runs).
+    ended: Option<String>,
+    /// Each gateway's worker, by token.
+    workers: HashMap<u64, Worker>,
+}
+
+/// One gateway's worker, as reported.
+#[derive(Default)]
+struct Worker {
+    pid: Option<u32>,
+    /// The server could not fork it: why.
+    refused: Option<String>,
+    /// How it ended, and its stderr tail.
+    exit: Option<(ExitStatus, String)>,
+    /// A kill was asked for before the pid was known.
+    kill_when_started: bool,
+}
+
+/// What a wait on a worker's reports found.
+enum Outcome {
+    Exited(ExitStatus, String),
+    /// Never forked: the server refused, or ended first.
+    NotStarted(String),
+    /// The server ended; the worker (an orphan now) may still run.
+    Orphaned(u32),
+}
+
+impl Reports {
+    fn has_ended(&self) -> bool {
+        lock(&self.board).ended.is_some()
+    }
+
+    fn register(&self, token: u64) -> std::result::Result<(), String> {
+        let mut b = lock(&self.board);
+        if let Some(why) = &b.ended {
+            return Err(why.clone());
+        }
+        b.workers.insert(token, Worker::default());
+        Ok(())
+    }
+
+    /// Waits until `check` answers, at most until `deadline`.
+    fn wait_until<T>(
+        &self,
+        deadline: Instant,
+        mut check: impl FnMut(&mut Board) -> Option<T>,
+    ) -> Option<T> {
+        let mut b: MutexGuard<'_, Board> = lock(&self.board);
+        loop {
+            if let Some(t) = check(&mut b) {
+                return Some(t);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            b = wait_timeout(&self.changed, b, deadline - now).0;
+        }
+    }
+
+    /// How `token`'s worker ended, once known (at most until `deadline`).
+    fn outcome(&self, token: u64, deadline: Instant) -> Option<Outcome> {
+        self.wait_until(deadline, |b| {
+            let Some(w) = b.workers.get(&token) else {
+                return Some(Outcome::NotStarted("no such worker".into()));
+            };
+            if let Some((s, tail)) = &w.exit {
+                return Some(Outcome::Exited(*s, tail.clone()));
+            }
+            if let Some(why) = &w.refused {
+                return Some(Outcome::NotStarted(why.clone()));
+            }
+            let why = b.ended.as_ref()?;
+            Some(match w.pid {
+                Some(pid) => Outcome::Orphaned(pid),
+                None => Outcome::NotStarted(format!(
+                    "the fork server ended before it forked this worker: {why}"
+                )),
+            })
+        })
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Board)) {
+        f(&mut lock(&self.board));
+        self.changed.notify_all();
+    }
+}
+
+/// The report thread: reads the control connection until it ends.
+fn read_reports(mut ctl: UnixStream, reports: &Reports) {
+    let why = loop {
+        let mut head = [0u8; REPORT_HEADER];
+        if let Err(e) = ctl.read_exact(&mut head) {
+            break if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                "the control connection ended".to_string()
+            } else {
+                format!("reading the control connection: {e}")
+            };
+        }
+        let kind = head[0];
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&head[1..9]);
+        let token = u64::from_be_bytes(t);
+        let len = u32::from_be_bytes([head[9], head[10], head[11], head[12]]) as usize;
+        if len > MAX_REPORT {
+            break format!("a report of {len} bytes (at most {MAX_REPORT})");
+        }
+        let mut payload = vec![0u8; len];
+        if let Err(e) = ctl.read_exact(&mut payload) {
+            break format!("the control connection ended inside a report: {e}");
+        }
+        match kind {
+            b'R' => reports.update(|b| b.ready = true),
+            b'S' if len == 4 => {
+                let pid = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                reports.update(|b| match b.workers.get_mut(&token) {
+                    Some(w) => {
+                        w.pid = Some(pid);
+                        if w.kill_when_started {
+                            kill_group(pid);
+                        }
+                    }
+                    // The gateway gave up before the fork (its pipes are
+                    // closed, so the worker would end by itself anyway).
+                    None => kill_group(pid),
+                });
+            }
+            b'E' => {
+                let why = String::from_utf8_lossy(&payload).into_owned();
+                reports.update(|b| {
+                    if let Some(w) = b.workers.get_mut(&token) {
+                        w.refused = Some(why);
+                    }
+                });
+            }
+            b'X' if len >= 5 => {
+                let n = i32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+                let status = match payload[0] {
+                    b'S' => ExitStatus::Signal(n),
+                    b'C' if n >= 0 => ExitStatus::Code(n),
+                    _ => ExitStatus::Unknown,
+                };
+                let tail = String::from_utf8_lossy(&payload[5..]).into_owned();
+                reports.update(|b| {
+                    if let Some(w) = b.workers.get_mut(&token) {
+                        w.exit = Some((status, tail));
+                    }
+                });
+            }
+            b'O' => {
+                let _ = std::io::stderr().write_all(&payload);
+            }
+            other => break format!("an unknown report {other:#04x} of {len} bytes"),
+        }
+    };
+    tracing::debug!(%why, "fork server control connection ended");
+    reports.update(|b| b.ended = Some(why));
+}
+
+/// Kills the worker `pid` with its process group. The server reports the
+/// pid right after its fork, possibly before the child's `setsid`: while
+/// there is no such group yet, the child has started nothing, and killing
+/// the process itself is enough.
+fn kill_group(pid: u32) {
+    use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        if kill_process_group(pid, Signal::KILL) == Err(rustix::io::Errno::SRCH) {
+            let _ = kill_process(pid, Signal::KILL);
+        }
+    }
+}
+
+/// Whether `pid` has ended: gone, or a zombie (an orphan whose new parent
+/// has not reaped it yet).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+/// A forked worker: the [`PeerControl`] of a `popen//fork` gateway. Kills
+/// the worker's process group itself; its exit status and stderr tail come
+/// from the server's reports. Holds the server: the last one dropped ends
+/// it.
+pub(crate) struct ForkWorker {
+    server: Arc<Server>,
+    token: u64,
+}
+
+impl ForkWorker {
+    fn reports(&self) -> &Reports {
+        &self.server.reports
+    }
+}
+
+impl PeerControl for ForkWorker {
+    fn pid(&self) -> Option<u32> {
+        lock(&self.reports().board)
+            .workers
+            .get(&self.token)
+            .and_then(|w| w.pid)
+    }
+
+    fn kill(&self) {
+        let pid = {
+            let mut b = lock(&self.reports().board);
+            match b.workers.get_mut(&self.token) {
+                Some(w) if w.pid.is_none() => {
+                    // Not forked yet (or never will be): the report thread
+                    // kills it when its pid arrives.
+                    w.kill_when_started = true;
+                    None
+                }
+                Some(w) => w.pid,
+                None => None,
+            }
+        };
+        if let Some(pid) = pid {
+            // The group outlives its leader's reaping while members are
+            // left, so this reaches what the worker started (as popen's).
+            // Once the server has reaped the leader (its exit report is
+            // in), a lone pid is not ours any more: only the group is.
+            let reaped = lock(&self.reports().board)
+                .workers
+                .get(&self.token)
+                .is_some_and(|w| w.exit.is_some());
+            if reaped {
+                use rustix::process::{kill_process_group, Pid, Signal};
+                if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+                    let _ = kill_process_group(pid, Signal::KILL);
+                }
+            } else {
+                kill_group(pid);
+            }
+        }
+    }
+
+    fn wait(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        match self.reports().outcome(self.token, deadline)? {
+            Outcome::Exited(status, _) => Some(status),
+            Outcome::NotStarted(_) => Some(ExitStatus::Unknown),
+            Outcome::Orphaned(pid) => {
+                // No one reports on it now: watch the process itself.
+                let mut pause = Duration::from_millis(1);
+                loop {
+                    if ended(pid) {
+                        return Some(ExitStatus::Unknown);
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    fn stderr_tail(&self, timeout: Duration) -> String {
+        match self.reports().outcome(self.token, Instant::now() + timeout) {
+            Some(Outcome::Exited(_, tail)) => tail,
+            Some(Outcome::NotStarted(why)) => why,
+            Some(Outcome::Orphaned(_)) | None => String::new(),
+        }
+    }
+}
+
+impl Drop for ForkWorker {
+    fn drop(&mut self) {
+        // Last resort, normally done by the gateway: no worker outlives
+        // its gateway.
+        let known = matches!(
+            self.reports().outcome(self.token, Instant::now()),
+            Some(Outcome::Exited(..) | Outcome::NotStarted(_))
+        );
+        if !known {
+            self.kill();
+            let _ = self.wait(Duration::from_secs(2));
+        }
+        self.reports().update(|b| {
+            b.workers.remove(&self.token);
+        });
+    }
+}
