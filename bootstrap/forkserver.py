@@ -8,8 +8,13 @@
 # Start: the host runs  python [-B] -u -c "import sys,zlib;exec(zlib.decompress(
 # sys.stdin.buffer.read(N)))"  with stdin a unix stream socket (the control
 # connection), stdout /dev/null and stderr its own. It writes this file
-# zlib-compressed (N bytes), then a 4-byte big-endian length and the worker's
-# compressed source, and sends nothing more until the server says READY.
+# zlib-compressed (N bytes), then what a popen start's boot loader reads (see
+# execnet_bootstrap::boot_loader): a line "K S VERSION_HEX", K bytes of the
+# worker compiled and marshalled by this interpreter version (K may be 0), S bytes
+# of the worker's compressed source. It sends nothing more until READY. Without
+# usable compiled code the server compiles the source and hands its code back
+# first, in a code record (b"EXNCODE1", 4-byte length and sys.version, 4-byte
+# length and marshal data), as popen's boot loader does on its stdout.
 #
 # Requests (host -> server), 16 bytes each:  b"F", flags, 6 zero bytes, token (8,
 # big-endian), with two descriptors attached (SCM_RIGHTS): the worker's stdin (read
@@ -61,11 +66,27 @@ def _readn(f, n):
     return b
 
 
-def load_worker(inp):
-    """Read the worker's compressed source from the control input and define it
-    (only: thread-mode contract) in a namespace of its own."""
-    n = struct.unpack(">I", _readn(inp, 4))[0]
-    code = compile(zlib.decompress(_readn(inp, n)), "<string>", "exec")
+def load_worker(inp, ctl):
+    """Read the worker (compiled code or source) from the control input and define
+    it (only: thread-mode contract) in a namespace of its own; a worker compiled
+    here is handed back to the host in a code record."""
+    import marshal
+
+    head = inp.readline().split()
+    if len(head) != 3:
+        raise EOFError("control input ended during the start (no header)")
+    k, n = int(head[0]), int(head[1])
+    compiled = _readn(inp, k) if k else b""
+    source = _readn(inp, n)
+    global _execnet_boot  # in __main__ (the loader's exec): which part ran, as popen's
+    _execnet_boot = bool(compiled) and sys.version.encode().hex() == head[2].decode()
+    if _execnet_boot:
+        code = marshal.loads(compiled)  # only this version's marshal data is loaded
+    else:
+        code = compile(zlib.decompress(source), "<string>", "exec")
+        m, v = marshal.dumps(code), sys.version.encode()
+        ctl.sendall(b"EXNCODE1" + struct.pack(">I", len(v)) + v + struct.pack(">I", len(m)) + m)
+    del compiled, source
     ns = {"__name__": "execnet_fork_worker", "__builtins__": __builtins__}
     exec(code, ns)
     return ns
@@ -334,11 +355,10 @@ class Server(object):
 
 
 def main():
-    inp = sys.stdin.buffer
-    worker = load_worker(inp)
+    ctl = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, os.dup(0))
+    worker = load_worker(sys.stdin.buffer, ctl)
     # the control connection moves off fd 0 (fd 0 becomes /dev/null); everything
     # the loader read through sys.stdin.buffer was the start's, nothing is buffered
-    ctl = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, os.dup(0))
     dn = os.open(os.devnull, os.O_RDWR)
     os.dup2(dn, 0)
     os.close(dn)

@@ -40,19 +40,50 @@ def wait_gone(pid, timeout=10):
 class Server(object):
     """A fork server started as the host starts it."""
 
-    def __init__(self):
+    def __init__(self, code=None):
+        """code: (sys.version, marshal data) to send instead of compiling."""
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-c", loader(len(FS_SOURCE))],
             stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True)
         theirs.close()
-        self.ctl.sendall(FS_SOURCE + struct.pack(">I", len(SOURCE)) + SOURCE)
+        if code is None:
+            head, compiled = ("0 %d -\n" % len(SOURCE)).encode(), b""
+        else:
+            version, compiled = code
+            head = ("%d %d %s\n" % (len(compiled), len(SOURCE), version.encode().hex())).encode()
+        self.ctl.sendall(FS_SOURCE + head + compiled + SOURCE)
         self.buf = b""
         self.pending = []
+        # without (usable) compiled code the server hands its own back first
+        # (a READY report is as long as a record's start: need(HDR.size) is safe)
+        self.code = self.code_record()
         kind, token, _ = self.report()
         assert (kind, token) == (b"R", 0), (kind, token)
         self.token = 0
+
+    def code_record(self, timeout=10):
+        """The code record ahead of READY: (sys.version, marshal data)."""
+        def need(n):
+            end = time.monotonic() + timeout
+            while len(self.buf) < n:
+                if not select.select([self.ctl], [], [], max(0, end - time.monotonic()))[0]:
+                    raise AssertionError("no code record within %s s" % timeout)
+                b = self.ctl.recv(1 << 20)
+                if not b:
+                    raise EOFError("the fork server closed the control connection")
+                self.buf += b
+        need(HDR.size)  # a READY report is as long
+        if self.buf[:8] != b"EXNCODE1":
+            return None
+        v = struct.unpack(">I", self.buf[8:12])[0]
+        need(12 + v + 4)
+        c = struct.unpack(">I", self.buf[12 + v:16 + v])[0]
+        need(16 + v + c)
+        version, code = self.buf[12:12 + v], self.buf[16 + v:16 + v + c]
+        self.buf = self.buf[16 + v + c:]
+        return version.decode(), code
 
     def report(self, timeout=10):
         """The next report: (kind, token, payload)."""
@@ -192,6 +223,27 @@ class ForkServer(unittest.TestCase):
         self.assertEqual(s.close(), 0)
         self.assertTrue(wait_gone(pid), "the worker outlived its server")
         self.assertTrue(wait_gone(grand), "the worker's child outlived the server")
+
+    def test_compiled_code_handed_back_is_loaded_by_the_next_server(self):
+        version, code = self.server.code
+        self.assertEqual(version, sys.version)
+        again = Server(code=(version, code))
+        try:
+            self.assertIsNone(again.code)  # it loaded ours: no record came back
+            token, pid, host = again.fork()
+            self.assertEqual(run(host, "channel.send(6 * 7)"), 42)
+            host.terminate()
+        finally:
+            again.close()
+        # another version's code is never loaded: the server compiles instead
+        foreign = Server(code=("0.0 not this interpreter", b"\xff" * 64))
+        try:
+            self.assertEqual(foreign.code[0], sys.version)
+            token, pid, host = foreign.fork()
+            self.assertEqual(run(host, "channel.send(6 * 7)"), 42)
+            host.terminate()
+        finally:
+            foreign.close()
 
     def test_a_worker_that_forks_keeps_working(self):
         s = self.server

@@ -454,3 +454,54 @@ fn the_host_killed_takes_its_server_and_workers_along() {
         }
     })
 }
+
+/// Run by [`the_fork_server_and_popen_share_the_compiled_worker`] in a
+/// fresh process (empty memory cache, no disk cache): prints, for a fork
+/// worker, then a popen worker, then a worker of a second fork server,
+/// whether its interpreter loaded compiled code (`__main__._execnet_boot`).
+#[test]
+#[ignore = "a helper: run in a child process by the_fork_server_and_popen_share_the_compiled_worker"]
+fn fork_cache_helper() {
+    if std::env::var_os("EXECNET_FORK_CACHE_HELPER").is_none() {
+        return;
+    }
+    let boot = |spec: &str| -> bool {
+        let gw = makegateway(spec).unwrap();
+        let b: bool = gw
+            .remote_exec("import __main__; channel.send(getattr(__main__, '_execnet_boot', False))")
+            .unwrap()
+            .receive()
+            .unwrap();
+        gw.exit().unwrap();
+        b
+    };
+    let first = boot("popen//fork//python=/usr/bin/python3//env:EXECNET_FORK_TEST=c1");
+    let popen = boot("popen//python=/usr/bin/python3");
+    let second = boot("popen//fork//python=/usr/bin/python3//env:EXECNET_FORK_TEST=c2");
+    println!("BOOT {first} {popen} {second}");
+}
+
+#[test]
+fn the_fork_server_and_popen_share_the_compiled_worker() {
+    bounded(LIMIT, || {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "fork_cache_helper", "--ignored", "--nocapture"])
+            .env("EXECNET_FORK_CACHE_HELPER", "1")
+            .env("EXECNET_CACHE_DIR", "off")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("BOOT "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no BOOT line: {stdout} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        // The first server compiles and hands its code back; popen and the
+        // next server load it.
+        assert_eq!(line, "BOOT false true true");
+    })
+}

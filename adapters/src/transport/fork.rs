@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 use super::popen::{default_python, PopenOptions};
 use super::process::ProcessControl;
 use super::{
-    off_thread, Connect, ConnectFuture, Connected, PeerControl, Request, Through, Transport,
-    STARTUP_TIMEOUT,
+    code_cache, off_thread, Connect, ConnectFuture, Connected, PeerControl, Request, Through,
+    Transport, STARTUP_TIMEOUT,
 };
 use crate::error::{Error, ExitStatus, Result};
 use crate::sync::{lock, wait_timeout};
@@ -238,6 +238,11 @@ impl Server {
             dont_write_bytecode: key.dont_write_bytecode,
             output: OutputMode::Forward,
         };
+        // The worker goes to the server as to a popen start's boot loader:
+        // compiled code from the cache when there is some, else the source,
+        // and the server hands the code it compiled back (ahead of READY).
+        let boot = code_cache::boot(&key.argv, &key.env);
+        let cacheable = boot.loader == execnet_bootstrap::boot_loader();
         let source = execnet_bootstrap::forkserver_compressed();
         let mut cmd = Command::new(program);
         cmd.args(pre_args)
@@ -277,20 +282,30 @@ impl Server {
             }
         };
         let started = Instant::now();
+        // May wait (bounded) for another start of this interpreter that is
+        // compiling; the server starts meanwhile.
+        let start = boot.resolve();
         let worker = execnet_bootstrap::worker_compressed();
-        let len = u32::try_from(worker.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes();
+        let plain_header;
+        let parts = if cacheable {
+            start.payload()
+        } else {
+            // Nothing to key a cache entry on: the source, as the header
+            // says (`start` then learns nothing either).
+            plain_header = execnet_bootstrap::boot_header(0, "", worker.len());
+            vec![&plain_header[..], worker]
+        };
         let sent = ours
             .set_write_timeout(Some(STARTUP_TIMEOUT))
             .and_then(|()| (&ours).write_all(source))
-            .and_then(|()| (&ours).write_all(&len))
-            .and_then(|()| (&ours).write_all(worker));
+            .and_then(|()| parts.iter().try_for_each(|p| (&ours).write_all(p)));
         if let Err(e) = sent {
             return Err(fail(format!("writing its source: {e}")));
         }
         let reports = Arc::new(Reports::default());
         let reader = ours.try_clone().and_then(|r| {
+            // Takes the code record (if any) off the front of the reports.
+            let r = start.reader(r);
             let reports = reports.clone();
             let server_process = process.clone();
             std::thread::Builder::new()
@@ -534,7 +549,7 @@ impl Reports {
 }
 
 /// The report thread: reads the control connection until it ends.
-fn read_reports(mut ctl: UnixStream, reports: &Reports) {
+fn read_reports(mut ctl: impl Read, reports: &Reports) {
     let why = loop {
         let mut head = [0u8; REPORT_HEADER];
         if let Err(e) = ctl.read_exact(&mut head) {
