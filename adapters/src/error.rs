@@ -136,6 +136,53 @@ pub enum Error {
     /// An I/O error starting or talking to a transport.
     #[error("i/o error: {0}")]
     Io(Arc<std::io::Error>),
+    /// `jail`: bubblewrap (`bwrap`) is not installed (or not on `PATH`).
+    /// Install it: `apt-get install bubblewrap` (Debian, Ubuntu), `dnf
+    /// install bubblewrap` (Fedora).
+    #[error("jail: bubblewrap (bwrap) not found: {detail}; install it with `apt-get install bubblewrap`")]
+    BubblewrapMissing {
+        /// What was looked for, and where.
+        detail: String,
+    },
+    /// `jail`: this kernel does not let bubblewrap create the namespaces a
+    /// jail needs (user namespaces are disabled or exhausted). On Debian
+    /// and Ubuntu: `sysctl kernel.unprivileged_userns_clone=1`; everywhere:
+    /// `user.max_user_namespaces` must be above 0 (and AppArmor's
+    /// `kernel.apparmor_restrict_unprivileged_userns` may forbid them).
+    #[error("jail: user namespaces are not permitted here (check the sysctls kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0){}", tail_suffix(.detail))]
+    NamespacesNotPermitted {
+        /// bwrap's stderr.
+        detail: String,
+    },
+    /// `max_memory=` / `max_procs=`: no cgroup with the needed controller
+    /// could be created (cgroup v2 first, then the v1 `memory`/`pids`
+    /// hierarchies). Run as root, or in a cgroup v2 subtree delegated to
+    /// you (`systemd-run --user --scope -p Delegate=yes …`), or drop the
+    /// limit.
+    #[error("{limit} needs a writable cgroup with the {controller} controller and none was usable (tried: {tried}); run as root or inside a delegated cgroup v2 subtree (systemd-run --scope -p Delegate=yes), or drop the limit")]
+    NoWritableCgroup {
+        /// The spec key that asked for it (`max_memory=256M`).
+        limit: String,
+        /// The controller (`memory`, `pids`).
+        controller: String,
+        /// Each place tried and why it failed.
+        tried: String,
+    },
+    /// The worker was killed by one of its resource limits: the memory
+    /// limit (the cgroup's OOM killer) or the CPU-time limit (SIGXCPU,
+    /// then SIGKILL one second later). Every channel of the gateway ends
+    /// with this instead of [`Error::WorkerDied`].
+    #[error("{gateway}: limit exceeded: {limit} (worker {status}){}", tail_suffix(.stderr_tail))]
+    LimitExceeded {
+        /// Which gateway, as in [`Error::WorkerDied`].
+        gateway: String,
+        /// The limit, as in the spec (`max_memory=256M`, `max_cpu=2`).
+        limit: String,
+        /// How the worker ended.
+        status: ExitStatus,
+        /// The last lines the worker wrote to stderr.
+        stderr_tail: String,
+    },
     /// RSync: a path of the source that cannot be synced (a FIFO, socket
     /// or device; an unreadable directory; a source that is not a
     /// directory).
@@ -215,6 +262,7 @@ fn signal_name(sig: i32) -> &'static str {
         6 => " (SIGABRT)",
         9 => " (SIGKILL)",
         11 => " (SIGSEGV)",
+        24 => " (SIGXCPU)",
         13 => " (SIGPIPE)",
         15 => " (SIGTERM)",
         _ => "",

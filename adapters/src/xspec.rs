@@ -101,6 +101,49 @@ pub struct XSpec {
     nice: Option<i32>,
     execmodel: ExecModel,
     stdout: OutputMode,
+    limits: Limits,
+}
+
+/// Resource limits of a worker (`max_memory=`, `max_cpu=`, `max_procs=`),
+/// with or without `jail`. See docs/jails.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// `max_memory=SIZE`: bytes of memory for the worker and everything it
+    /// starts (a cgroup's memory limit; its OOM killer ends the worker).
+    pub memory: Option<u64>,
+    /// `max_cpu=SECONDS`: CPU time of the worker process (`RLIMIT_CPU`:
+    /// SIGXCPU at the limit, SIGKILL one second later). Each process the
+    /// worker starts has its own budget of the same size.
+    pub cpu: Option<u64>,
+    /// `max_procs=N`: processes and threads the worker's code may start
+    /// (a cgroup's pids limit, above the worker's own threads).
+    pub procs: Option<u64>,
+}
+
+impl Limits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.memory.is_some() || self.cpu.is_some() || self.procs.is_some()
+    }
+}
+
+/// Parses a size: a number of bytes, optionally followed by `K`, `M`, `G`
+/// or `T` (powers of 1024; a trailing `B` or `iB` is accepted too).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.chars().last()?.to_ascii_uppercase() {
+        'K' => (&t[..t.len() - 1], 10),
+        'M' => (&t[..t.len() - 1], 20),
+        'G' => (&t[..t.len() - 1], 30),
+        'T' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.trim().parse().ok()?;
+    n.checked_mul(1u64 << shift).filter(|&v| v > 0)
 }
 
 impl XSpec {
@@ -134,6 +177,7 @@ impl XSpec {
             nice: None,
             execmodel: ExecModel::Thread,
             stdout: OutputMode::Forward,
+            limits: Limits::default(),
         };
         if let Some(n) = x.value("nice") {
             x.nice = Some(
@@ -148,7 +192,53 @@ impl XSpec {
         if let Some(m) = x.value("stdout") {
             x.stdout = m.parse()?;
         }
+        x.parse_jail_keys()?;
         Ok(x)
+    }
+
+    /// The `jail`, `jail_rw=`, `jail_net` and limit keys: typed values,
+    /// and jail options only with `jail`.
+    fn parse_jail_keys(&mut self) -> Result<(), Error> {
+        let positive = |key: &str| -> Result<Option<u64>, Error> {
+            match self.get(key) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(Error::Spec(format!(
+                        "{key}={v}: expected a positive integer"
+                    ))),
+                },
+            }
+        };
+        let (cpu, procs) = (positive("max_cpu")?, positive("max_procs")?);
+        self.limits.cpu = cpu;
+        self.limits.procs = procs;
+        if let Some(v) = self.get("max_memory") {
+            self.limits.memory = Some(parse_size(v).ok_or_else(|| {
+                Error::Spec(format!(
+                    "max_memory={v}: expected a size such as 256M or 1G"
+                ))
+            })?);
+        }
+        if self.value("jail").is_some() {
+            return Err(Error::Spec(
+                "jail is a flag: write `jail`, not `jail=…`".into(),
+            ));
+        }
+        if !self.has("jail") {
+            for key in ["jail_rw", "jail_net"] {
+                if self.has(key) {
+                    return Err(Error::Spec(format!("{key} needs `jail` in the spec")));
+                }
+            }
+        }
+        if self.has("jail_rw") && self.jail_rw().next().is_none() {
+            return Err(Error::Spec("jail_rw= needs PATH[,PATH…]".into()));
+        }
+        if self.value("jail_net").is_some() {
+            return Err(Error::Spec("jail_net is a flag: write `jail_net`".into()));
+        }
+        Ok(())
     }
 
     /// The raw value of `key`: `None` when absent, `Some("")` for a bare flag.
@@ -198,6 +288,12 @@ impl XSpec {
             "token",
             "token_file",
             "stdout",
+            "jail",
+            "jail_rw",
+            "jail_net",
+            "max_memory",
+            "max_cpu",
+            "max_procs",
         ];
         self.parts()
             .filter(|(k, _)| !KNOWN.contains(k) && !k.starts_with("env:"))
@@ -285,6 +381,27 @@ impl XSpec {
     pub fn token_file(&self) -> Option<&str> {
         self.value("token_file")
     }
+    /// `jail` flag: run the worker under bubblewrap (docs/jails.md).
+    pub fn jail(&self) -> bool {
+        self.has("jail")
+    }
+    /// `jail_rw=PATH[,PATH…]`: paths bound writable into the jail.
+    pub fn jail_rw(&self) -> impl Iterator<Item = &str> {
+        self.value("jail_rw")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+    }
+    /// `jail_net` flag: the jail keeps the host's network.
+    pub fn jail_net(&self) -> bool {
+        self.has("jail_net")
+    }
+    /// `max_memory=`, `max_cpu=`, `max_procs=`, parsed.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// `env:NAME=value` parts, in spec order.
     pub fn env(&self) -> impl Iterator<Item = (&str, &str)> {
         self.parts.iter().filter_map(|(k, v)| {
@@ -408,6 +525,44 @@ mod tests {
         let x = XSpec::parse(specs[8]).unwrap();
         assert_eq!((x.gateway_type(), x.fork()), (Some("popen"), true));
         assert!(!XSpec::parse(specs[1]).unwrap().fork());
+    }
+
+    #[test]
+    fn jail_and_limit_keys() {
+        let text = "popen//jail//jail_rw=/a, /b//jail_net//max_memory=256M//max_cpu=2//max_procs=8";
+        let x = XSpec::parse(text).unwrap();
+        assert!(x.jail() && x.jail_net());
+        assert_eq!(x.jail_rw().collect::<Vec<_>>(), ["/a", "/b"]);
+        assert_eq!(
+            x.limits(),
+            Limits {
+                memory: Some(256 << 20),
+                cpu: Some(2),
+                procs: Some(8)
+            }
+        );
+        assert_eq!(x.to_string(), text);
+        assert_eq!(x.unknown().count(), 0);
+        // Limits alone, without a jail.
+        let x = XSpec::parse("popen//max_memory=1G").unwrap();
+        assert!(!x.jail() && x.limits().any());
+        assert_eq!(x.limits().memory, Some(1 << 30));
+        for bad in [
+            "popen//jail_rw=/a",
+            "popen//jail_net",
+            "popen//jail=1",
+            "popen//jail//jail_rw=,",
+            "popen//max_memory=lots",
+            "popen//max_memory=0",
+            "popen//max_cpu=-1",
+            "popen//max_procs=0",
+        ] {
+            assert!(XSpec::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("3MiB"), Some(3 << 20));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("99999999999T"), None);
     }
 
     #[test]

@@ -36,7 +36,11 @@ impl Driver {
                         ChannelEnd::Closed | ChannelEnd::ClosedLocally | ChannelEnd::Terminated => {
                             End::Closed
                         }
-                        ChannelEnd::RemoteError(text) => End::Remote(text),
+                        ChannelEnd::RemoteError(text) => End::Remote(match &self.control {
+                            // A limit may explain it (a fork at max_procs).
+                            Some(c) => c.annotate_remote_error(text),
+                            None => text,
+                        }),
                         ChannelEnd::ConnectionLost(e) => End::Failed(connection_error(st, e)),
                         _ => End::Closed,
                     };

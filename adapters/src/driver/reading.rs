@@ -189,10 +189,19 @@ impl Driver {
         // Reap first, so that every channel learns how the worker ended.
         let death = match &self.control {
             Some(c) => match c.wait(REAP_ON_EOF) {
-                Some(status) => Error::WorkerDied {
-                    gateway: self.label.clone(),
-                    status,
-                    stderr_tail: c.stderr_tail(Duration::from_millis(300)),
+                Some(status) => match c.limit_exceeded(status) {
+                    // A resource limit (docs/jails.md) ended it: say which.
+                    Some(limit) => Error::LimitExceeded {
+                        gateway: self.label.clone(),
+                        limit,
+                        status,
+                        stderr_tail: c.stderr_tail(Duration::from_millis(300)),
+                    },
+                    None => Error::WorkerDied {
+                        gateway: self.label.clone(),
+                        status,
+                        stderr_tail: c.stderr_tail(Duration::from_millis(300)),
+                    },
                 },
                 None => {
                     // The stream ended under a live worker: the session

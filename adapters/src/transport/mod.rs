@@ -28,6 +28,8 @@
 
 pub(crate) mod code_cache;
 mod fork;
+pub mod jail;
+pub(crate) mod limits;
 pub mod popen;
 pub(crate) mod process;
 pub mod socket;
@@ -256,5 +258,19 @@ pub trait PeerControl: Send + Sync {
     fn stderr_tail(&self, timeout: Duration) -> String {
         let _ = timeout;
         String::new()
+    }
+    /// The resource limit (`max_memory=256M`, `max_cpu=2`) that killed the
+    /// worker, once [`wait`](Self::wait) has returned `status`; `None`
+    /// when no limit explains its end. The driver then ends the channels
+    /// with [`Error::LimitExceeded`] instead of [`Error::WorkerDied`].
+    fn limit_exceeded(&self, status: ExitStatus) -> Option<String> {
+        let _ = status;
+        None
+    }
+    /// A remote error's text, with a first line added when a limit of the
+    /// worker explains it (a fork that failed at `max_procs=`). Called
+    /// once per remote error, under the gateway's lock: must be quick.
+    fn annotate_remote_error(&self, text: String) -> String {
+        text
     }
 }

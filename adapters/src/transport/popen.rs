@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use super::jail;
+use super::limits;
 use super::{
     code_cache, off_thread, process, via, Connect, ConnectFuture, Connected, PeerControl, Request,
     Through, Transport, WorkerSetup,
@@ -50,6 +52,12 @@ impl PopenOptions {
             }
             None => None,
         };
+        if spec.via().is_some() && (spec.jail() || spec.limits().any()) {
+            return Err(Error::Spec(
+                "jail and max_* limits are not supported with via= yet (jail the gateway via= names instead)"
+                    .into(),
+            ));
+        }
         Ok(PopenOptions {
             python,
             setup: WorkerSetup::from_spec(spec),
@@ -171,19 +179,63 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
         .ok_or_else(|| Error::Spec("python= is empty".into()))?;
     let setup = &opts.setup;
     let boot = code_cache::boot(&argv, &setup.env);
-    let mut cmd = Command::new(program);
-    cmd.args(pre_args)
-        .args(setup.interpreter_args(&boot.loader));
-    for (k, v) in &setup.env {
-        cmd.env(k, v);
-    }
-    let description = format!("popen {}", shell_words::join(&argv));
+    // Limits: the worker joins its cgroup and sets its rlimits first thing.
+    let cgroup = limits::Cgroup::create(&setup.limits)?;
+    let loader = limits::prelude(&setup.limits, cgroup.as_ref()) + &boot.loader;
+    let cmd = match &setup.jail {
+        Some(j) => {
+            // The jail binds chdir= writable: it must exist, absolute.
+            let chdir = setup
+                .chdir
+                .as_deref()
+                .map(jail::prepare_chdir)
+                .transpose()?;
+            let args = WorkerSetup {
+                chdir: chdir.clone(),
+                ..setup.clone()
+            }
+            .interpreter_args(&loader);
+            let files = cgroup.as_ref().map(limits::Cgroup::procs_files);
+            jail::command(
+                j,
+                &jail::Wrap {
+                    python: &argv,
+                    args: &args,
+                    env: &setup.env,
+                    chdir: chdir.as_deref(),
+                    writable_files: files.as_deref().unwrap_or_default(),
+                },
+            )?
+        }
+        None => {
+            let mut cmd = Command::new(program);
+            cmd.args(pre_args).args(setup.interpreter_args(&loader));
+            for (k, v) in &setup.env {
+                cmd.env(k, v);
+            }
+            cmd
+        }
+    };
+    let description = format!(
+        "popen {}{}",
+        if setup.jail.is_some() { "(jail) " } else { "" },
+        shell_words::join(&argv)
+    );
     let python = shell_words::join(&argv);
     let process::Spawned {
         mut stdin,
         stdout,
         control,
-    } = process::spawn(cmd, &python, setup.output == OutputMode::Inherit)?;
+    } = {
+        let passthrough = setup.output == OutputMode::Inherit;
+        if setup.jail.is_some() {
+            // bwrap dies with the thread that spawned it (see there).
+            let python = python.clone();
+            jail::spawn_on_lasting_thread(move || process::spawn(cmd, &python, passthrough))??
+        } else {
+            process::spawn(cmd, &python, passthrough)?
+        }
+    };
     tracing::debug!(pid = control.pid(), %description, "spawned worker");
 
     // Bigger pipes: fewer wake-ups per MiB (about 4x the bandwidth here).
@@ -197,10 +249,15 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
     let start = boot.resolve();
     process::send_worker(&mut stdin, &control, &start.payload())?;
     let reader = start.reader(stdout);
+    let control: Box<dyn PeerControl> = if setup.limits.any() {
+        Box::new(limits::Limited::new(control, setup.limits, cgroup))
+    } else {
+        Box::new(process::Shared(control))
+    };
     Ok(Transport {
         reader,
         writer: Box::new(stdin),
-        control: Some(Box::new(process::Shared(control))),
+        control: Some(control),
         description,
     })
 }

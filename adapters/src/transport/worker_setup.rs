@@ -12,7 +12,8 @@
 
 use std::path::PathBuf;
 
-use crate::xspec::{OutputMode, XSpec};
+use super::jail::JailOptions;
+use crate::xspec::{Limits, OutputMode, XSpec};
 
 /// The spec keys that shape the worker's process, shared by every
 /// transport that starts one (popen, ssh, and both through `via=`).
@@ -29,6 +30,11 @@ pub struct WorkerSetup {
     /// `stdout=`: whether the process's stderr is passed through to ours
     /// (a transport may override it with the start request's mode).
     pub output: OutputMode,
+    /// `jail`, `jail_rw=`, `jail_net`: run under bubblewrap
+    /// (`transport/jail.rs`, docs/jails.md).
+    pub jail: Option<JailOptions>,
+    /// `max_memory=`, `max_cpu=`, `max_procs=` (`transport/limits.rs`).
+    pub limits: Limits,
 }
 
 impl WorkerSetup {
@@ -44,6 +50,8 @@ impl WorkerSetup {
                 .collect(),
             dont_write_bytecode: spec.dont_write_bytecode(),
             output: spec.stdout(),
+            jail: JailOptions::from_spec(spec),
+            limits: spec.limits(),
         }
     }
 

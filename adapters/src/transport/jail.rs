@@ -1,0 +1,534 @@
+//! `jail`: the worker runs under bubblewrap (`bwrap`), docs/jails.md.
+//!
+//! The interpreter's command line is wrapped in
+//!
+//! ```text
+//! bwrap --unshare-all [--share-net] --die-with-parent --new-session
+//!       --cap-drop ALL --uid 65534 --gid 65534
+//!       --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --tmpfs /run
+//!       --tmpfs /root --tmpfs /home --tmpfs /etc/ssh
+//!       --ro-bind /dev/null /etc/shadow --ro-bind /dev/null /etc/gshadow
+//!       --ro-bind PREFIX PREFIX …        (the interpreter, if under a hidden path)
+//!       --bind CGROUP.PROCS …            (only with max_memory= / max_procs=)
+//!       --bind RW RW …                   (jail_rw= and chdir=)
+//!       --clearenv --setenv NAME VALUE … (the allowlist, HOME=/tmp, env:)
+//!       --chdir DIR -- PYTHON ARGS…
+//! ```
+//!
+//! bwrap passes its stdin, stdout and stderr on to the worker, so the
+//! protocol pipes are the jailed process's own; bwrap holds its copies
+//! only while the worker lives (its init exits with it, and the PID
+//! namespace takes every other process of the jail along).
+//!
+//! **Who the worker is.** Run as root, bwrap maps the jail's uid 65534 to
+//! root outside, without any capability (`--cap-drop ALL`, and a user
+//! namespace's capabilities never reach outside it). On the host the
+//! jailed processes are root's; files root owns are the jail user's own
+//! inside. That is why everything is mounted read-only and the places
+//! where root keeps secrets (`/root`, `/home`, `/etc/shadow`,
+//! `/etc/gshadow`, `/etc/ssh`) and its sockets (`/run`, `/tmp`) are
+//! hidden. Run as another user, the worker is that user outside.
+//!
+//! **The interpreter.** pyenv's interpreters (and many virtualenvs) live
+//! under `/root`, `/home` or `/tmp`, which the jail hides. A single-word
+//! `python=` (or the default) is asked once per process for its
+//! `sys.executable`, prefixes and base prefixes; those under a hidden path
+//! are bound back read-only. A `python=` with several words (`perf stat
+//! python3`) runs as given.
+//!
+//! **Checked once per process**: that `bwrap` is on `PATH`
+//! ([`Error::BubblewrapMissing`]) and that it can create its namespaces
+//! here ([`Error::NamespacesNotPermitted`], a 5 ms trial run).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use crate::error::{Error, Result};
+use crate::sync::lock;
+use crate::xspec::XSpec;
+
+/// The uid and gid the worker has inside the jail (`nobody`).
+pub const JAIL_UID: u32 = 65534;
+
+/// Paths the jail hides behind an empty tmpfs (if they exist). `/tmp` is
+/// the jail's private one.
+const HIDDEN_DIRS: &[&str] = &["/tmp", "/run", "/root", "/home", "/etc/ssh"];
+
+/// Files the jail replaces with an empty one (if they exist).
+const HIDDEN_FILES: &[&str] = &["/etc/shadow", "/etc/gshadow"];
+
+/// Environment variables that pass into a jail (`LC_*` too); everything
+/// else is cleared. `HOME` is set to `/tmp`.
+const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LANGUAGE", "TERM", "TZ"];
+
+/// The `jail` keys of a spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JailOptions {
+    /// `jail_rw=`: paths bound writable (they must exist).
+    pub rw: Vec<PathBuf>,
+    /// `jail_net`: keep the host's network namespace.
+    pub net: bool,
+}
+
+impl JailOptions {
+    /// `Some` when the spec has `jail`.
+    pub fn from_spec(spec: &XSpec) -> Option<JailOptions> {
+        spec.jail().then(|| JailOptions {
+            rw: spec.jail_rw().map(PathBuf::from).collect(),
+            net: spec.jail_net(),
+        })
+    }
+}
+
+/// What [`command`] needs besides the options.
+pub(crate) struct Wrap<'a> {
+    /// The interpreter's command line (`python=`), resolved.
+    pub python: &'a [String],
+    /// The arguments after it (`-u -c LOADER`).
+    pub args: &'a [String],
+    /// `env:` of the spec.
+    pub env: &'a [(String, String)],
+    /// `chdir=`, bound writable (made by [`prepare_chdir`]).
+    pub chdir: Option<&'a Path>,
+    /// Files bound writable besides (the cgroup's `cgroup.procs`).
+    pub writable_files: &'a [PathBuf],
+}
+
+/// Creates `chdir=` on the host (the jail could not: its filesystem is
+/// read-only there) and returns it absolute, as it is bound into the jail.
+pub(crate) fn prepare_chdir(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::canonicalize(dir))
+        .map_err(|e| Error::Spec(format!("chdir={}: {e}", dir.display())))
+}
+
+/// The `bwrap` command for a jailed local worker: checks bwrap and the
+/// namespaces once, and binds the interpreter's installation back in.
+pub(crate) fn command(jail: &JailOptions, w: &Wrap<'_>) -> Result<Command> {
+    let bwrap = bwrap()?;
+    check_namespaces(&bwrap)?;
+    for p in &jail.rw {
+        if !p.exists() {
+            return Err(Error::Spec(format!(
+                "jail_rw={}: no such file or directory (it is bound into the jail as it is)",
+                p.display()
+            )));
+        }
+    }
+    let chdir = w.chdir.map(Path::to_path_buf);
+    let python: Vec<String> = match w.python {
+        [one] => vec![resolve(one).executable.clone()],
+        many => many.to_vec(),
+    };
+    let prefixes = match w.python {
+        [one] => resolve(one).prefixes.clone(),
+        _ => Vec::new(),
+    };
+    let mut argv = base_args(jail);
+    hide(&mut argv, Path::exists);
+    for p in &prefixes {
+        if is_hidden(p) {
+            argv.extend(["--ro-bind".into(), path_arg(p), path_arg(p)]);
+        }
+    }
+    for f in w.writable_files {
+        argv.extend(["--bind".into(), path_arg(f), path_arg(f)]);
+    }
+    let rw: Vec<PathBuf> = jail
+        .rw
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .chain(chdir.clone())
+        .collect();
+    for p in &rw {
+        argv.extend(["--bind".into(), path_arg(p), path_arg(p)]);
+    }
+    environment(
+        &mut argv,
+        w.env,
+        |k| std::env::var(k).ok(),
+        std::env::vars(),
+    );
+    // Start where the worker will be (chdir=), else in the host's working
+    // directory when the jail shows it, else in /.
+    let cwd = chdir
+        .or_else(|| std::env::current_dir().ok().filter(|d| !is_hidden(d)))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    argv.extend(["--chdir".into(), path_arg(&cwd), "--".into()]);
+    argv.extend(python);
+    argv.extend(w.args.iter().cloned());
+    let mut cmd = Command::new(&bwrap);
+    cmd.args(&argv);
+    Ok(cmd)
+}
+
+/// The namespace and mount options every jail has, up to the hidden paths.
+fn base_args(jail: &JailOptions) -> Vec<String> {
+    let mut a: Vec<String> = vec!["--unshare-all".into()];
+    if jail.net {
+        a.push("--share-net".into());
+    }
+    a.extend(
+        [
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--uid",
+            &JAIL_UID.to_string(),
+            "--gid",
+            &JAIL_UID.to_string(),
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+        ]
+        .map(String::from),
+    );
+    a
+}
+
+/// Appends the options that hide [`HIDDEN_DIRS`] and [`HIDDEN_FILES`]
+/// (those for which `exists` holds: bwrap cannot create a mount point on
+/// the read-only root).
+fn hide(argv: &mut Vec<String>, exists: impl Fn(&Path) -> bool) {
+    for d in HIDDEN_DIRS {
+        if exists(Path::new(d)) {
+            argv.extend(["--tmpfs".into(), (*d).into()]);
+        }
+    }
+    for f in HIDDEN_FILES {
+        if exists(Path::new(f)) {
+            argv.extend(["--ro-bind".into(), "/dev/null".into(), (*f).into()]);
+        }
+    }
+}
+
+/// Appends `--clearenv` and the variables the jail gets: the allowlist
+/// (from `get`), `LC_*` (from `vars`), `HOME=/tmp`, then the spec's `env:`.
+fn environment(
+    argv: &mut Vec<String>,
+    env: &[(String, String)],
+    get: impl Fn(&str) -> Option<String>,
+    vars: impl Iterator<Item = (String, String)>,
+) {
+    argv.push("--clearenv".into());
+    let mut set = |k: &str, v: &str| argv.extend(["--setenv".into(), k.into(), v.into()]);
+    for k in ENV_ALLOWLIST {
+        if let Some(v) = get(k) {
+            set(k, &v);
+        }
+    }
+    for (k, v) in vars.filter(|(k, _)| k.starts_with("LC_")) {
+        set(&k, &v);
+    }
+    set("HOME", "/tmp");
+    for (k, v) in env {
+        set(k, v);
+    }
+}
+
+/// Whether the jail hides `p` (it lies under one of [`HIDDEN_DIRS`]).
+fn is_hidden(p: &Path) -> bool {
+    HIDDEN_DIRS.iter().any(|d| p.starts_with(d))
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Runs `f` (the spawn of a jail) on a thread that lives as long as this
+/// process, and returns its result.
+///
+/// `--die-with-parent` makes bwrap ask for SIGKILL when its parent
+/// *thread* ends (`PR_SET_PDEATHSIG` follows the thread that forked, not
+/// the process): spawned from a start thread (`off_thread`, a CLI's
+/// scoped thread) the jail would die as soon as that thread returns. The
+/// spawner thread is started by the first jailed start and then waits for
+/// the next; it never ends, so the jail dies with this process only.
+pub(crate) fn spawn_on_lasting_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static SPAWNER: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    {
+        let mut spawner = lock(&SPAWNER);
+        let job = match spawner.as_ref() {
+            None => job,
+            Some(s) => match s.send(job) {
+                Ok(()) => {
+                    drop(spawner);
+                    return recv(&rx);
+                }
+                // The thread is gone (it never ends; a panic in a job
+                // would be the only way): start another.
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+        };
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("execnet-jail-spawner".into())
+            .spawn(move || {
+                for job in jobs_rx {
+                    job();
+                }
+            })?;
+        jobs_tx
+            .send(job)
+            .map_err(|_| std::io::Error::other("the jail spawner thread ended"))?;
+        *spawner = Some(jobs_tx);
+    }
+    recv(&rx)
+}
+
+fn recv<T>(rx: &std::sync::mpsc::Receiver<T>) -> Result<T> {
+    rx.recv()
+        .map_err(|_| Error::from(std::io::Error::other("the jail spawner thread panicked")))
+}
+
+/// `bwrap` on `PATH`, found once per process.
+fn bwrap() -> Result<PathBuf> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| super::popen::find_in_path("bwrap", None))
+        .clone()
+        .ok_or_else(|| Error::BubblewrapMissing {
+            detail: format!(
+                "no executable bwrap in PATH ({})",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        })
+}
+
+/// Runs `bwrap` once with the jail's namespaces (`true` inside): a kernel
+/// that refuses them fails every jailed start the same way, with an error
+/// that names the cause. The outcome is kept for the process.
+fn check_namespaces(bwrap: &Path) -> Result<()> {
+    static CHECKED: OnceLock<Result<()>> = OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let mut argv = base_args(&JailOptions::default());
+            argv.extend(["--", "true"].map(String::from));
+            let out = Command::new(bwrap)
+                .args(&argv)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .map_err(|e| Error::BubblewrapMissing {
+                    detail: format!("{}: {e}", bwrap.display()),
+                })?;
+            if out.status.success() {
+                return Ok(());
+            }
+            Err(classify(&String::from_utf8_lossy(&out.stderr)))
+        })
+        .clone()
+}
+
+/// bwrap's complaint about namespaces, or another failure to start.
+fn classify(stderr: &str) -> Error {
+    let s = stderr.to_ascii_lowercase();
+    let namespaces = s.contains("namespace")
+        || s.contains("uid map")
+        || s.contains("setting up uid")
+        || s.contains("operation not permitted")
+        || s.contains("no permissions");
+    if namespaces {
+        Error::NamespacesNotPermitted {
+            detail: stderr.trim_end().to_string(),
+        }
+    } else {
+        Error::BootstrapFailed {
+            reason: "bwrap failed to start a trial jail".into(),
+            stderr_tail: stderr.trim_end().to_string(),
+        }
+    }
+}
+
+/// What the jail needs to know about an interpreter.
+#[derive(Debug, Clone)]
+struct Resolved {
+    /// `sys.executable` (a shim seen through), or the name as given.
+    executable: String,
+    /// Its prefixes and base prefixes, and the directory of the executable
+    /// with symlinks resolved.
+    prefixes: Vec<PathBuf>,
+}
+
+/// Asks `python` once per process where it lives (~20-50 ms, the first
+/// jailed start of that interpreter only). An interpreter that cannot
+/// answer is run as given (its start then fails with its own error).
+fn resolve(python: &str) -> Resolved {
+    static CACHE: OnceLock<Mutex<HashMap<String, Resolved>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(r) = lock(cache).get(python) {
+        return r.clone();
+    }
+    let fallback = Resolved {
+        executable: python.to_string(),
+        prefixes: Vec::new(),
+    };
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import sys\nfor p in (sys.executable, sys.prefix, sys.base_prefix, \
+             sys.exec_prefix, sys.base_exec_prefix): print(p)",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let r = match out {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            match lines.split_first() {
+                Some((exe, prefixes)) if !exe.is_empty() => {
+                    let mut all: Vec<PathBuf> = prefixes.iter().map(PathBuf::from).collect();
+                    if let Some(dir) = std::fs::canonicalize(exe)
+                        .ok()
+                        .and_then(|p| p.parent().map(Path::to_path_buf))
+                    {
+                        all.push(dir);
+                    }
+                    if let Some(dir) = Path::new(exe).parent() {
+                        all.push(dir.to_path_buf());
+                    }
+                    Resolved {
+                        executable: (*exe).to_string(),
+                        prefixes: minimal(all),
+                    }
+                }
+                _ => fallback,
+            }
+        }
+        _ => fallback,
+    };
+    lock(cache).insert(python.to_string(), r.clone());
+    r
+}
+
+/// The paths of `all` that no other path of `all` contains (sorted,
+/// without duplicates): binding a prefix binds its subdirectories.
+fn minimal(mut all: Vec<PathBuf>) -> Vec<PathBuf> {
+    all.retain(|p| p.is_absolute() && p.as_os_str().len() > 1);
+    all.sort();
+    all.dedup();
+    let keep: Vec<PathBuf> = all
+        .iter()
+        .filter(|p| !all.iter().any(|q| q != *p && p.starts_with(q)))
+        .cloned()
+        .collect();
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_options() {
+        let a = base_args(&JailOptions::default());
+        assert_eq!(a[0], "--unshare-all");
+        assert!(!a.contains(&"--share-net".to_string()));
+        for w in ["--die-with-parent", "--new-session", "--cap-drop"] {
+            assert!(a.contains(&w.to_string()), "{w}");
+        }
+        let a = base_args(&JailOptions {
+            rw: vec![],
+            net: true,
+        });
+        // --share-net must follow --unshare-all to undo its network part.
+        assert_eq!(&a[..2], ["--unshare-all", "--share-net"]);
+    }
+
+    #[test]
+    fn hides_what_exists() {
+        let mut a = Vec::new();
+        hide(&mut a, |p| {
+            p != Path::new("/etc/gshadow") && p != Path::new("/home")
+        });
+        let text = a.join(" ");
+        assert!(text.contains("--tmpfs /root"), "{text}");
+        assert!(text.contains("--tmpfs /tmp"), "{text}");
+        assert!(text.contains("--ro-bind /dev/null /etc/shadow"), "{text}");
+        assert!(
+            !text.contains("/home") && !text.contains("gshadow"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn environment_is_cleared_but_the_allowlist() {
+        let mut a = Vec::new();
+        let host = |k: &str| match k {
+            "PATH" => Some("/usr/bin".to_string()),
+            "TERM" => Some("xterm".to_string()),
+            _ => None,
+        };
+        let vars = vec![
+            ("LC_ALL".to_string(), "C.UTF-8".to_string()),
+            ("SECRET".to_string(), "x".to_string()),
+        ];
+        environment(
+            &mut a,
+            &[("A".to_string(), "b c".to_string())],
+            host,
+            vars.into_iter(),
+        );
+        assert_eq!(
+            a.join(" "),
+            "--clearenv --setenv PATH /usr/bin --setenv TERM xterm --setenv LC_ALL C.UTF-8 \
+             --setenv HOME /tmp --setenv A b c"
+        );
+    }
+
+    #[test]
+    fn minimal_prefixes() {
+        let m = minimal(
+            [
+                "/root/.pyenv/versions/3.11.7",
+                "/root/.pyenv/versions/3.11.7/bin",
+                "/usr",
+                "/usr",
+                "rel",
+                "/",
+            ]
+            .map(PathBuf::from)
+            .to_vec(),
+        );
+        assert_eq!(
+            m,
+            ["/root/.pyenv/versions/3.11.7", "/usr"].map(PathBuf::from)
+        );
+        assert!(is_hidden(Path::new("/root/.pyenv/versions/3.11.7")));
+        assert!(is_hidden(Path::new("/tmp/venv")));
+        assert!(!is_hidden(Path::new("/usr")));
+        assert!(!is_hidden(Path::new("/rootfs")));
+    }
+
+    #[test]
+    fn classifies_bwrap_failures() {
+        assert!(matches!(
+            classify("bwrap: No permissions to creating new namespace, likely because the kernel does not allow non-privileged user namespaces."),
+            Error::NamespacesNotPermitted { .. }
+        ));
+        assert!(matches!(
+            classify("bwrap: setting up uid map: Permission denied"),
+            Error::NamespacesNotPermitted { .. }
+        ));
+        assert!(matches!(
+            classify("bwrap: Can't find source path /x: No such file or directory"),
+            Error::BootstrapFailed { .. }
+        ));
+    }
+}
