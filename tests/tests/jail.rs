@@ -792,3 +792,21 @@ fn a_jail_outlives_the_thread_that_started_it() {
         gw.exit().unwrap();
     })
 }
+
+#[test]
+fn transports_that_cannot_jail_refuse_the_keys() {
+    bounded(LIMIT, || {
+        for spec in [
+            "socket=127.0.0.1:1//jail",
+            "socket=127.0.0.1:1//max_cpu=1",
+            "popen//via=gw0//jail",
+            "popen//via=gw0//max_memory=1G",
+        ] {
+            match makegateway(spec) {
+                Err(Error::Spec(m)) => assert!(m.contains("not supported"), "{spec}: {m}"),
+                Err(e) => panic!("{spec}: {e}"),
+                Ok(_) => panic!("{spec}: started without its jail or limit"),
+            }
+        }
+    })
+}

@@ -82,6 +82,21 @@ impl JailOptions {
     }
 }
 
+/// The jail and limit keys, for [`refuse_unsupported`].
+pub(crate) const KEYS: &[&str] = &["jail", "max_memory", "max_cpu", "max_procs"];
+
+/// Refuses the jail and limit keys of `spec` that transport `what` cannot
+/// apply (all of [`KEYS`] but `allowed`): a worker must never run without
+/// the wall or the limit its spec asked for.
+pub(crate) fn refuse_unsupported(spec: &XSpec, what: &str, allowed: &[&str]) -> Result<()> {
+    match KEYS.iter().find(|k| spec.has(k) && !allowed.contains(k)) {
+        Some(k) => Err(Error::Spec(format!(
+            "{k} is not supported on {what} gateways (docs/jails.md)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// What [`command`] needs besides the options.
 pub(crate) struct Wrap<'a> {
     /// The interpreter's command line (`python=`), resolved.

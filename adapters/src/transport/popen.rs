@@ -52,11 +52,9 @@ impl PopenOptions {
             }
             None => None,
         };
-        if spec.via().is_some() && (spec.jail() || spec.limits().any()) {
-            return Err(Error::Spec(
-                "jail and max_* limits are not supported with via= yet (jail the gateway via= names instead)"
-                    .into(),
-            ));
+        if spec.via().is_some() {
+            // The relay starts the target: jail the gateway via= names.
+            jail::refuse_unsupported(spec, "popen via=", &[])?;
         }
         Ok(PopenOptions {
             python,

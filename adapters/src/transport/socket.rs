@@ -123,6 +123,9 @@ pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
             }
         }
     };
+    if let Err(e) = super::jail::refuse_unsupported(spec, "socket", &[]) {
+        return Some(Err(e));
+    }
     Some(Ok(Box::new(SocketConnect {
         target,
         setup: WorkerSetup::from_spec(spec),

@@ -66,6 +66,7 @@ impl SshOptions {
         if args.is_empty() {
             return Err(Error::Spec("ssh= needs [options] [user@]host".into()));
         }
+        super::jail::refuse_unsupported(spec, "ssh", &[])?;
         Ok(SshOptions {
             args,
             ssh_config: spec.ssh_config().map(PathBuf::from),
