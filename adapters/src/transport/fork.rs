@@ -95,10 +95,9 @@ pub(crate) fn claim(request: &Request<'_>) -> Option<Result<Box<dyn Connect>>> {
             "popen//fork cannot go via= another gateway (fork servers are local)".into(),
         )));
     }
-    if spec.has("jail") {
-        return Some(Err(Error::Spec(
-            "popen//fork and jail together are not supported".into(),
-        )));
+    // Forked workers share their server's process: no jail, no limits.
+    if let Err(e) = super::jail::refuse_unsupported(spec, "popen//fork", &[]) {
+        return Some(Err(e));
     }
     Some(PopenOptions::from_spec(spec).map(|mut opts| {
         opts.setup.output = request.output;
@@ -237,6 +236,8 @@ impl Server {
             env: key.env.clone(),
             dont_write_bytecode: key.dont_write_bytecode,
             output: OutputMode::Forward,
+            // The claim refuses jail and limits for fork specs.
+            ..Default::default()
         };
         // The worker goes to the server as to a popen start's boot loader:
         // compiled code from the cache when there is some, else the source,
