@@ -2,7 +2,9 @@
 //! defines them and registers them here at import).
 
 use execnet::Error;
-use pyo3::exceptions::{PyEOFError, PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyEOFError, PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError, PyValueError,
+};
 use pyo3::prelude::*;
 
 use crate::registry;
@@ -66,12 +68,23 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error, op: Op) -> PyErr {
         | Error::HostUnreachable { .. }
         | Error::AuthenticationFailed { .. }
         | Error::HostKeyVerificationFailed { .. } => make(py, |r| &r.host_not_found, e.to_string()),
-        Error::InterpreterNotFound { .. } => PyFileNotFoundError::new_err(e.to_string()),
+        Error::InterpreterNotFound { .. } | Error::BubblewrapMissing { .. } => {
+            PyFileNotFoundError::new_err(e.to_string())
+        }
+        // jail: the kernel or the cgroups refuse (docs/jails.md).
+        Error::NamespacesNotPermitted { .. } | Error::NoWritableCgroup { .. } => {
+            PyPermissionError::new_err(e.to_string())
+        }
         // execnet: a send to a dead worker is an IOError, a wait an EOFError.
-        Error::WorkerDied { .. } | Error::ConnectionLost(_) if op == Op::Send => {
+        // A limit's kill reads like any dead worker, with the limit named.
+        Error::WorkerDied { .. } | Error::LimitExceeded { .. } | Error::ConnectionLost(_)
+            if op == Op::Send =>
+        {
             PyOSError::new_err(format!("cannot send: {e}"))
         }
-        Error::WorkerDied { .. } | Error::ConnectionLost(_) => PyEOFError::new_err(e.to_string()),
+        Error::WorkerDied { .. } | Error::LimitExceeded { .. } | Error::ConnectionLost(_) => {
+            PyEOFError::new_err(e.to_string())
+        }
         Error::GatewayTerminated => {
             PyOSError::new_err(format!("cannot send (already closed?): {e}"))
         }
