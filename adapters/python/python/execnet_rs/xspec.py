@@ -16,6 +16,7 @@ class XSpec:
     chdir: str | None = None
     dont_write_bytecode: bool | None = None
     execmodel: str | None = None
+    fork: bool | None = None
     id: str | None = None
     installvia: str | None = None
     nice: str | None = None
