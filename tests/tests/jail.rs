@@ -785,3 +785,74 @@ fn transports_that_cannot_jail_refuse_the_keys() {
         }
     })
 }
+
+/// `ssh=HOST//jail`: the remote host's bwrap builds the same jail (here
+/// the "remote" host is this one, through a real sshd on loopback).
+#[test]
+fn ssh_jail_walls_in_the_remote_worker() {
+    bounded(LIMIT, || {
+        if !have_bwrap() {
+            return;
+        }
+        let sshd = match execnet_tests::sshd::Sshd::start() {
+            Ok(s) => s,
+            Err(e) => {
+                skip(&format!("cannot start sshd: {e}"));
+                return;
+            }
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let spec = format!(
+            "ssh=sshd-root//ssh_config={}//jail//env:K=v w",
+            sshd.ssh_config().display()
+        );
+        let gw = makegateway(&spec).unwrap_or_else(|e| panic!("{spec}: {e}\n{}", sshd.log()));
+        let (uid, root, k, home, usr, net): (u32, Vec<String>, String, String, i64, String) = eval(
+            &gw,
+            &format!(
+                r#"
+import os, socket
+try:
+    open("/usr/execnet-ssh-jail", "w")
+    usr = 0
+except OSError as e:
+    usr = e.errno
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=3).close()
+    net = "connected"
+except OSError as e:
+    net = "refused"
+channel.send((os.getuid(), os.listdir("/root"), os.environ["K"], os.environ["HOME"], usr, net))
+"#
+            ),
+        );
+        assert_ne!(uid, 0);
+        assert!(root.is_empty(), "{root:?}");
+        assert_eq!((k.as_str(), home.as_str()), ("v w", "/tmp"));
+        assert_eq!(usr, 30);
+        assert_eq!(net, "refused");
+        gw.exit().unwrap();
+        // max_cpu= over ssh: the same typed error.
+        let spec = format!(
+            "ssh=sshd-root//ssh_config={}//jail//max_cpu=1",
+            sshd.ssh_config().display()
+        );
+        let gw = makegateway(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        let e = gw
+            .remote_exec("while True:\n    pass\n")
+            .unwrap()
+            .receive_timeout::<Value>(Duration::from_secs(30))
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::LimitExceeded { limit, .. } if limit == "max_cpu=1"),
+            "{e}"
+        );
+        // The cgroup limits need a cgroup made there: refused.
+        let spec = format!(
+            "ssh=sshd-root//ssh_config={}//max_memory=1G",
+            sshd.ssh_config().display()
+        );
+        assert!(matches!(makegateway(&spec), Err(Error::Spec(_))));
+    })
+}

@@ -179,6 +179,59 @@ pub(crate) fn command(jail: &JailOptions, w: &Wrap<'_>) -> Result<Command> {
     Ok(cmd)
 }
 
+/// The remote shell line of `ssh=HOST//jail`: the same jail, built by the
+/// remote host's shell, which has bwrap. What cannot be known from here
+/// is asked there: which hidden paths exist (a `$(…)` list), and the
+/// allowlisted variables come from the remote environment. `chdir=` is
+/// created first (`mkdir -p`); `python` is pasted unquoted, as ssh does.
+/// The remote interpreter must live outside the hidden paths
+/// (`/usr/bin/python3`; the jail's `PATH` lookup skips hidden ones).
+pub(crate) fn remote_line(
+    jail: &JailOptions,
+    env: &[(String, String)],
+    chdir: Option<&Path>,
+    python: &str,
+    args: &[String],
+) -> String {
+    let q = |s: &str| shell_words::quote(s).into_owned();
+    let mut line = String::new();
+    if let Some(d) = chdir {
+        line.push_str(&format!("mkdir -p {} && ", q(&d.to_string_lossy())));
+    }
+    line.push_str("bwrap");
+    for a in base_args(jail) {
+        line.push(' ');
+        line.push_str(&q(&a));
+    }
+    let dirs = HIDDEN_DIRS.join(" ");
+    let files = HIDDEN_FILES.join(" ");
+    line.push_str(&format!(
+        " $(for d in {dirs}; do test -e $d && echo --tmpfs $d; done;          for f in {files}; do test -e $f && echo --ro-bind /dev/null $f; done)"
+    ));
+    for p in jail.rw.iter().map(PathBuf::as_path).chain(chdir) {
+        let p = q(&p.to_string_lossy());
+        line.push_str(&format!(" --bind {p} {p}"));
+    }
+    line.push_str(" --clearenv --setenv PATH \"$PATH\"");
+    for k in ENV_ALLOWLIST.iter().filter(|k| **k != "PATH") {
+        line.push_str(&format!(" ${{{k}:+--setenv {k} \"${k}\"}}"));
+    }
+    line.push_str(" --setenv HOME /tmp");
+    for (k, v) in env {
+        line.push_str(&format!(" --setenv {} {}", q(k), q(v)));
+    }
+    if let Some(d) = chdir {
+        line.push_str(&format!(" --chdir {}", q(&d.to_string_lossy())));
+    }
+    line.push_str(" -- ");
+    line.push_str(python);
+    for a in args {
+        line.push(' ');
+        line.push_str(&q(a));
+    }
+    line
+}
+
 /// The namespace and mount options every jail has, up to the hidden paths.
 fn base_args(jail: &JailOptions) -> Vec<String> {
     let mut a: Vec<String> = vec!["--unshare-all".into()];
@@ -529,6 +582,48 @@ mod tests {
         assert!(is_hidden(Path::new("/tmp/venv")));
         assert!(!is_hidden(Path::new("/usr")));
         assert!(!is_hidden(Path::new("/rootfs")));
+    }
+
+    /// The remote line runs in a real shell: a local `sh -c` with bwrap
+    /// replaced by `printf` shows the words bwrap would get.
+    #[test]
+    fn remote_line_is_one_shell_command() {
+        let jail = JailOptions {
+            rw: vec![PathBuf::from("/srv/a b")],
+            net: false,
+        };
+        let line = remote_line(
+            &jail,
+            &[("K".into(), "v w".into())],
+            Some(Path::new("/tmp/x")),
+            "python3",
+            &["-u".into(), "-c".into(), "print('hi')".into()],
+        );
+        assert!(
+            line.starts_with("mkdir -p /tmp/x && bwrap --unshare-all"),
+            "{line}"
+        );
+        let shown = line
+            .replacen("mkdir -p /tmp/x && bwrap", "printf '%s\\n'", 1)
+            .replace("$PATH", "/usr/bin");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &shown])
+            .env("LANG", "C.UTF-8")
+            .env_remove("TZ")
+            .output()
+            .unwrap();
+        let words: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let text = words.join(" ");
+        assert!(text.contains("--tmpfs /root"), "{text}");
+        assert!(text.contains("--bind /srv/a b /srv/a b"), "{text}");
+        assert!(text.contains("--setenv LANG C.UTF-8"), "{text}");
+        assert!(!text.contains("TZ"), "{text}");
+        assert!(text.contains("--setenv K v w"), "{text}");
+        assert!(words.contains(&"v w".to_string()), "{words:?}");
+        assert!(text.ends_with("-- python3 -u -c print('hi')"), "{text}");
     }
 
     #[test]

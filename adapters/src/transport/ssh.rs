@@ -66,7 +66,8 @@ impl SshOptions {
         if args.is_empty() {
             return Err(Error::Spec("ssh= needs [options] [user@]host".into()));
         }
-        super::jail::refuse_unsupported(spec, "ssh", &[])?;
+        // The cgroup limits need a cgroup made on the remote host.
+        super::jail::refuse_unsupported(spec, "ssh", &["jail", "max_cpu"])?;
         Ok(SshOptions {
             args,
             ssh_config: spec.ssh_config().map(PathBuf::from),
@@ -81,8 +82,21 @@ impl SshOptions {
         self.args.last().map_or("", String::as_str)
     }
 
-    /// The shell line ssh runs remotely.
+    /// The shell line ssh runs remotely (with `jail`, under the remote
+    /// host's bwrap: `jail::remote_line`).
     pub fn remote_command(&self) -> String {
+        // max_cpu=: the loader's first statement, as over popen.
+        let loader = super::limits::prelude(&self.setup.limits, None) + &process::source_loader();
+        let args = self.setup.interpreter_args(&loader);
+        if let Some(jail) = &self.setup.jail {
+            return super::jail::remote_line(
+                jail,
+                &self.setup.env,
+                self.setup.chdir.as_deref(),
+                &self.python,
+                &args,
+            );
+        }
         let mut line = String::new();
         if !self.setup.env.is_empty() {
             line.push_str("env");
@@ -93,7 +107,7 @@ impl SshOptions {
             line.push(' ');
         }
         line.push_str(&self.python);
-        for a in self.setup.interpreter_args(&process::source_loader()) {
+        for a in args {
             line.push(' ');
             line.push_str(&shell_words::quote(&a));
         }
@@ -241,7 +255,16 @@ pub(crate) fn connect(opts: &SshOptions) -> Result<(Transport, Probe)> {
         Transport {
             reader: Box::new(stdout),
             writer: Box::new(stdin),
-            control: Some(Box::new(Shared(control))),
+            control: Some(if opts.setup.limits.any() {
+                // Which limit ended the worker (max_cpu=).
+                Box::new(super::limits::Limited::new(
+                    control,
+                    opts.setup.limits,
+                    None,
+                ))
+            } else {
+                Box::new(Shared(control))
+            }),
             description,
         },
         probe,
