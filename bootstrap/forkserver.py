@@ -89,6 +89,13 @@ def load_worker(inp, ctl):
     del compiled, source
     ns = {"__name__": "execnet_fork_worker", "__builtins__": __builtins__}
     exec(code, ns)
+    # what every worker imports at its start (_detach, its output thread): loaded
+    # once here instead of in each child (fcntl is a shared library on some builds)
+    for name in ("fcntl", "stat", "io"):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
     return ns
 
 
