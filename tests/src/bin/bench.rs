@@ -753,6 +753,29 @@ fn main() -> Res<()> {
             peer: p,
             target: Target::TimesLimit(1.15, "bare", bare),
         });
+        // popen//jail (docs/jails.md): bwrap around the same start, in
+        // pairs with a plain start so that both see the same load. The
+        // warm-up pays the once-per-process checks (bwrap, namespaces).
+        let have_bwrap = Command::new("bwrap")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if have_bwrap {
+            let jailed = format!("{spec}//jail");
+            let _ = ours_start(&jailed);
+            let (mut plain, mut jail) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                plain.extend(ours_start(&spec).map_err(|e| eprintln!("ours: {e}")).ok());
+                jail.extend(ours_start(&jailed).map_err(|e| eprintln!("jail: {e}")).ok());
+            }
+            rows.push(Row {
+                metric: "jailed start (popen//jail) to first round trip".into(),
+                unit: Unit::Ms,
+                ours: median(jail),
+                peer: None,
+                target: Target::TimesLimit(1.3, "plain popen start", median(plain)),
+            });
+        }
         // execnet compiles its source on every start; ours only on the
         // first start of an interpreter in a process (transport/code_cache.rs).
         let first = limit(n, || ours_first_start(&python));
