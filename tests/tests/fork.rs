@@ -371,6 +371,41 @@ fn a_stopped_server_fails_the_start_within_its_timeout_and_a_killed_one_is_repla
 }
 
 #[test]
+fn a_server_killed_under_a_start_fails_it_with_the_reason() {
+    bounded(LIMIT, || {
+        let spec = own_spec("killed-under");
+        let first = makegateway(&spec).unwrap();
+        let server = ids(&first).1;
+        execnet_tests::faults::signal(server, 19); // SIGSTOP: the request waits
+        let started = {
+            let spec = spec.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let r = Gateway::builder(&spec)
+                    .unwrap()
+                    .startup_timeout(Duration::from_secs(30))
+                    .start()
+                    .map(|_| ());
+                (r, t0.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        execnet_tests::faults::signal(server, 9);
+        let (r, elapsed) = started.join().unwrap();
+        let e = r.unwrap_err();
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}: {e}");
+        match &e {
+            Error::BootstrapFailed { .. } => {
+                assert!(e.to_string().contains("fork server"), "{e}");
+                assert!(e.to_string().contains("signal 9"), "{e}");
+            }
+            other => panic!("expected BootstrapFailed, got {other:?}"),
+        }
+        first.exit().unwrap();
+    })
+}
+
+#[test]
 fn fork_specs_that_cannot_work_are_refused() {
     for spec in ["ssh=somehost//fork", "popen//fork//via=gw0"] {
         match makegateway(spec) {

@@ -312,14 +312,24 @@ impl Server {
             std::thread::Builder::new()
                 .name(format!("execnet-fork-{pid}"))
                 .spawn(move || {
-                    read_reports(r, &reports);
+                    let why = read_reports(r, &reports);
                     // Without its control connection the server is of no
                     // use (it exits at its end): reap it now, not when its
-                    // last gateway goes.
-                    if server_process.wait(SERVER_EXIT).is_none() {
+                    // last gateway goes, and say how it ended.
+                    let status = server_process.wait(SERVER_EXIT).or_else(|| {
                         server_process.kill();
-                        let _ = server_process.wait(SERVER_EXIT);
+                        server_process.wait(SERVER_EXIT)
+                    });
+                    let tail = server_process.stderr_tail(Duration::from_millis(200));
+                    let mut why = match status {
+                        Some(s) => format!("{why}; the fork server (pid {pid}) ended: {s}"),
+                        None => why,
+                    };
+                    if !tail.trim().is_empty() {
+                        why = format!("{why}; its stderr:\n{}", tail.trim_end());
                     }
+                    tracing::debug!(%why, "fork server gone");
+                    reports.update(|b| b.ended = Some(why));
                 })
         });
         let reader = match reader {
@@ -549,8 +559,9 @@ impl Reports {
     }
 }
 
-/// The report thread: reads the control connection until it ends.
-fn read_reports(mut ctl: impl Read, reports: &Reports) {
+/// The report thread: reads the control connection until it ends, and
+/// returns why it ended.
+fn read_reports(mut ctl: impl Read, reports: &Reports) -> String {
     let why = loop {
         let mut head = [0u8; REPORT_HEADER];
         if let Err(e) = ctl.read_exact(&mut head) {
@@ -616,8 +627,10 @@ fn read_reports(mut ctl: impl Read, reports: &Reports) {
             other => break format!("an unknown report {other:#04x} of {len} bytes"),
         }
     };
-    tracing::debug!(%why, "fork server control connection ended");
-    reports.update(|b| b.ended = Some(why));
+    // Nothing more will be reported: the waits on it end now (the report
+    // thread adds how the server ended once it is reaped).
+    reports.update(|b| b.ended = Some(why.clone()));
+    why
 }
 
 /// Kills the worker `pid` with its process group. The server reports the
