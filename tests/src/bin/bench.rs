@@ -5,7 +5,21 @@
 //!
 //! ```text
 //! cargo run --release -p execnet-tests --bin bench [-- --quick] [--python PATH] [--only a,b]
+//!     [--pythons PATH,PATH]
 //! ```
+//!
+//! Sections (`--only`): `start` (warm start vs bare), `cold` (warm start,
+//! first start of a fresh host process with an empty and with a populated
+//! compiled-worker cache), `many` (16 and 64 gateways at once in a fresh
+//! process against as many bare interpreters, per start mode in
+//! [`START_MODES`]), `gateways` (bulk each way on the first and a later
+//! gateway of a fresh process, the worker's page faults per MiB received),
+//! `pinned` (ping-pong with both ends pinned by `taskset`, across cores and
+//! on one core), `pingpong`, `items`, `bulk`, `channels`, `rsync`. `cold`,
+//! `many` and `gateways` run on each of `--pythons` (default: Debian's
+//! `/usr/bin/python3` and pyenv's newest 3.11); the rest on `--python`.
+//! The run uses a compiled-worker cache directory of its own under
+//! `target/` (never `~/.cache`), removed at the end.
 //!
 //! The execnet side runs in a throwaway venv under `target/bench-venv`
 //! (created once with `PYTHON -m venv` and `pip install execnet==2.1.2`),
@@ -57,7 +71,12 @@ struct Plan {
     items: i64,
     bulk_mib: u64,
     channels: usize,
-    gateways: usize,
+    /// Repeats of the 16-at-once rows, and of the 64-at-once rows.
+    many_repeats: usize,
+    many_repeats_64: usize,
+    /// Repeats of the cold/warm start rows (single starts swing by 2-3x on
+    /// a loaded 2-core VM: more samples than the other rows).
+    cold_repeats: usize,
     rsync_files: usize,
     rsync_bytes: usize,
     rsync_repeats: usize,
@@ -72,7 +91,9 @@ impl Plan {
                 items: 50_000,
                 bulk_mib: 64,
                 channels: 1000,
-                gateways: 16,
+                many_repeats: 2,
+                many_repeats_64: 1,
+                cold_repeats: 9,
                 rsync_files: 2000,
                 rsync_bytes: 50 << 20,
                 rsync_repeats: 1,
@@ -84,7 +105,9 @@ impl Plan {
                 items: 200_000,
                 bulk_mib: 256,
                 channels: 1000,
-                gateways: 16,
+                many_repeats: 3,
+                many_repeats_64: 2,
+                cold_repeats: 21,
                 rsync_files: 2000,
                 rsync_bytes: 50 << 20,
                 rsync_repeats: 3,
@@ -172,9 +195,23 @@ fn venv(python: &Path) -> std::result::Result<PathBuf, String> {
 }
 
 fn start_peer(vpy: &Path, python: &Path) -> Res<Peer> {
+    start_peer_with(&[], vpy, &python.display().to_string())
+}
+
+/// The driver run as `PREFIX… VPY DRIVER PYTHON` (`prefix`: e.g. `taskset
+/// -c 0`; `python`: the worker's command line, e.g. `taskset -c 1 PY`).
+fn start_peer_with(prefix: &[&str], vpy: &Path, python: &str) -> Res<Peer> {
     let script = target_dir().join("bench-execnet-driver.py");
     std::fs::write(&script, DRIVER)?;
-    let mut child = Command::new(vpy)
+    let mut cmd = match prefix.split_first() {
+        Some((p, rest)) => {
+            let mut c = Command::new(p);
+            c.args(rest).arg(vpy);
+            c
+        }
+        None => Command::new(vpy),
+    };
+    let mut child = cmd
         .arg(&script)
         .arg(python)
         .stdin(Stdio::piped())
@@ -200,7 +237,8 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 // ------------------------------------------------------------------ ours
 
-fn spec(python: &Path) -> String {
+/// `popen//python=PYTHON`.
+fn popen_spec(python: &Path) -> String {
     format!("popen//python={}", python.display())
 }
 
@@ -356,7 +394,7 @@ fn ours_channels(gw: &Gateway, n: usize) -> Res<f64> {
 
 /// The child process of the RSS measurement: bulk both ways, then VmHWM.
 fn rss_child(python: &Path, mib: u64) -> Res<()> {
-    let gw = makegateway(&spec(python))?;
+    let gw = makegateway(&popen_spec(python))?;
     ours_bulk_up(&gw, mib)?;
     ours_bulk_down(&gw, mib)?;
     gw.exit()?;
@@ -378,29 +416,138 @@ fn ours_rss(python: &Path, mib: u64) -> Res<f64> {
     )
 }
 
-/// The child process of the cold-start measurement: the first start in a
-/// process compiles the worker (nothing in the compiled-worker cache yet).
-fn first_start_child(python: &Path) -> Res<()> {
-    println!("{}", ours_start(&spec(python))?);
+/// The child process of the cold-start measurements: the first start in a
+/// fresh host process (with whatever the disk cache holds: the parent
+/// points `EXECNET_CACHE_DIR` at an empty or a populated directory).
+fn first_start_child(spec: &str) -> Res<()> {
+    println!("{}", ours_start(spec)?);
     Ok(())
 }
 
-fn ours_first_start(python: &Path) -> Res<f64> {
-    in_fresh_process("--first-start-child", &[python.as_os_str()])
+fn ours_first_start(spec: &str, cache: &Path) -> Res<f64> {
+    in_fresh_process_env(
+        "--first-start-child",
+        &[spec.as_ref()],
+        &[("EXECNET_CACHE_DIR", cache)],
+    )?
+    .first()
+    .copied()
+    .ok_or_else(|| "no figure".into())
+}
+
+/// The child process of the many-at-once rows: `n` gateways of `spec`
+/// started at once, as the first starts of a fresh host process.
+fn many_child(spec: &str, n: usize) -> Res<()> {
+    println!("{}", ours_start_many(spec, n)?);
+    Ok(())
+}
+
+fn ours_many_fresh(spec: &str, n: usize, cache: &Path) -> Res<f64> {
+    in_fresh_process_env(
+        "--many-child",
+        &[spec.as_ref(), n.to_string().as_ref()],
+        &[("EXECNET_CACHE_DIR", cache)],
+    )?
+    .first()
+    .copied()
+    .ok_or_else(|| "no figure".into())
+}
+
+/// Minor page faults of process `pid` so far (`/proc/PID/stat` field 10).
+fn minflt(pid: i64) -> Res<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').ok_or("stat")?.1;
+    Ok(rest
+        .split_whitespace()
+        .nth(7)
+        .ok_or("stat")?
+        .parse::<u64>()? as f64)
+}
+
+/// Bulk each way on one gateway: (host→worker MiB/s, worker→host MiB/s,
+/// the worker's page faults per MiB received).
+fn bulk_on(gw: &Gateway, mib: u64) -> Res<[f64; 3]> {
+    let pid: i64 = gw
+        .remote_exec("import os\nchannel.send(os.getpid())")?
+        .receive()?;
+    let f0 = minflt(pid)?;
+    let up = ours_bulk_up(gw, mib)?;
+    let faults = (minflt(pid)? - f0) / mib as f64;
+    let down = ours_bulk_down(gw, mib)?;
+    Ok([up, down, faults])
+}
+
+/// The child process of the per-gateway bulk rows: bulk each way on the
+/// first gateway of a fresh host process, then on a later one. Prints six
+/// numbers: first up, down, faults/MiB; later up, down, faults/MiB.
+fn bulk_child(spec: &str, mib: u64) -> Res<()> {
+    let gw = makegateway(spec)?;
+    let first = bulk_on(&gw, mib)?;
+    gw.exit()?;
+    // A few starts between: "later" is any start after the first.
+    for _ in 0..2 {
+        ours_start(spec)?;
+    }
+    let gw = makegateway(spec)?;
+    let later = bulk_on(&gw, mib)?;
+    gw.exit()?;
+    let all: Vec<String> = first.iter().chain(&later).map(|x| x.to_string()).collect();
+    println!("{}", all.join(" "));
+    Ok(())
+}
+
+/// The child process of the pinned ping-pong rows (run under `taskset`):
+/// ours on `spec`, and the raw pipe to `python` (a command line).
+fn pingpong_child(spec: &str, python: &str, n: usize) -> Res<()> {
+    let gw = makegateway(spec)?;
+    let ours = ours_pingpong(&gw, n)?;
+    gw.exit()?;
+    let argv = shell_split(python);
+    let raw = raw_pingpong_argv(&argv, n)?;
+    println!("{ours} {raw}");
+    Ok(())
+}
+
+fn shell_split(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
 }
 
 /// Runs this binary as `bench MODE ARGS…` (a measurement that needs a fresh
 /// host process) and returns the one number it prints.
 fn in_fresh_process(mode: &str, args: &[&std::ffi::OsStr]) -> Res<f64> {
-    let out = Command::new(std::env::current_exe()?)
-        .arg(mode)
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()?;
+    in_fresh_process_env(mode, args, &[])?
+        .first()
+        .copied()
+        .ok_or_else(|| "no figure".into())
+}
+
+/// [`in_fresh_process`] with `env` set, returning every number printed.
+fn in_fresh_process_env(
+    mode: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &Path)],
+) -> Res<Vec<f64>> {
+    in_fresh_process_with(Command::new(std::env::current_exe()?), mode, args, env)
+}
+
+fn in_fresh_process_with(
+    mut cmd: Command,
+    mode: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &Path)],
+) -> Res<Vec<f64>> {
+    cmd.arg(mode).args(args).stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
     if !out.status.success() {
         return Err(format!("bench {mode} failed").into());
     }
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+    String::from_utf8(out.stdout)?
+        .split_whitespace()
+        .map(|x| Ok(x.parse()?))
+        .collect()
 }
 
 // ------------------------------------------------------------------ limits
@@ -444,7 +591,20 @@ fn raw_child(python: &Path, src: &str, args: &[String]) -> Res<Child> {
 }
 
 fn raw_pingpong(python: &Path, n: usize) -> Res<f64> {
-    let mut child = raw_child(python, RAW_ECHO, &[])?;
+    raw_pingpong_argv(&[python.display().to_string()], n)
+}
+
+/// The raw pipe ping-pong against `argv -c RAW_ECHO` (`argv` may be a
+/// `taskset -c N python` prefix).
+fn raw_pingpong_argv(argv: &[String], n: usize) -> Res<f64> {
+    let (prog, pre) = argv.split_first().ok_or("empty python")?;
+    let mut child = Command::new(prog)
+        .args(pre)
+        .arg("-c")
+        .arg(RAW_ECHO)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut w = child.stdin.take().ok_or("stdin")?;
     let mut r = child.stdout.take().ok_or("stdout")?;
     let mut b = [0u8; 1];
@@ -558,6 +718,8 @@ enum Unit {
     PerSec,
     MiBs,
     MiB,
+    /// A plain count.
+    Count,
 }
 
 impl Unit {
@@ -571,6 +733,7 @@ impl Unit {
             Unit::PerSec => format!("{:.0}k/s", v / 1e3),
             Unit::MiBs => format!("{v:.0} MiB/s"),
             Unit::MiB => format!("{:.1} MiB", v / (1u64 << 20) as f64),
+            Unit::Count => format!("{v:.0}"),
         }
     }
     /// Bigger is better.
@@ -584,6 +747,8 @@ enum Target {
     None,
     /// ours ≤ k × a limit (a time).
     TimesLimit(f64, &'static str, Option<f64>),
+    /// ours ≥ k × another rate.
+    RateAtLeast(f64, &'static str, Option<f64>),
     /// speed-up over execnet ≥ k.
     SpeedUp(f64),
     /// ours ≤ k (absolute).
@@ -620,6 +785,16 @@ fn print_table(rows: &[Row]) -> String {
                     )
                 }
                 _ => (format!("≤ {k}× {name}"), "n/a".into()),
+            },
+            Target::RateAtLeast(k, name, other) => match (r.ours, other) {
+                (Some(o), Some(l)) => {
+                    let x = o / l;
+                    (
+                        format!("≥ {k}× {name} (is {x:.2}×)"),
+                        if x >= *k { "pass" } else { "FAIL" }.into(),
+                    )
+                }
+                _ => (format!("≥ {k}× {name}"), "n/a".into()),
             },
             Target::SpeedUp(k) => (
                 format!("≥ {k}× execnet"),
@@ -689,6 +864,96 @@ fn limit(n: usize, mut f: impl FnMut() -> Res<f64>) -> Option<f64> {
     )
 }
 
+/// How gateways of an interpreter are started in the many-at-once rows:
+/// (name, spec for the interpreter). Every mode gets the same rows (16 and
+/// 64 at once in a fresh host process, against as many bare interpreters).
+/// `popen//fork` (issue 16 item 3) is one more entry here.
+const START_MODES: &[(&str, SpecFor)] = &[("popen", popen_spec)];
+
+/// Makes the spec of one start mode for an interpreter.
+type SpecFor = fn(&Path) -> String;
+
+/// Debian's python3 and pyenv's newest 3.11, those present.
+fn default_pythons() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let debian = PathBuf::from("/usr/bin/python3");
+    if debian.exists() {
+        v.push(debian);
+    }
+    let mut pyenv: Vec<PathBuf> = std::fs::read_dir("/root/.pyenv/versions")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("3.11."))
+                .map(|e| e.path().join("bin/python3"))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    pyenv.sort();
+    v.extend(pyenv.pop());
+    v
+}
+
+/// A short name for an interpreter in row titles: `debian 3.11.2`,
+/// `pyenv 3.11.7`, or the path.
+fn interpreter_label(py: &Path) -> String {
+    let version = Command::new(py)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).to_string()
+                + &String::from_utf8_lossy(&o.stderr);
+            s.trim().trim_start_matches("Python ").to_string()
+        })
+        .unwrap_or_default();
+    let p = py.display().to_string();
+    if p.starts_with("/usr/bin/") {
+        format!("debian {version}")
+    } else if p.contains("/.pyenv/") {
+        format!("pyenv {version}")
+    } else {
+        p
+    }
+}
+
+/// `py` as a file name part.
+fn slug(py: &Path) -> String {
+    py.display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// The execnet driver for `py` (started on first use).
+fn peer_for<'a>(
+    peers: &'a mut Vec<(PathBuf, Option<Peer>)>,
+    vpy: Option<&Path>,
+    py: &Path,
+) -> &'a mut Option<Peer> {
+    let i = match peers.iter().position(|(p, _)| p == py) {
+        Some(i) => i,
+        None => {
+            let mut peer = vpy.and_then(|v| start_peer(v, py).ok());
+            // Its first start pays the page cache.
+            if let Some(p) = peer.as_mut() {
+                let _ = p.call(serde_json::json!({"op": "start"}));
+            }
+            peers.push((py.to_path_buf(), peer));
+            peers.len() - 1
+        }
+    };
+    &mut peers[i].1
+}
+
+/// Pushes a measurement, or reports why there is none.
+fn report(into: &mut Vec<f64>, r: Res<f64>) {
+    match r {
+        Ok(v) => into.push(v),
+        Err(e) => eprintln!("ours: {e}"),
+    }
+}
+
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--rss-child") {
@@ -696,8 +961,13 @@ fn main() -> Res<()> {
         let mib: u64 = args.get(3).ok_or("mib")?.parse()?;
         return rss_child(&python, mib);
     }
-    if args.get(1).map(String::as_str) == Some("--first-start-child") {
-        return first_start_child(Path::new(args.get(2).ok_or("python")?));
+    let arg = |i: usize| args.get(i).map(String::as_str).ok_or("missing argument");
+    match args.get(1).map(String::as_str) {
+        Some("--first-start-child") => return first_start_child(arg(2)?),
+        Some("--many-child") => return many_child(arg(2)?, arg(3)?.parse()?),
+        Some("--bulk-child") => return bulk_child(arg(2)?, arg(3)?.parse()?),
+        Some("--pingpong-child") => return pingpong_child(arg(2)?, arg(3)?, arg(4)?.parse()?),
+        _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
     let python = args
@@ -711,9 +981,24 @@ fn main() -> Res<()> {
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(String::from).collect());
     let want = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
+    // The interpreters of the per-interpreter rows (cold, many, gateways):
+    // Debian's and pyenv's 3.11 by default.
+    let pythons: Vec<PathBuf> = args
+        .iter()
+        .position(|a| a == "--pythons")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(default_pythons, |s| {
+            s.split(',').map(PathBuf::from).collect()
+        });
+    // A compiled-worker cache of this run's own, never the user's: this
+    // process's starts and its children's use it unless a row sets another.
+    let bench_cache = target_dir().join(format!("bench-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&bench_cache);
+    // Set before any thread starts (the engine reads it at its first start).
+    std::env::set_var("EXECNET_CACHE_DIR", bench_cache.join("main"));
     let plan = Plan::new(quick);
     let started = Instant::now();
-    let spec = spec(&python);
+    let spec = popen_spec(&python);
     let version = Command::new(&python)
         .arg("--version")
         .output()
@@ -721,13 +1006,19 @@ fn main() -> Res<()> {
         .unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let mut peer = match venv(&python) {
-        Ok(vpy) => Some(start_peer(&vpy, &python)?),
+    let vpy = match venv(&python) {
+        Ok(v) => Some(v),
         Err(e) => {
             eprintln!("execnet figures are missing: {e}");
             None
         }
     };
+    let mut peer = match &vpy {
+        Some(v) => Some(start_peer(v, &python)?),
+        None => None,
+    };
+    // Drivers of execnet for the per-interpreter rows, by interpreter.
+    let mut peers: Vec<(PathBuf, Option<Peer>)> = Vec::new();
     // Warm up both (page cache, first interpreter start).
     let _ = ours_start(&spec);
     if let Some(p) = peer.as_mut() {
@@ -776,16 +1067,6 @@ fn main() -> Res<()> {
                 target: Target::TimesLimit(1.3, "plain popen start", median(plain)),
             });
         }
-        // execnet compiles its source on every start; ours only on the
-        // first start of an interpreter in a process (transport/code_cache.rs).
-        let first = limit(n, || ours_first_start(&python));
-        rows.push(Row {
-            metric: "popen first start in a fresh host process (compiles)".into(),
-            unit: Unit::Ms,
-            ours: first,
-            peer: p,
-            target: Target::None,
-        });
         rows.push(Row {
             metric: "limit: bare `python -c pass`".into(),
             unit: Unit::Ms,
@@ -793,28 +1074,234 @@ fn main() -> Res<()> {
             peer: None,
             target: Target::None,
         });
-        let g = plan.gateways;
-        let (o16, p16) = both(
-            n.min(3),
-            || ours_start_many(&spec, g),
-            &mut peer,
-            serde_json::json!({"op": "start_many", "n": g}),
-        );
-        rows.push(Row {
-            metric: format!("{g} gateways started concurrently"),
-            unit: Unit::Ms,
-            ours: o16,
-            peer: p16,
-            target: Target::TimesLimit(3.0, "one start", o),
-        });
-        let bare_many = limit(n.min(3), || bare_start_many(&python, g));
-        rows.push(Row {
-            metric: format!("limit: {g} bare `python -c pass` at once"),
-            unit: Unit::Ms,
-            ours: bare_many,
-            peer: None,
-            target: Target::None,
-        });
+    }
+    let label = |py: &Path| interpreter_label(py);
+    if want("cold") {
+        // Warm (memory cache of this process), and the first start of a
+        // fresh host process with an empty disk cache and with one an
+        // earlier process filled; interleaved, so load drift hits all.
+        for py in &pythons {
+            let pspec = popen_spec(py);
+            let pop = bench_cache.join(format!("cold-{}", slug(py)));
+            let _ = ours_first_start(&pspec, &pop); // fills `pop`
+            let _ = ours_start(&pspec); // fills this process's memory cache
+            let peer = peer_for(&mut peers, vpy.as_deref(), py);
+            let (mut warm, mut empty, mut populated, mut theirs) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for i in 0..plan.cold_repeats {
+                let empty_dir = bench_cache.join(format!("empty-{i}"));
+                let _ = std::fs::remove_dir_all(&empty_dir);
+                report(&mut warm, ours_start(&pspec));
+                report(&mut empty, ours_first_start(&pspec, &empty_dir));
+                report(&mut populated, ours_first_start(&pspec, &pop));
+                if let Some(p) = peer.as_mut() {
+                    theirs.extend(p.call(serde_json::json!({"op": "start"})));
+                }
+                let _ = std::fs::remove_dir_all(&empty_dir);
+            }
+            let (warm, theirs) = (median(warm), median(theirs));
+            let l = label(py);
+            rows.push(Row {
+                metric: format!("{l}: warm start (this process compiled before)"),
+                unit: Unit::Ms,
+                ours: warm,
+                peer: theirs,
+                target: Target::None,
+            });
+            rows.push(Row {
+                metric: format!("{l}: cold first start, fresh process, empty cache"),
+                unit: Unit::Ms,
+                ours: median(empty),
+                peer: theirs,
+                target: Target::None,
+            });
+            rows.push(Row {
+                metric: format!(
+                    "{l}: cold first start, fresh process, cache from an earlier process"
+                ),
+                unit: Unit::Ms,
+                ours: median(populated),
+                peer: theirs,
+                target: Target::TimesLimit(1.15, "warm", warm),
+            });
+        }
+    }
+    if want("many") {
+        for py in &pythons {
+            let l = label(py);
+            let pop = bench_cache.join(format!("many-{}", slug(py)));
+            let _ = ours_first_start(&popen_spec(py), &pop);
+            for g in [16usize, 64] {
+                let reps = if g > 16 {
+                    plan.many_repeats_64
+                } else {
+                    plan.many_repeats
+                };
+                let mut bare = Vec::new();
+                let mut modes: Vec<(Vec<f64>, Vec<f64>)> =
+                    START_MODES.iter().map(|_| Default::default()).collect();
+                let mut theirs = Vec::new();
+                for i in 0..reps {
+                    report(&mut bare, bare_start_many(py, g));
+                    for ((_, mode_spec), (pv, ev)) in START_MODES.iter().zip(modes.iter_mut()) {
+                        let s = mode_spec(py);
+                        let empty_dir = bench_cache.join(format!("many-empty-{i}"));
+                        let _ = std::fs::remove_dir_all(&empty_dir);
+                        report(pv, ours_many_fresh(&s, g, &pop));
+                        report(ev, ours_many_fresh(&s, g, &empty_dir));
+                        let _ = std::fs::remove_dir_all(&empty_dir);
+                    }
+                    let peer = peer_for(&mut peers, vpy.as_deref(), py);
+                    if let Some(p) = peer.as_mut() {
+                        theirs.extend(p.call(serde_json::json!({"op": "start_many", "n": g})));
+                    }
+                }
+                let bare = median(bare);
+                let theirs = median(theirs);
+                for ((mode, _), (pv, ev)) in START_MODES.iter().zip(modes) {
+                    // execnet has plain popen starts only.
+                    let peer = if *mode == "popen" { theirs } else { None };
+                    rows.push(Row {
+                        metric: format!(
+                            "{l}: {g} {mode} gateways at once, fresh process, cache from an earlier process"
+                        ),
+                        unit: Unit::Ms,
+                        ours: median(pv),
+                        peer,
+                        target: Target::TimesLimit(1.3, "bare", bare),
+                    });
+                    rows.push(Row {
+                        metric: format!(
+                            "{l}: {g} {mode} gateways at once, fresh process, empty cache"
+                        ),
+                        unit: Unit::Ms,
+                        ours: median(ev),
+                        peer,
+                        target: Target::TimesLimit(1.3, "bare", bare),
+                    });
+                }
+                rows.push(Row {
+                    metric: format!("{l}: limit: {g} bare `python -c pass` at once"),
+                    unit: Unit::Ms,
+                    ours: bare,
+                    peer: None,
+                    target: Target::None,
+                });
+            }
+        }
+    }
+    if want("gateways") {
+        // Bulk each way on the first and on a later gateway of a fresh host
+        // process, and the worker's page faults per MiB it received.
+        let m = plan.bulk_mib;
+        for py in &pythons {
+            let l = label(py);
+            let mut v: [Vec<f64>; 6] = Default::default();
+            for _ in 0..n {
+                match in_fresh_process_env(
+                    "--bulk-child",
+                    &[popen_spec(py).as_ref(), m.to_string().as_ref()],
+                    &[],
+                ) {
+                    Ok(x) if x.len() == 6 => {
+                        for (col, x) in v.iter_mut().zip(x) {
+                            col.push(x);
+                        }
+                    }
+                    Ok(_) => eprintln!("ours: bulk child: bad output"),
+                    Err(e) => eprintln!("ours: {e}"),
+                }
+            }
+            let [fu, fd, ff, lu, ld, lf] = v.map(median);
+            let peer = peer_for(&mut peers, vpy.as_deref(), py);
+            let (mut tu, mut td) = (Vec::new(), Vec::new());
+            if let Some(p) = peer.as_mut() {
+                for _ in 0..n {
+                    tu.extend(
+                        p.call(serde_json::json!({"op": "bulk_up", "src": SRC_BULK_UP, "n": m})),
+                    );
+                    td.extend(p.call(
+                        serde_json::json!({"op": "bulk_down", "src": SRC_BULK_DOWN, "n": m}),
+                    ));
+                }
+            }
+            let (tu, td) = (median(tu), median(td));
+            for (which, up, down, faults) in [("first", fu, fd, ff), ("later", lu, ld, lf)] {
+                rows.push(Row {
+                    metric: format!("{l}: bulk host→worker, {which} gateway of a process"),
+                    unit: Unit::MiBs,
+                    ours: up,
+                    peer: tu,
+                    target: Target::RateAtLeast(0.8, "worker→host", down),
+                });
+                rows.push(Row {
+                    metric: format!("{l}: bulk worker→host, {which} gateway of a process"),
+                    unit: Unit::MiBs,
+                    ours: down,
+                    peer: td,
+                    target: Target::None,
+                });
+                rows.push(Row {
+                    metric: format!("{l}: worker page faults per MiB received, {which} gateway"),
+                    unit: Unit::Count,
+                    ours: faults,
+                    peer: None,
+                    target: Target::None,
+                });
+            }
+        }
+    }
+    if want("pinned") {
+        // The ping-pong yardstick with both ends pinned (taskset), across
+        // two cores and on one: the unpinned figure swings 6-50 µs with
+        // where the scheduler puts the two processes.
+        let k = plan.pingpong;
+        for (what, host_cpu, worker_cpu) in [("cores 0/1", "0", "1"), ("same core 0/0", "0", "0")] {
+            let wpy = format!("taskset -c {worker_cpu} {}", python.display());
+            let wspec = format!("popen//python={wpy}");
+            let mut peer = match vpy.as_deref() {
+                Some(v) => start_peer_with(&["taskset", "-c", host_cpu], v, &wpy).ok(),
+                None => None,
+            };
+            let (mut ours, mut raw, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..n {
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", host_cpu]).arg(std::env::current_exe()?);
+                match in_fresh_process_with(
+                    cmd,
+                    "--pingpong-child",
+                    &[wspec.as_ref(), wpy.as_ref(), k.to_string().as_ref()],
+                    &[],
+                ) {
+                    Ok(x) if x.len() == 2 => {
+                        ours.push(x[0]);
+                        raw.push(x[1]);
+                    }
+                    Ok(_) => eprintln!("ours: pingpong child: bad output"),
+                    Err(e) => eprintln!("ours: {e}"),
+                }
+                if let Some(p) = peer.as_mut() {
+                    theirs.extend(p.call(
+                        serde_json::json!({"op": "pingpong", "src": SRC_ECHO, "n": k, "warmup": 200}),
+                    ));
+                }
+            }
+            let raw = median(raw);
+            rows.push(Row {
+                metric: format!("ping-pong pinned, {what} (host/worker)"),
+                unit: Unit::Us,
+                ours: median(ours),
+                peer: median(theirs),
+                target: Target::TimesLimit(1.1, "pipe", raw),
+            });
+            rows.push(Row {
+                metric: format!("limit: pipe ping-pong pinned, {what}"),
+                unit: Unit::Us,
+                ours: raw,
+                peer: None,
+                target: Target::None,
+            });
+        }
     }
     if want("pingpong") {
         let k = plan.pingpong;
@@ -1023,15 +1510,28 @@ fn main() -> Res<()> {
         });
     }
     drop(peer);
+    drop(peers);
+    let _ = std::fs::remove_dir_all(&bench_cache);
 
     let table = print_table(&rows);
     println!(
-        "\n{} on {} ({}); {} repeats, median; load before: {}; took {:.0} s\n",
+        "\n{} on {} ({}; per-interpreter rows: {}); {} repeats, median; load before: {}; after: {}; took {:.0} s\n",
         if quick { "bench --quick" } else { "bench" },
         python.display(),
         version,
+        pythons
+            .iter()
+            .map(|p| interpreter_label(p))
+            .collect::<Vec<_>>()
+            .join(", "),
         n,
         load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
             .join(" "),
