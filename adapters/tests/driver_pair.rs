@@ -143,26 +143,26 @@ fn worker(mut input: PipeReader, mut output: PipeWriter) {
                         other => panic!("unknown script {other:?}"),
                     }
                 }
-                Event::Data {
-                    channel,
-                    value,
-                    credit,
-                } => match scripts.get_mut(&channel.0) {
+                Event::Readable { channel } => match scripts.get_mut(&channel.0) {
                     Some(Script::Echo) => {
-                        s.channel(channel).unwrap().consumed(credit);
-                        backlog.entry(channel.0).or_default().push_back(value);
+                        let mut c = s.channel(channel).unwrap();
+                        while let Some(value) = c.recv() {
+                            backlog.entry(channel.0).or_default().push_back(value);
+                        }
                     }
                     Some(Script::Sum(total)) => {
                         let mut c = s.channel(channel).unwrap();
-                        c.consumed(credit);
-                        match value.as_i64() {
-                            Some(n) => *total += n,
-                            None => backlog
-                                .entry(channel.0)
-                                .or_default()
-                                .push_back(Value::Int(*total)),
+                        while let Some(value) = c.recv() {
+                            match value.as_i64() {
+                                Some(n) => *total += n,
+                                None => backlog
+                                    .entry(channel.0)
+                                    .or_default()
+                                    .push_back(Value::Int(*total)),
+                            }
                         }
                     }
+                    // Items wait in the session unconsumed.
                     Some(Script::Hold) | None => {}
                 },
                 Event::ChannelEnded { channel, .. } => {

@@ -158,15 +158,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Event::Output { fd, bytes } => {
                 print!("[worker fd {fd}] {}", String::from_utf8_lossy(&bytes))
             }
-            Event::Data {
-                channel,
-                value,
-                credit,
-            } => {
-                println!("channel {channel}: {value:?}");
-                replies += 1;
+            Event::Readable { channel } => {
+                // Take every waiting item: their credit goes back as they
+                // are taken.
                 if let Some(mut c) = session.channel(channel) {
-                    c.consumed(credit);
+                    while let Some(value) = c.recv() {
+                        println!("channel {channel}: {value:?}");
+                        replies += 1;
+                    }
                 }
             }
             Event::ChannelEnded { channel, how } => {

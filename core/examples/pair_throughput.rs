@@ -15,12 +15,11 @@ fn pump(host: &mut Session, worker: &mut Session, wire: &mut Vec<u8>, back: &mut
     while host.poll_transmit(wire, 256 * 1024) > 0 {}
     worker.handle_input(wire).unwrap();
     while let Some(e) = worker.poll_event() {
-        if let Event::Data {
-            channel, credit, ..
-        } = e
-        {
-            worker.channel(channel).unwrap().consumed(credit);
-            got += 1;
+        if let Event::Readable { channel } = e {
+            let mut ch = worker.channel(channel).unwrap();
+            while ch.recv().is_some() {
+                got += 1;
+            }
         }
     }
     back.clear();

@@ -16,6 +16,7 @@ impl fmt::Display for ChannelId {
 use std::collections::VecDeque;
 
 use crate::error::ProtocolError;
+use crate::value::Value;
 use crate::window::RecvWindow;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -68,6 +69,13 @@ pub(crate) struct Channel {
     pub in_windows: bool,
     /// The chunks of an item arriving in DATA_MORE frames.
     pub reassembly: Vec<u8>,
+    /// Received items not taken yet, each with the credit it holds until it
+    /// is taken (the window bounds their total: [`crate::window`]).
+    pub received: VecDeque<(Value, u32)>,
+    /// Items taken with `recv_held` whose credit is still held (a callback
+    /// is running on them), and that credit.
+    pub in_use: u32,
+    pub in_use_credit: u64,
 }
 
 impl Channel {
@@ -88,6 +96,9 @@ impl Channel {
             window: RecvWindow::new(window),
             in_windows: false,
             reassembly: Vec::new(),
+            received: VecDeque::new(),
+            in_use: 0,
+            in_use_credit: 0,
         }
     }
 

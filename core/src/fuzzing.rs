@@ -222,32 +222,13 @@ impl Pair {
             self.transmit();
             let mut consumed = false;
             for role in [Role::Host, Role::Worker] {
-                let events = match role {
-                    Role::Host => &self.host_events,
-                    Role::Worker => &self.worker_events,
-                };
-                let credits: Vec<(ChannelId, u32)> = events
-                    .iter()
-                    .filter_map(|e| match e {
-                        Event::Data {
-                            channel, credit, ..
-                        } => Some((*channel, *credit)),
-                        _ => None,
-                    })
-                    .collect();
-                for (channel, credit) in credits {
-                    if let Some(mut ch) = self.side(role).channel(channel) {
-                        ch.consumed(credit);
-                        consumed = true;
+                let session = self.side(role);
+                for (id, _, _) in session.waiting() {
+                    if let Some(mut ch) = session.channel(ChannelId(id)) {
+                        while ch.recv().is_some() {
+                            consumed = true;
+                        }
                     }
-                }
-                match role {
-                    Role::Host => self
-                        .host_events
-                        .retain(|e| !matches!(e, Event::Data { .. })),
-                    Role::Worker => self
-                        .worker_events
-                        .retain(|e| !matches!(e, Event::Data { .. })),
                 }
             }
             self.transmit();
@@ -358,10 +339,6 @@ struct SideModel {
     /// order of discovery.
     known: Vec<ChannelId>,
     known_set: BTreeSet<ChannelId>,
-    /// Data events not yet consumed: (channel, credit).
-    unconsumed: Vec<(ChannelId, u32)>,
-    /// Encoded sizes of the unconsumed items, parallel to `unconsumed`.
-    unconsumed_sizes: Vec<u64>,
     /// Sequence numbers sent per channel (accepted by `send`).
     sent: BTreeMap<ChannelId, Vec<i64>>,
     /// Sequence numbers received per channel.
@@ -498,16 +475,7 @@ pub fn run_ops(config: &Config, ops: &[Op], chunking: Chunking, now: Instant) ->
                 }
             }
             Op::Consume { side, count } => {
-                let role = side.role();
-                let m = model(models, role);
-                let n = (*count as usize).min(m.unconsumed.len());
-                let batch: Vec<(ChannelId, u32)> = m.unconsumed.drain(..n).collect();
-                m.unconsumed_sizes.drain(..n);
-                for (id, credit) in batch {
-                    if let Some(mut ch) = pair.side(role).channel(id) {
-                        ch.consumed(credit);
-                    }
-                }
+                take_items(pair, models, side.role(), *count as usize);
             }
             Op::Deliver { to, bytes } => {
                 pair.transmit();
@@ -592,14 +560,8 @@ fn settle(
         absorb(pair, models, trace, index, window, now);
         let mut progress = false;
         for role in [Role::Host, Role::Worker] {
-            let m = model(models, role);
-            m.unconsumed_sizes.clear();
-            let unconsumed: Vec<(ChannelId, u32)> = m.unconsumed.drain(..).collect();
-            for (id, credit) in unconsumed {
-                if let Some(mut ch) = pair.side(role).channel(id) {
-                    ch.consumed(credit);
-                    progress = true;
-                }
+            if take_items(pair, models, role, usize::MAX) {
+                progress = true;
             }
             if close {
                 let known = model(models, role).known.clone();
@@ -625,6 +587,68 @@ fn model(models: &mut HashMap<Role, SideModel>, role: Role) -> &mut SideModel {
     models.entry(role).or_default()
 }
 
+/// Takes up to `max` waiting items of `role`'s channels (lowest id first),
+/// recording and checking their order. Returns whether it took any.
+fn take_items(
+    pair: &mut Pair,
+    models: &mut HashMap<Role, SideModel>,
+    role: Role,
+    mut max: usize,
+) -> bool {
+    let mut took = false;
+    let mut ids: Vec<u32> = pair.side(role).waiting().into_iter().map(|w| w.0).collect();
+    ids.sort_unstable();
+    for id in ids {
+        let channel = ChannelId(id);
+        while max > 0 {
+            let Some(value) = pair
+                .side(role)
+                .channel(channel)
+                .and_then(|mut ch| ch.recv())
+            else {
+                break;
+            };
+            max -= 1;
+            took = true;
+            let seq = match &value {
+                Value::Tuple(items) => match items.first() {
+                    Some(Value::Int(seq)) => *seq,
+                    _ => panic!("unexpected item {value:?}"),
+                },
+                _ => panic!("unexpected item {value:?}"),
+            };
+            let m = model(models, role);
+            m.learn(channel);
+            let got = m.received.entry(channel).or_default();
+            assert!(
+                got.last().is_none_or(|&last| last < seq),
+                "{role:?}: channel {channel}: item {seq} after {got:?}"
+            );
+            got.push(seq);
+        }
+    }
+    took
+}
+
+/// Checks the bound on what a side holds received and not taken: per
+/// channel, waiting items never hold more than a window of credit, and
+/// buffer at most a window plus the one item reassembled while the
+/// application kept up (protocol.md §6.2).
+fn check_waiting(session: &Session, role: Role, window: u64) {
+    for (id, credits, sizes) in session.waiting() {
+        assert!(
+            credits <= window,
+            "{role:?}: channel {id} holds {credits} > window {window}"
+        );
+        let total: u64 = sizes.iter().sum();
+        let first = sizes.first().copied().unwrap_or(0);
+        assert!(
+            total <= window + first,
+            "{role:?}: channel {id} buffers {total} > window {window} + {first}"
+        );
+    }
+}
+
 /// Moves the pair's events into the models and the trace, checking the
 /// per-event invariants.
 fn absorb(
@@ -636,6 +660,7 @@ fn absorb(
     now: Instant,
 ) {
     for role in [Role::Host, Role::Worker] {
+        check_waiting(pair.side(role), role, window);
         let events = match role {
             Role::Host => std::mem::take(&mut pair.host_events),
             Role::Worker => std::mem::take(&mut pair.worker_events),
@@ -643,50 +668,7 @@ fn absorb(
         for event in events {
             let m = model(models, role);
             match &event {
-                Event::Data {
-                    channel,
-                    value,
-                    credit,
-                } => {
-                    m.learn(*channel);
-                    let seq = match value {
-                        Value::Tuple(items) => match items.first() {
-                            Some(Value::Int(seq)) => *seq,
-                            _ => panic!("unexpected item {value:?}"),
-                        },
-                        _ => panic!("unexpected item {value:?}"),
-                    };
-                    let got = m.received.entry(*channel).or_default();
-                    assert!(
-                        got.last().is_none_or(|&last| last < seq),
-                        "{role:?}: channel {channel}: item {seq} after {got:?}"
-                    );
-                    got.push(seq);
-                    let mut encoded = Vec::new();
-                    let _ = codec::encode(value, &mut encoded);
-                    m.unconsumed.push((*channel, *credit));
-                    m.unconsumed_sizes.push(encoded.len() as u64);
-                    let mine = || {
-                        m.unconsumed
-                            .iter()
-                            .zip(&m.unconsumed_sizes)
-                            .filter(|((c, _), _)| c == channel)
-                    };
-                    // Waiting items never hold more than a window of credit.
-                    let credits: u64 = mine().map(|((_, credit), _)| u64::from(*credit)).sum();
-                    assert!(
-                        credits <= window,
-                        "{role:?}: channel {channel} holds {credits} > window {window}"
-                    );
-                    // Memory: a window plus the one item reassembled while
-                    // the application kept up (protocol.md §6.2).
-                    let sizes: u64 = mine().map(|(_, size)| *size).sum();
-                    let first = mine().next().map_or(0, |(_, size)| *size);
-                    assert!(
-                        sizes <= window + first,
-                        "{role:?}: channel {channel} buffers {sizes} > window {window} + {first}"
-                    );
-                }
+                Event::Readable { channel } => m.learn(*channel),
                 Event::ChannelEnded { channel, how } => {
                     m.learn(*channel);
                     let n = m.ended.entry(*channel).or_default();
@@ -702,8 +684,6 @@ fn absorb(
                         }
                         _ => {}
                     }
-                    // Items of an ended channel are never consumed by an
-                    // application that stopped receiving; keep them counted.
                 }
                 Event::ExecRequested { channel, .. } => m.learn(*channel),
                 Event::StatusRequested { id } => {
@@ -828,12 +808,9 @@ pub fn session_bytes(data: &[u8]) {
         }
         // Act a little, like an application would.
         while let Some(event) = session.poll_event() {
-            if let Event::Data {
-                channel, credit, ..
-            } = event
-            {
+            if let Event::Readable { channel } = event {
                 if let Some(mut ch) = session.channel(channel) {
-                    ch.consumed(credit);
+                    while ch.recv().is_some() {}
                     let _ = ch.send(&Value::Int(1));
                 }
             }

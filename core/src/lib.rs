@@ -39,7 +39,7 @@
 //! # The run loop
 //!
 //! After **every** input (`handle_input`, `handle_eof`, `handle_timeout`) and
-//! every command (`send`, `close`, `exec`, `consumed`, `terminate`, ...),
+//! every command (`send`, `close`, `exec`, `recv`, `terminate`, ...),
 //! drain the session in this order:
 //!
 //! 1. [`Session::poll_transmit`] until it returns 0, writing the bytes to the
@@ -51,17 +51,21 @@
 //!    [`Session::handle_timeout`] (only set while a termination waits for the
 //!    peer).
 //!
-//! Events can make the application issue commands (consume an item, answer
+//! Events can make the application issue commands (take an item, answer
 //! a status request): drain again after those. Reading and writing are
 //! independent: a driver must never block on writing while nobody reads, so
 //! read in one place and flush from wherever bytes were produced.
 //!
-//! Flow control is per channel. An [`Event::Data`] carries the `credit` the
-//! item cost; once the application has taken the item it calls
-//! [`ChannelMut::consumed`] with that credit, and the session returns it to
-//! the peer in WINDOW frames (batched: when half a window is owed). A peer
-//! can therefore never make this side buffer more than `window` unconsumed
-//! bytes per channel. On the sending side, [`ChannelMut::send`] accepts items
+//! Flow control is per channel, and the session owns it whole, as
+//! quinn-proto owns its stream buffers: received items wait in the session
+//! ([`Event::Readable`] says a channel has some) until the application takes
+//! them with [`ChannelMut::recv`]; taking an item returns its credit to the
+//! peer in WINDOW frames (batched: when half a window is owed). A driver
+//! never sees a credit figure. A peer can therefore never make this side
+//! buffer more than `window` unconsumed bytes per channel. An application
+//! that is not done with an item when it takes it (a callback runs on it)
+//! uses [`ChannelMut::recv_held`] and [`ChannelMut::release_held`], so the
+//! item keeps counting against the window meanwhile. On the sending side, [`ChannelMut::send`] accepts items
 //! until a window's worth of bytes waits untransmitted, then returns
 //! [`LocalError::WouldBlock`]; [`Event::WindowOpened`] says when to retry.
 //! Other channels keep flowing meanwhile.

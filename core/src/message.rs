@@ -20,17 +20,13 @@ pub enum Event {
         /// The host's `options` map.
         options: Value,
     },
-    /// An item arrived. Call [`ChannelMut::consumed`] with `credit` once the
-    /// application has taken it (received it, or a callback returned).
-    Data {
+    /// Items wait on the channel: take them with
+    /// [`ChannelMut::recv`](crate::ChannelMut::recv). Emitted when an item
+    /// arrives on a channel that had none waiting (take them all, or ask
+    /// again later: no second event comes for items already waiting).
+    Readable {
         /// The channel.
         channel: ChannelId,
-        /// The item.
-        value: Value,
-        /// The bytes of window this item holds until it is consumed: its
-        /// DATA payload plus any DATA_MORE credit held for it. Pass it to
-        /// `consumed`.
-        credit: u32,
     },
     /// The channel's receive side ended; exactly once per channel.
     ChannelEnded {

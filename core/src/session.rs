@@ -16,7 +16,9 @@ use std::collections::VecDeque;
 use std::mem;
 use std::time::{Duration, Instant};
 
-use crate::channel::{Channel, ChannelId, ChannelMap};
+use std::hash::BuildHasherDefault;
+
+use crate::channel::{Channel, ChannelId, ChannelMap, IdHasher};
 use crate::codec;
 use crate::config::{Config, PROTOCOL_VERSION};
 use crate::error::{LocalError, ProtocolError, ValueError};
@@ -71,6 +73,9 @@ pub struct Session {
 
     deframer: Deframer,
     channels: ChannelMap,
+    /// Received items of channels the protocol is done with (fully closed,
+    /// or the session ended) that the application has not taken yet.
+    orphans: std::collections::HashMap<u32, VecDeque<Value>, BuildHasherDefault<IdHasher>>,
     /// Next id this side allocates (u64: never wraps).
     next_id: u64,
     /// Channels with something to transmit, round-robin.
@@ -145,6 +150,7 @@ impl Session {
             hello_received: false,
             deframer: Deframer::new(),
             channels: ChannelMap::default(),
+            orphans: Default::default(),
             next_id: match role {
                 Role::Host => 1,
                 Role::Worker => 2,
@@ -338,9 +344,13 @@ impl Session {
     }
 
     /// A handle on a channel; `None` when the id is unknown or forgotten
-    /// (fully closed) or the session is over.
+    /// (fully closed, or the session is over) and no received item waits
+    /// on it. A forgotten channel with items waiting still hands them out
+    /// ([`ChannelMut::recv`]); every other command then returns
+    /// [`LocalError::Closed`] or [`LocalError::Terminated`].
     pub fn channel(&mut self, id: ChannelId) -> Option<ChannelMut<'_>> {
-        if self.over || !self.channels.contains_key(&id.0) {
+        let live = !self.over && self.channels.contains_key(&id.0);
+        if !live && !self.orphans.contains_key(&id.0) {
             return None;
         }
         Some(ChannelMut {
@@ -447,6 +457,33 @@ impl Session {
         &self.config
     }
 
+    /// Fuzzing: every channel with received items waiting, as
+    /// `(id, credit they hold, their encoded sizes)`.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn waiting(&self) -> Vec<(u32, u64, Vec<u64>)> {
+        let mut out = Vec::new();
+        for (&id, ch) in &self.channels {
+            if ch.received.is_empty() {
+                continue;
+            }
+            let credit = ch.received.iter().map(|(_, c)| u64::from(*c)).sum();
+            let sizes = ch
+                .received
+                .iter()
+                .map(|(v, _)| {
+                    let mut b = Vec::new();
+                    let _ = codec::encode(v, &mut b);
+                    b.len() as u64
+                })
+                .collect();
+            out.push((id, credit, sizes));
+        }
+        for &id in self.orphans.keys() {
+            out.push((id, 0, Vec::new()));
+        }
+        out
+    }
+
     // ---- internals: commands ----
 
     pub(super) fn check_gateway_commands(&self) -> Result<(), LocalError> {
@@ -492,9 +529,39 @@ impl Session {
                 how: how.clone(),
             });
         }
-        self.channels.clear();
+        let mut ids: Vec<u32> = self.channels.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.forget(id);
+        }
         self.ready.clear();
         self.windows.clear();
+    }
+
+    /// The next orphaned item of channel `id` (a forgotten channel, or one
+    /// whose id the peer opened again: those items came first); `None` at
+    /// once in the usual case of no orphans.
+    pub(super) fn orphans_first(&mut self, id: u32) -> Option<Value> {
+        if self.orphans.is_empty() {
+            return None;
+        }
+        let items = self.orphans.get_mut(&id)?;
+        let value = items.pop_front();
+        if items.is_empty() {
+            self.orphans.remove(&id);
+        }
+        value
+    }
+
+    /// Drops a channel's protocol state; its received items wait on as
+    /// orphans until the application takes them.
+    pub(super) fn forget(&mut self, id: u32) {
+        if let Some(ch) = self.channels.remove(&id) {
+            if !ch.received.is_empty() {
+                let items = self.orphans.entry(id).or_default();
+                items.extend(ch.received.into_iter().map(|(value, _)| value));
+            }
+        }
     }
 
     pub(super) fn finish(&mut self, reason: TerminateReason) {

@@ -92,8 +92,14 @@ impl RecvWindow {
     /// The application consumed a delivered item holding `credit`. Returns
     /// whether a WINDOW frame is due.
     pub fn item_consumed(&mut self, credit: u64) -> bool {
+        self.items_consumed(1, credit)
+    }
+
+    /// The application consumed `items` delivered items holding `credit`
+    /// in all. Returns whether a WINDOW frame is due.
+    pub fn items_consumed(&mut self, items: u32, credit: u64) -> bool {
         self.owed += credit;
-        self.waiting = self.waiting.saturating_sub(1);
+        self.waiting = self.waiting.saturating_sub(items);
         if self.waiting == 0 {
             // The last waiting item is consumed: release what was held for
             // the item being reassembled.

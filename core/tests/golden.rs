@@ -184,10 +184,15 @@ mod frames {
         host.channel(ChannelId(1)).unwrap().send(&item).unwrap();
         assert_eq!(out(&mut host), g.bytes("data"));
         let ev = feed(&mut worker, &g.bytes("data"));
-        assert!(
-            matches!(&ev[..], [Event::Data { channel: ChannelId(1), value, credit: 12 }] if *value == item),
-            "{ev:?}"
+        assert_eq!(
+            ev,
+            vec![Event::Readable {
+                channel: ChannelId(1)
+            }]
         );
+        let mut ch = worker.channel(ChannelId(1)).unwrap();
+        assert_eq!(ch.received_credit(), 12);
+        assert_eq!(ch.recv(), Some(item));
 
         assert_eq!(worker.open_channel().unwrap(), ChannelId(2));
         worker
@@ -197,24 +202,31 @@ mod frames {
             .unwrap();
         assert_eq!(out(&mut worker), g.bytes("data_worker_channel"));
         let ev = feed(&mut host, &g.bytes("data_worker_channel"));
-        assert!(matches!(
-            &ev[..],
-            [Event::Data {
-                channel: ChannelId(2),
-                value: Value::Int(42),
-                ..
+        assert_eq!(
+            ev,
+            vec![Event::Readable {
+                channel: ChannelId(2)
             }]
-        ));
+        );
+        assert_eq!(
+            host.channel(ChannelId(2)).unwrap().recv(),
+            Some(Value::Int(42))
+        );
         assert_eq!(feed(&mut host, &g.bytes("window_small")), vec![]);
 
         // DATA_MORE, DATA_MORE, DATA reassemble one item.
         assert_eq!(feed(&mut worker, &g.bytes("data_more_1")), vec![]);
         assert_eq!(feed(&mut worker, &g.bytes("data_more_2")), vec![]);
         let ev = feed(&mut worker, &g.bytes("data_more_last"));
-        assert!(
-            matches!(&ev[..], [Event::Data { channel: ChannelId(3), value: Value::Str(s), credit: 3 }] if s == "hello world"),
-            "{ev:?}"
+        assert_eq!(
+            ev,
+            vec![Event::Readable {
+                channel: ChannelId(3)
+            }]
         );
+        let mut ch = worker.channel(ChannelId(3)).unwrap();
+        assert_eq!(ch.received_credit(), 3);
+        assert_eq!(ch.recv(), Some(Value::str("hello world")));
 
         host.channel(ChannelId(1)).unwrap().close().unwrap();
         assert_eq!(out(&mut host), g.bytes("close"));

@@ -36,6 +36,11 @@ fn connected(config: Config) -> Pair {
     p
 }
 
+/// Takes every received item waiting on `id`.
+fn take_all(s: &mut Session, id: ChannelId) -> Vec<Value> {
+    std::iter::from_fn(|| s.channel(id).and_then(|mut ch| ch.recv())).collect()
+}
+
 fn drain(s: &mut Session) -> Vec<Event> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
@@ -474,18 +479,9 @@ fn close_delivers_queued_items_first_and_forgets() {
         assert_eq!(ch.close(), Err(LocalError::Closed));
         assert!(ch.is_ended());
         p.pump();
-        let values: Vec<i64> = p
-            .worker_events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Data {
-                    value: Value::Int(i),
-                    ..
-                } => Some(*i),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(values, (0..10).collect::<Vec<_>>());
+        let values: Vec<Value> = take_all(&mut p.worker, id);
+        assert_eq!(values, (0..10).map(Value::Int).collect::<Vec<_>>());
+        assert_eq!(p.worker_events[0], Event::Readable { channel: id });
         assert_eq!(
             p.worker_events.last(),
             Some(&Event::ChannelEnded {
@@ -528,18 +524,18 @@ fn close_with_error_is_delivered_once_after_queued_items_even_when_blocked() {
         .close_with_error("boom")
         .unwrap();
     p.pump(); // the host does not consume: the rest waits for credit
-    assert_eq!(p.host_events.len(), 2);
+    assert_eq!(p.host_events, vec![Event::Readable { channel: id }]);
+    assert_eq!(p.host.channel(id).unwrap().received(), 2);
     let mut order = Vec::new();
     for _ in 0..100 {
+        // Items first: the end comes after the items it follows.
+        for value in take_all(&mut p.host, id) {
+            if let Value::Bytes(b) = value {
+                order.push(format!("item {}", b[0]));
+            }
+        }
         for e in std::mem::take(&mut p.host_events) {
-            if let Event::Data { credit, value, .. } = &e {
-                if let Some(mut ch) = p.host.channel(id) {
-                    ch.consumed(*credit);
-                }
-                if let Value::Bytes(b) = value {
-                    order.push(format!("item {}", b[0]));
-                }
-            } else {
+            if !matches!(e, Event::Readable { .. }) {
                 order.push(format!("{e:?}"));
             }
         }
@@ -567,7 +563,8 @@ fn half_close_lets_the_peer_still_send() {
         Err(LocalError::Closed)
     );
     p.pump();
-    assert!(matches!(p.worker_events[0], Event::Data { .. }));
+    assert_eq!(p.worker_events[0], Event::Readable { channel: id });
+    assert_eq!(take_all(&mut p.worker, id), vec![Value::Int(1)]);
     assert_eq!(
         p.worker_events[1],
         Event::ChannelEnded {
@@ -578,13 +575,8 @@ fn half_close_lets_the_peer_still_send() {
     // the worker still sends to the half-closed host side
     p.worker.channel(id).unwrap().send(&Value::Int(3)).unwrap();
     p.pump();
-    assert!(matches!(
-        &p.host_events[..],
-        [Event::Data {
-            value: Value::Int(3),
-            ..
-        }]
-    ));
+    assert_eq!(p.host_events, vec![Event::Readable { channel: id }]);
+    assert_eq!(take_all(&mut p.host, id), vec![Value::Int(3)]);
     p.worker.channel(id).unwrap().close().unwrap();
     p.pump();
     assert_eq!(
@@ -628,6 +620,10 @@ fn crossing_closes() {
             how: ChannelEnd::ClosedLocally
         }]
     );
+    // The item taken before the closes still waits, the crossing ones were
+    // dropped; once taken, both sides have forgotten the channel.
+    assert_eq!(take_all(&mut p.host, id), vec![]);
+    assert_eq!(take_all(&mut p.worker, id), vec![Value::Int(1)]);
     assert!(p.host.channel(id).is_none() && p.worker.channel(id).is_none());
 }
 
@@ -661,6 +657,9 @@ fn peer_close_drops_unsent_items_and_fails_sends() {
         Err(LocalError::Closed)
     );
     p.pump();
+    // The worker's first item waits (a forgotten channel keeps it until
+    // taken); the host's unsent one was dropped.
+    assert_eq!(take_all(&mut p.worker, id), vec![Value::Int(0)]);
     assert!(p.host.channel(id).is_none() && p.worker.channel(id).is_none());
     assert_eq!(p.host_error, None);
     assert_eq!(p.worker_error, None);
@@ -856,18 +855,8 @@ fn a_slow_channel_does_not_stall_another() {
         }
         p.pump();
         // consume only the fast channel
-        let events = std::mem::take(&mut p.worker_events);
-        for e in events {
-            if let Event::Data {
-                channel, credit, ..
-            } = e
-            {
-                if channel == fast {
-                    got_fast += 1;
-                    p.worker.channel(fast).unwrap().consumed(credit);
-                }
-            }
-        }
+        p.worker_events.clear();
+        got_fast += take_all(&mut p.worker, fast).len();
     }
     assert_eq!(got_fast, 100);
 }
@@ -894,8 +883,8 @@ fn a_64_mib_item_through_a_1_mib_window() {
         p.deliver(Role::Worker, usize::MAX);
         p.transmit();
         p.deliver(Role::Host, usize::MAX);
-        if let Some(Event::Data { value, .. }) = p.worker_events.pop() {
-            received = Some(value);
+        if let Some(Event::Readable { channel }) = p.worker_events.pop() {
+            received = p.worker.channel(channel).unwrap().recv();
             break;
         }
     }
@@ -957,9 +946,7 @@ fn poll_transmit_returns_when_the_limit_leaves_a_little_room() {
             assert!(calls < 10_000);
         }
         p.worker.handle_input(&wire).unwrap();
-        let n = std::iter::from_fn(|| p.worker.poll_event())
-            .filter(|e| matches!(e, Event::Data { .. }))
-            .count();
+        let n = take_all(&mut p.worker, id).len();
         assert_eq!(n, 300, "limit {limit}");
     }
 }
@@ -1003,12 +990,10 @@ fn local_errors_leave_the_channel_usable() {
     ch.send_encoded(vec![0x02]).unwrap();
     assert_eq!(ch.queued_bytes(), 2);
     p.pump();
-    let n = p
-        .worker_events
-        .iter()
-        .filter(|e| matches!(e, Event::Data { .. }))
-        .count();
-    assert_eq!(n, 2);
+    assert_eq!(
+        take_all(&mut p.worker, id),
+        vec![Value::Int(1), Value::Int(2)]
+    );
     assert!(p.host.channel(ChannelId(99)).is_none());
     assert_eq!(
         p.worker.exec(ExecRequest {
@@ -1071,9 +1056,8 @@ fn channel_references_open_the_channel_on_the_receiver() {
         .send(&Value::Int(5))
         .unwrap();
     p.pump();
-    assert!(p.host_events.iter().any(
-        |e| matches!(e, Event::Data { channel, value: Value::Int(5), .. } if *channel == passed)
-    ));
+    assert!(p.host_events.contains(&Event::Readable { channel: passed }));
+    assert_eq!(take_all(&mut p.host, passed), vec![Value::Int(5)]);
 }
 
 #[test]
@@ -1137,18 +1121,11 @@ fn waiting_items_hold_data_more_credit() {
         }
         p.pump();
     }
-    let waiting: Vec<u32> = p
-        .worker_events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Data { credit, .. } => Some(*credit),
-            _ => None,
-        })
-        .collect();
+    let ch = p.worker.channel(id).unwrap();
     // 152-byte items: the first one flowed while nothing waited, the next
     // one is fully held, then the window is used up.
-    assert_eq!(waiting.len(), 2, "{waiting:?}");
-    assert!(waiting.iter().map(|&c| u64::from(c)).sum::<u64>() <= 256);
+    assert_eq!(ch.received(), 2);
+    assert!(ch.received_credit() <= 256, "{}", ch.received_credit());
     assert!(sent > 2);
     // consuming releases everything
     p.pump_consuming();

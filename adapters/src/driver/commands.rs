@@ -91,6 +91,10 @@ impl Driver {
                 && !c.callback_busy
             {
                 st.channels.remove(&id);
+                // Nobody can take its items any more.
+                if let Some(mut ch) = st.session.channel(ChannelId(id)) {
+                    ch.discard_received();
+                }
             }
         }
     }
@@ -136,34 +140,31 @@ impl Driver {
 
     /// Takes the next item (or the end) of a channel.
     pub(crate) async fn receive(&self, id: u32, deadline: Option<Instant>) -> Result<Value> {
-        let (value, credit_returned) = self
+        let value = self
             .wait_for(
                 |st| Self::chan_listener(st, id),
                 deadline,
                 |st| {
-                    let c = st.channels.entry(id).or_default();
-                    if c.has_callback {
+                    if st.channels.get(&id).is_some_and(|c| c.has_callback) {
                         return Some(Err(Error::CallbackSet));
                     }
-                    if let Some((value, credit)) = c.queue.pop_front() {
-                        // Return the credit in the same critical section.
-                        let known = match st.session.channel(ChannelId(id)) {
-                            Some(mut ch) => {
-                                ch.consumed(credit);
-                                true
-                            }
-                            None => false,
-                        };
-                        return Some(Ok((value, known)));
+                    // Taking the item returns its credit inside the session,
+                    // in the same critical section.
+                    if let Some(value) = st
+                        .session
+                        .channel(ChannelId(id))
+                        .and_then(|mut ch| ch.recv())
+                    {
+                        return Some(Ok(value));
                     }
+                    let c = st.channels.entry(id).or_default();
                     // A clean end reads as EndOfChannel to a receiver.
                     c.end_result().map(|r| r.and(Err(Error::EndOfChannel)))
                 },
             )
             .await??;
-        if credit_returned {
-            self.flush(true);
-        }
+        // The credit may have made a WINDOW frame due.
+        self.flush(true);
         Ok(value)
     }
 

@@ -18,13 +18,8 @@ impl Driver {
                     st.ready = Some(info);
                     self.gw_event.notify(usize::MAX);
                 }
-                SessionEvent::Data {
-                    channel,
-                    value,
-                    credit,
-                } => {
+                SessionEvent::Readable { channel } => {
                     let c = st.channels.entry(channel.0).or_default();
-                    c.queue.push_back((value, credit));
                     if c.has_callback {
                         work.push(Work::Callbacks(channel.0));
                     } else {
@@ -45,12 +40,16 @@ impl Driver {
                         _ => End::Closed,
                     };
                     tracing::trace!(channel = channel.0, "channel ended");
+                    let waiting = st
+                        .session
+                        .channel(channel)
+                        .is_some_and(|ch| ch.received() > 0);
                     let c = st.channels.entry(channel.0).or_default();
                     c.end = Some(end);
                     c.event.notify(usize::MAX);
                     if c.has_callback {
                         work.push(Work::Callbacks(channel.0));
-                    } else if c.attached_once && c.handles == 0 && c.queue.is_empty() {
+                    } else if c.attached_once && c.handles == 0 && !waiting {
                         // Nobody can ask about it any more.
                         st.channels.remove(&channel.0);
                     }
@@ -136,12 +135,23 @@ impl Driver {
         c.callback_busy = true;
         let mut consumed_any = false;
         while let Some(c) = st.channels.get_mut(&id) {
-            let (value, credit) = if let Some((v, credit)) = c.queue.pop_front() {
-                (v, Some(credit))
-            } else if c.end.is_some() && !c.endmarker_done {
+            let ended = c.end.is_some();
+            // The item's credit stays held while the callback runs on it
+            // (the window bounds what a callback's channel holds, as for a
+            // receiver), and goes back when it returned.
+            let item = st
+                .session
+                .channel(ChannelId(id))
+                .and_then(|mut ch| ch.recv_held());
+            let Some(c) = st.channels.get_mut(&id) else {
+                break;
+            };
+            let (value, taken) = if let Some(v) = item {
+                (v, true)
+            } else if ended && !c.endmarker_done {
                 c.endmarker_done = true;
                 match c.endmarker.take() {
-                    Some(m) => (m, None),
+                    Some(m) => (m, false),
                     None => continue,
                 }
             } else {
@@ -150,9 +160,9 @@ impl Driver {
             drop(st);
             let panicked = self.call_callback(&mut cb, value);
             st = lock(&self.state);
-            if let Some(credit) = credit {
+            if taken {
                 if let Some(mut ch) = st.session.channel(ChannelId(id)) {
-                    ch.consumed(credit);
+                    ch.release_held();
                     consumed_any = true;
                 }
             }
@@ -162,14 +172,9 @@ impl Driver {
                     c.endmarker_done = true;
                     c.endmarker = None;
                 }
-                // Drain what is left so the window reopens.
-                if let Some(c) = st.channels.get_mut(&id) {
-                    let credits: Vec<u32> = c.queue.drain(..).map(|(_, cr)| cr).collect();
-                    if let Some(mut ch) = st.session.channel(ChannelId(id)) {
-                        for cr in credits {
-                            ch.consumed(cr);
-                        }
-                    }
+                // Drop what is left so the window reopens.
+                if let Some(mut ch) = st.session.channel(ChannelId(id)) {
+                    ch.discard_received();
                 }
                 break;
             }

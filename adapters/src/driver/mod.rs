@@ -20,12 +20,13 @@
 //! the session's). Bytes leave in `poll_transmit` order through one writing
 //! token; events are dispatched under the lock and user code runs after it.
 //!
-//! Shared state sits under one `Mutex` ([`State`]): the session, a queue of
-//! received items per channel, callbacks, status replies, and the bytes
-//! waiting to be written. Three kinds of threads touch it:
+//! Shared state sits under one `Mutex` ([`State`]): the session (which holds
+//! each channel's received items and their credit: a receive takes the next
+//! item with `ChannelMut::recv`, and the credit goes back inside the core),
+//! callbacks, status replies, and the bytes waiting to be written. Three kinds of threads touch it:
 //!
 //! - the **reader** thread (one per gateway) blocks on the transport, feeds
-//!   `handle_input`, drains events into the channel queues and wakes waiters
+//!   `handle_input`, drains events (`Readable`: items wait) and wakes waiters
 //!   (`event-listener`). It runs callbacks and forwards remote output, outside
 //!   the lock. It never writes: two readers blocked on writes to each other
 //!   would deadlock once both pipes are full.
@@ -66,7 +67,7 @@
 //! So every byte is read by someone whenever anyone waits or a callback is
 //! set, and the reader thread sleeps in `read` when the gateway is idle.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -213,9 +214,12 @@ struct ReadSide {
     buf: Vec<u8>,
 }
 
+/// What the driver keeps of a channel besides the session's own state:
+/// who waits on it, its callback, its user handles, and how its end reads to
+/// the user. Received items and their credit stay in the session
+/// (`ChannelMut::recv`).
 #[derive(Default)]
 struct ChanState {
-    queue: VecDeque<(Value, u32)>,
     end: Option<End>,
     error_reported: bool,
     callback: Option<Callback>,

@@ -72,10 +72,7 @@ impl ChannelMut<'_> {
     pub fn half_close(&mut self) -> Result<(), LocalError> {
         self.session.check_commands()?;
         let s = &mut *self.session;
-        let ch = s
-            .channels
-            .get_mut(&self.id)
-            .ok_or(LocalError::UnknownChannel(self.id))?;
+        let ch = s.channels.get_mut(&self.id).ok_or(LocalError::Closed)?;
         if !ch.accepts_items() {
             return Err(LocalError::Closed);
         }
@@ -84,21 +81,83 @@ impl ChannelMut<'_> {
         Ok(())
     }
 
-    /// The application consumed an item delivered with `credit`
-    /// ([`Event::Data`]): call it once per item. The credit goes back to the
-    /// peer (batched: a WINDOW frame leaves once half a window is owed), and
-    /// when no delivered item is left unconsumed, so does the credit held
-    /// for an item still being reassembled (protocol.md §6.2).
-    pub fn consumed(&mut self, credit: u32) {
+    /// Takes the next received item ([`Event::Readable`]), or `None` when
+    /// none waits. Its credit goes back to the peer (batched: a WINDOW frame
+    /// leaves once half a window is owed), and when no received item is left
+    /// waiting, so does the credit held for an item still being reassembled
+    /// (protocol.md §6.2). Items of a channel closed here, or by the peer,
+    /// return no credit (nothing more may arrive).
+    pub fn recv(&mut self) -> Option<Value> {
+        let s = &mut *self.session;
+        if let Some(value) = s.orphans_first(self.id) {
+            return Some(value);
+        }
+        let ch = s.channels.get_mut(&self.id)?;
+        let (value, credit) = ch.received.pop_front()?;
+        if credit > 0 && !ch.closing() && !ch.recv_close {
+            let due = ch.window.item_consumed(u64::from(credit));
+            ch.want_window(due, self.id, &mut s.windows);
+        }
+        Some(value)
+    }
+
+    /// Like [`recv`](Self::recv), but the item keeps holding its credit until
+    /// [`release_held`](Self::release_held): for an application that is not
+    /// done with the item when it takes it (a callback runs on it), so that
+    /// what it holds still counts against the window.
+    pub fn recv_held(&mut self) -> Option<Value> {
+        let s = &mut *self.session;
+        if let Some(value) = s.orphans_first(self.id) {
+            return Some(value);
+        }
+        let ch = s.channels.get_mut(&self.id)?;
+        let (value, credit) = ch.received.pop_front()?;
+        ch.in_use += 1;
+        ch.in_use_credit += u64::from(credit);
+        Some(value)
+    }
+
+    /// The application is done with the items taken by
+    /// [`recv_held`](Self::recv_held): their credit goes back as in `recv`.
+    pub fn release_held(&mut self) {
         let s = &mut *self.session;
         let Some(ch) = s.channels.get_mut(&self.id) else {
             return;
         };
-        if credit == 0 || ch.closing() || ch.recv_close {
+        let items = std::mem::take(&mut ch.in_use);
+        let credit = std::mem::take(&mut ch.in_use_credit);
+        if items == 0 || ch.closing() || ch.recv_close {
             return;
         }
-        let due = ch.window.item_consumed(u64::from(credit));
+        let due = ch.window.items_consumed(items, credit);
         ch.want_window(due, self.id, &mut s.windows);
+    }
+
+    /// Drops every received item still waiting, returning their credit (an
+    /// application that will never take them, so that the peer is not left
+    /// blocked on the window).
+    pub fn discard_received(&mut self) {
+        while self.recv().is_some() {}
+    }
+
+    /// The window credit the waiting received items hold (at most the
+    /// window: protocol.md §6.2).
+    pub fn received_credit(&self) -> u64 {
+        self.session
+            .channels
+            .get(&self.id)
+            .map_or(0, |ch| ch.received.iter().map(|(_, c)| u64::from(*c)).sum())
+    }
+
+    /// How many received items wait to be taken.
+    pub fn received(&self) -> usize {
+        let orphans = self.session.orphans.get(&self.id).map_or(0, |q| q.len());
+        orphans
+            + self
+                .session
+                .channels
+                .get(&self.id)
+                .map_or(0, |ch| ch.received.len())
     }
 
     /// Whether a `send` would be accepted now, registering interest when it
@@ -143,7 +202,7 @@ impl ChannelMut<'_> {
             .session
             .channels
             .get_mut(&self.id)
-            .ok_or(LocalError::UnknownChannel(self.id))?;
+            .ok_or(LocalError::Closed)?;
         if !ch.accepts_items() {
             return Err(LocalError::Closed);
         }
@@ -163,10 +222,7 @@ impl ChannelMut<'_> {
                 max: s.config.max_item,
             });
         }
-        let ch = s
-            .channels
-            .get_mut(&self.id)
-            .ok_or(LocalError::UnknownChannel(self.id))?;
+        let ch = s.channels.get_mut(&self.id).ok_or(LocalError::Closed)?;
         ch.queued_bytes += size;
         ch.queue.push_back(item);
         ch.schedule(self.id, &mut s.ready);
@@ -176,10 +232,7 @@ impl ChannelMut<'_> {
     fn close_inner(&mut self, error: Option<String>) -> Result<(), LocalError> {
         self.session.check_commands()?;
         let s = &mut *self.session;
-        let ch = s
-            .channels
-            .get_mut(&self.id)
-            .ok_or(LocalError::UnknownChannel(self.id))?;
+        let ch = s.channels.get_mut(&self.id).ok_or(LocalError::Closed)?;
         if ch.closing() {
             return Err(LocalError::Closed);
         }

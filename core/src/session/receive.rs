@@ -288,12 +288,19 @@ impl Session {
                 self.open_remote(r)?;
             }
         }
-        self.events.push_back(Event::Data {
-            channel: ChannelId(id),
-            value,
-            // Unreturned credit never exceeds the window, a u32.
-            credit: u32::try_from(credit).unwrap_or(u32::MAX),
-        });
+        // The channel exists: `ensure_channel` above, and the references
+        // only add channels.
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Err(ProtocolError::UnknownChannel(id));
+        };
+        if ch.received.is_empty() {
+            self.events.push_back(Event::Readable {
+                channel: ChannelId(id),
+            });
+        }
+        // Unreturned credit never exceeds the window, a u32.
+        ch.received
+            .push_back((value, u32::try_from(credit).unwrap_or(u32::MAX)));
         Ok(())
     }
 
@@ -326,7 +333,7 @@ impl Session {
             });
         }
         if ch.sent_close {
-            self.channels.remove(&id);
+            self.forget(id);
             return Ok(());
         }
         if !matches!(ch.pending_end, Some(PendingEnd::Close(_))) {

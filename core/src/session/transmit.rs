@@ -136,7 +136,7 @@ impl Session {
                 });
             }
             if forget {
-                self.channels.remove(&id);
+                self.forget(id);
             } else if ch.is_ready() {
                 ch.in_ready = true;
                 if full {
