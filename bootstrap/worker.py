@@ -546,6 +546,69 @@ _FOREVER = ("would wait forever: %s on %r in a channel callback, which runs on t
             "thread that reads this gateway's input")
 _NOITEM = object()  # Gateway._lead: no item handed back
 
+# The channel lifecycle (protocol.md section 6.1) as one table, the literal mirror of
+# core/src/lifecycle.rs: state "local/remote" -> the outcome of each event of
+# _LIFE_EVENTS: the next state, _R (a local command that is refused) or _V (a frame
+# the peer may not send: protocol violation). bootstrap/tests/test_channel_policy.py
+# checks it against core/tests/vectors/channel_policy.json, generated from the core's
+# table: change both, or neither. Only _life changes a channel's state.
+_R, _V = "refused", "violation"
+_LIFE_EVENTS = dict((e, i) for i, e in enumerate((
+    "send", "half_close", "close", "last_transmitted", "close_transmitted",
+    "recv_data", "recv_last", "recv_close")))
+_LIFECYCLE = {
+    "open/open": ("open/open", "last_queued/open", "close_queued/open", _R, _R, "open/open", "open/last", "close_queued/closed"),
+    "open/last": ("open/last", "last_queued/last", "close_queued/last", _R, _R, _V, _V, "close_queued/closed"),
+    "open/closed": (_R, _R, _R, _R, _R, _V, _V, _V),
+    "last_queued/open": (_R, _R, "close_queued/open", "last_sent/open", _R, "last_queued/open", "last_queued/last", "close_queued/closed"),
+    "last_queued/last": (_R, _R, "close_queued/last", "last_sent/last", _R, _V, _V, "close_queued/closed"),
+    "last_queued/closed": (_R, _R, _R, _R, _R, _V, _V, _V),
+    "last_sent/open": (_R, _R, "close_queued/open", _R, _R, "last_sent/open", "last_sent/last", "close_queued/closed"),
+    "last_sent/last": (_R, _R, "close_queued/last", _R, _R, _V, _V, "close_queued/closed"),
+    "last_sent/closed": (_R, _R, _R, _R, _R, _V, _V, _V),
+    "close_queued/open": (_R, _R, _R, _R, "close_sent/open", "close_queued/open", "close_queued/open", "close_queued/closed"),
+    "close_queued/last": (_R, _R, _R, _R, "close_sent/last", _V, _V, "close_queued/closed"),
+    "close_queued/closed": (_R, _R, _R, _R, "close_sent/closed", _V, _V, _V),
+    "close_sent/open": (_R, _R, _R, _R, _R, "close_sent/open", "close_sent/open", "close_sent/closed"),
+    "close_sent/last": (_R, _R, _R, _R, _R, _V, _V, "close_sent/closed"),
+    "close_sent/closed": (_R, _R, _R, _R, _R, _V, _V, _V),
+}
+
+
+# The window policy's constants (protocol.md section 6.2; core/src/window.rs, shared
+# through core/tests/vectors/channel_policy.json); its rules are Gateway._w_*.
+GRANT_DIVISOR = 2  # owed credit goes back once window // 2 is owed ...
+EAGER_DIVISOR = 16  # ... or from window // 16 where a thread blocks or sends anyway
+
+
+def _w_thresholds(window):
+    # (_half, _eager) of a window: the grant thresholds, at least one byte each
+    return max(1, window // GRANT_DIVISOR), max(1, window // EAGER_DIVISOR)
+
+
+def _life(ch, event):
+    # under _lock: applies a lifecycle event to ch and returns the state before it;
+    # None when the table refuses it (a local command); ProtocolError for a violation.
+    # The flags the hot paths read are set from the state here, and only here (they
+    # never go back: every path through the table only moves forward)
+    st = ch._st
+    nxt = _LIFECYCLE[st][_LIFE_EVENTS[event]]
+    if nxt == _R:
+        return None
+    if nxt == _V:
+        raise ProtocolError("%s on channel %d in state %s" % (event, ch.id, st))
+    ch._st = nxt
+    local, _, remote = nxt.partition("/")
+    if local[:5] == "close":
+        ch._sc = True  # closing: this side closed or answered the peer's CLOSE
+    elif local[:4] == "last":
+        ch._sl = True
+    if remote == "closed":
+        ch._rc = True
+    elif remote == "last":
+        ch._rl = True
+    return st
+
 
 class Channel(object):
     """One end of a channel (execnet-compatible remote API)."""
@@ -554,7 +617,8 @@ class Channel(object):
     TimeoutError = TimeoutError
     _executing = False
     _h = None  # weak reference to the handle remote code holds (Gateway._handle)
-    _sl = False  # LAST_MESSAGE sent
+    _sl = False  # LAST_MESSAGE queued or sent
+    _st = "open/open"  # lifecycle state (_LIFECYCLE); _sc/_sl/_rc/_rl follow it (_life)
 
     def __init__(self, gw, id):
         self.gateway = gw
@@ -602,10 +666,8 @@ class Channel(object):
                 if fast:
                     # fast path: nothing queued, enough credit: one frame, one write
                     self._credit -= n
-                    # owed credit rides along only from _eager up (the rule of
-                    # Gateway._eager): a WINDOW frame on every ping-pong reply
-                    # cost both sides a frame per item
-                    w = gw._winframe(self) if self._owed >= gw._eager else None
+                    # owed credit rides along from _eager up (Gateway._w_early)
+                    w = gw._w_early(self) if self._owed else None
                 else:
                     self._out.append([DATA, memoryview(data), 0])
                     self._queued += 1
@@ -680,19 +742,14 @@ class Channel(object):
                 if self._items:
                     v, n = self._items.popleft()
                     got = True
-                    self._owed += n
-                    if self._held and not self._items:
-                        self._owed += self._held  # §6.2: the last waiting item is consumed
-                        self._held = 0
-                    if self._owed >= gw._half:
-                        w = gw._winframe(self)
+                    w = gw._w_taken(self, n)
                 elif self._ended:
                     e, self._err = self._err, None
                     if e is not None:
                         raise self.RemoteError(e)
                     raise EOFError()
                 elif self._owed >= gw._eager:
-                    w = gw._winframe(self)  # return sizable credit before blocking
+                    w = gw._w_early(self)  # return sizable credit before blocking
                 elif (end is None and not gw._leader and not gw._bgread and gw._stop is None
                       and not getattr(_tl, "nb", False)):
                     gw._leader = lead = True  # nobody reads: read the stream ourselves
@@ -963,11 +1020,7 @@ class Gateway(object):
             v = getattr(self, k)
             if type(v) is not int or not 0 < v <= (0xFFFFFFFF if k != "max_item" else 1 << 63):
                 raise ProtocolError("bad %s %r in host HELLO" % (k, v))
-        self._half = max(1, self.window // 2)
-        # Credit below _half is returned early only from _eager up, before a thread
-        # blocks: a sender is never stuck on less (it has window - owed >= _half left
-        # once the queue is empty), and a WINDOW frame per small item costs both sides.
-        self._eager = max(1, self.window // 16)
+        self._half, self._eager = _w_thresholds(self.window)
         opts = hello.get("options") or {}
         self._model = opts.get("execmodel") or "thread"
         self.output = opts.get("output") or "inherit"
@@ -1032,6 +1085,12 @@ class Gateway(object):
         with self._wlock:
             self._writev(parts)
 
+    # -- window policy (protocol.md section 6.2): every rule of the worker's receive
+    # window is in these methods (and _w_thresholds), the worker's half of
+    # core/src/window.rs; test_channel_policy.py replays the cases of
+    # core/tests/vectors/channel_policy.json on them. Per channel: _owed, credit
+    # consumed and not yet returned; _held, DATA_MORE credit held for the item being
+    # reassembled while items wait; "waiting items" are ch._items.
     def _winframe(self, ch):
         # under _lock: a WINDOW frame returning the credit owed on ch (or None)
         n, ch._owed = ch._owed, 0
@@ -1041,13 +1100,46 @@ class Gateway(object):
         ch._rwin += n
         return frame(WINDOW, ch.id, _head(0, n))
 
+    def _w_taken(self, ch, n):
+        # under _lock: an item holding n credit was consumed (taken off ch._items
+        # first): the WINDOW frame due now, or None
+        ch._owed += n
+        if ch._held and not ch._items:
+            ch._owed += ch._held  # the last waiting item is consumed: release the held
+            ch._held = 0
+        return self._winframe(ch) if ch._owed >= self._half else None
+
+    def _w_chunk(self, ch, n):
+        # under _lock: a DATA_MORE chunk of n bytes was buffered: the WINDOW frame due
+        if ch._items:
+            # an item waits unconsumed: hold this chunk's credit with its item, so
+            # unconsumed items stay within the window
+            ch._held += n
+            return None
+        ch._owed += n  # the application keeps up: a big item flows through
+        w = self._winframe(ch) if ch._owed >= self._half else None
+        if ch._owed:
+            self._owing.add(ch)
+        return w
+
+    def _w_complete(self, ch, n):
+        # under _lock: an item completed with a last chunk of n bytes: the credit it
+        # holds until consumed (with what was held for it)
+        if ch._held:
+            n += ch._held
+            ch._held = 0
+        return n
+
+    def _w_early(self, ch):
+        # under _lock: where a thread is about to block, or sends on ch anyway, owed
+        # credit from _eager up goes back now (a sender is never stuck on less than
+        # _eager: it has window - owed >= _half left once its queue is empty, and a
+        # WINDOW frame per small item would cost both sides)
+        return self._winframe(ch) if ch._owed >= self._eager else None
+
     def _consumed(self, ch, n):
         with self._lock:
-            ch._owed += n
-            if ch._held and not ch._items:
-                ch._owed += ch._held  # §6.2: the last waiting item is consumed
-                ch._held = 0
-            w = self._winframe(ch) if ch._owed >= self._half else None
+            w = self._w_taken(ch, n)
             if ch._owed:
                 self._owing.add(ch)
         if w:
@@ -1060,10 +1152,9 @@ class Gateway(object):
                 raise IOError("cannot send: the gateway has terminated")  # see _writev
             parts = []
             with self._lock:
-                if ch._owed >= self._eager:
-                    w = self._winframe(ch)
-                    if w:
-                        parts.append(w)
+                w = self._w_early(ch)
+                if w:
+                    parts.append(w)
                 out = ch._out
                 while out:
                     e = out[0]
@@ -1081,6 +1172,7 @@ class Gateway(object):
                         ch._sent += 1
                         ch._cv.notify_all()
                     else:
+                        _life(ch, "close_transmitted" if e[0] == CLOSE else "last_transmitted")
                         parts.append(e[1])
                     out.popleft()
             if parts:
@@ -1102,9 +1194,8 @@ class Gateway(object):
 
     def _close(self, ch, error=None):
         with self._lock:
-            if ch._sc:
-                return
-            ch._sc = True
+            if _life(ch, "close") is None:
+                return  # closed already
             ch._out.append([CLOSE, frame(CLOSE, ch.id, b"" if error is None else _text(error))])
             fire = self._end(ch)
         try:
@@ -1168,7 +1259,8 @@ class Gateway(object):
                     continue  # closed already, or handed out again
                 last = ch._cb is not None and not ch._rl
                 if last:
-                    ch._sl = True
+                    if _life(ch, "half_close") is None:
+                        continue
                     ch._out.append([LAST_MESSAGE, frame(LAST_MESSAGE, cid)])
             _trace("channel %d dropped: sending %s" % (cid, "LAST_MESSAGE" if last else "CLOSE"))
             try:
@@ -1188,14 +1280,14 @@ class Gateway(object):
                     raise LoadError("reference to unknown channel %d" % cid)
                 ch = Channel(self, cid)
                 if cid in self._closed or not cid & 1 or self._dead:
-                    ch._sc = ch._rc = ch._ended = True
+                    ch._st, ch._sc, ch._rc, ch._ended = "close_sent/closed", True, True, True
                     return ch
                 self._chans[cid] = ch
             elif ch._sl:
                 # dropped and half-closed: a stand-in that cannot send (no DATA after
                 # our LAST_MESSAGE) and has ended
                 ch = Channel(self, cid)
-                ch._sc = ch._rc = ch._ended = True
+                ch._st, ch._sc, ch._rc, ch._ended = "close_sent/closed", True, True, True
                 return ch
             return self._handle(ch)
 
@@ -1330,12 +1422,9 @@ class Gateway(object):
                 raise ProtocolError("CLOSE payload is not a text string")
             with self._lock:
                 ch = self._get(cid, kind)
-                if ch._rc:
-                    raise ProtocolError("second CLOSE on channel %d" % cid)
-                ch._rc = True
+                before = _life(ch, "recv_close")  # a second CLOSE is a violation
                 ch._out = deque(e for e in ch._out if e[0] == CLOSE)
-                if not ch._sc:
-                    ch._sc = True
+                if before[:5] != "close":  # our CLOSE answers the peer's
                     ch._out.append([CLOSE, frame(CLOSE, cid)])
                 if ch._cb is None:
                     ch._err = err
@@ -1353,9 +1442,7 @@ class Gateway(object):
                 ch = self._get(cid, kind)
                 if ch is None:
                     return
-                if ch._rc or ch._rl:
-                    raise ProtocolError("LAST_MESSAGE after end on channel %d" % cid)
-                ch._rl = True
+                _life(ch, "recv_last")  # after CLOSE or LAST_MESSAGE: a violation
                 fire = self._end(ch)
                 last = ch._sl  # both half-closed: nothing can flow any more
             if fire:
@@ -1432,21 +1519,10 @@ class Gateway(object):
                     if p is not self._placed:  # else Reader read it into place (_sink)
                         self._room(ch, m)[m - n : m] = p
                     ch._more = m
-                    if ch._items:
-                        # §6.2: an item waits unconsumed: hold this chunk's credit so
-                        # unconsumed items stay within the window
-                        ch._held += n
-                        w = None
-                    else:
-                        ch._owed += n
-                        w = self._winframe(ch) if ch._owed >= self._half else None
-                        if ch._owed:
-                            self._owing.add(ch)
+                    w = self._w_chunk(ch, n)
                 else:
                     w = None
-                    if ch._held:
-                        n += ch._held  # the item carries the credit held for it
-                        ch._held = 0
+                    n = self._w_complete(ch, n)
                     if ch._more is not None:
                         m = ch._more + len(p)
                         if m > self.max_item:
@@ -1541,8 +1617,7 @@ class Gateway(object):
             # the leader reads for this channel: hand the item straight back to its
             # receive(), consumed (no queue, no second lock round trip)
             self._handed = v
-            ch._owed += n
-            return None, self._winframe(ch) if ch._owed >= self._half else None
+            return None, self._w_taken(ch, n)
         ch._items.append((v, n))
         if ch._w:
             self._wake(ch)
@@ -1554,7 +1629,7 @@ class Gateway(object):
 
     def _flush_owed(self):
         with self._lock:
-            ws = [self._winframe(ch) for ch in list(self._owing) if ch._owed >= self._eager]
+            ws = [self._w_early(ch) for ch in list(self._owing)]
         ws = [w for w in ws if w]
         if ws:
             self._send_frames(ws)

@@ -15,37 +15,22 @@ impl fmt::Display for ChannelId {
 
 use std::collections::VecDeque;
 
-use crate::error::ProtocolError;
+use crate::lifecycle::{ChannelEvent, ChannelState, Local, Outcome};
 use crate::value::Value;
 use crate::window::RecvWindow;
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// What a channel still has to send once its queued items are out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PendingEnd {
-    /// LAST_MESSAGE (half-close).
-    Last,
-    /// CLOSE, with an error text or not.
-    Close(Option<String>),
-}
-
-/// One side's state of one channel: the four flags of protocol.md §6.1, the
-/// send queue with its credit, and the receive credit with reassembly.
+/// One side's state of one channel: its lifecycle state (the table of
+/// [`crate::lifecycle`]), the send queue with its credit, and the receive
+/// credit with reassembly and the received items.
 #[derive(Debug)]
 pub(crate) struct Channel {
     // ---- lifecycle (protocol.md §6.1) ----
-    /// We transmitted CLOSE.
-    pub sent_close: bool,
-    /// We received CLOSE.
-    pub recv_close: bool,
-    /// We transmitted LAST_MESSAGE.
-    pub sent_last: bool,
-    /// We received LAST_MESSAGE.
-    pub recv_last: bool,
-    /// `Event::ChannelEnded` was emitted.
-    pub ended: bool,
-    /// CLOSE or LAST_MESSAGE accepted but waiting behind queued items.
-    pub pending_end: Option<PendingEnd>,
+    /// Where the channel is in its lifecycle; changed only through
+    /// [`Channel::apply`].
+    pub state: ChannelState,
+    /// The error text of a queued CLOSE (`Local::CloseQueued`).
+    pub close_error: Option<String>,
 
     // ---- sending ----
     /// Encoded items not yet (fully) transmitted; the front one may be
@@ -81,12 +66,8 @@ pub(crate) struct Channel {
 impl Channel {
     pub fn new(window: u32) -> Channel {
         Channel {
-            sent_close: false,
-            recv_close: false,
-            sent_last: false,
-            recv_last: false,
-            ended: false,
-            pending_end: None,
+            state: ChannelState::OPEN,
+            close_error: None,
             queue: VecDeque::new(),
             front_offset: 0,
             queued_bytes: 0,
@@ -102,34 +83,32 @@ impl Channel {
         }
     }
 
-    /// We sent CLOSE or accepted a local close: incoming items are dropped.
-    pub fn closing(&self) -> bool {
-        self.sent_close || matches!(self.pending_end, Some(PendingEnd::Close(_)))
-    }
-
-    /// `send` may queue an item (protocol.md §6.1, first row).
-    /// The peer may still send items (DATA, DATA_MORE, LAST_MESSAGE): it has
-    /// sent neither CLOSE nor LAST_MESSAGE (protocol.md §6.1); `kind` names
-    /// the offending frame otherwise.
-    pub fn check_peer_sending(&self, kind: &'static str) -> Result<(), ProtocolError> {
-        if self.recv_close || self.recv_last {
-            return Err(ProtocolError::UnexpectedFrame {
-                kind,
-                reason: "after the peer's CLOSE or LAST_MESSAGE",
-            });
+    /// Applies a lifecycle event ([`crate::lifecycle::TABLE`]): the state
+    /// before it on success, `Err(outcome)` (refused or a violation) with
+    /// the state unchanged.
+    #[inline]
+    pub fn apply(&mut self, event: ChannelEvent) -> Result<ChannelState, Outcome> {
+        match self.state.next(event) {
+            Outcome::To(next) => Ok(std::mem::replace(&mut self.state, next)),
+            other => Err(other),
         }
-        Ok(())
     }
 
+    /// `send` may queue an item now.
     pub fn accepts_items(&self) -> bool {
-        !self.sent_close && !self.recv_close && !self.sent_last && self.pending_end.is_none()
+        self.state.allows(ChannelEvent::Send)
+    }
+
+    /// A LAST_MESSAGE or CLOSE waits to be transmitted.
+    pub fn end_queued(&self) -> bool {
+        matches!(self.state.local, Local::LastQueued | Local::CloseQueued)
     }
 
     /// Something can be transmitted now: an item chunk within credit, or the
     /// pending end once the queue is empty.
     pub fn is_ready(&self) -> bool {
         if self.queue.is_empty() {
-            self.pending_end.is_some()
+            self.end_queued()
         } else {
             self.send_credit > 0
         }

@@ -90,6 +90,7 @@ pub mod error;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod lifecycle;
 pub mod message;
 pub mod serde;
 pub mod session;

@@ -519,7 +519,7 @@ impl Session {
         let mut ids: Vec<u32> = self
             .channels
             .iter()
-            .filter(|(_, ch)| !ch.ended)
+            .filter(|(_, ch)| !ch.state.ended())
             .map(|(&id, _)| id)
             .collect();
         ids.sort_unstable();

@@ -17,19 +17,39 @@
 //! - **Dropped items** (they crossed our CLOSE) give their credit back at
 //!   once, so a peer blocked on credit can reach its CLOSE.
 //!
-//! The worker's mirror of this policy is `bootstrap/worker.py` (the
-//! `_half`/`_held` rules of its `Channel`); to change the policy, change this
-//! file and that one (docs/architecture.md, "Change the window policy").
+//! The worker's mirror of this policy is the "window policy" section of
+//! `bootstrap/worker.py` (`Gateway._w_*`); the constants and a set of
+//! replayed cases are shared through `core/tests/vectors/channel_policy.json`
+//! (generated from this file by `core/tests/channel_policy.rs`, checked by
+//! `bootstrap/tests/test_channel_policy.py`). To change the policy, change
+//! this file and that section, and regenerate the file (docs/architecture.md,
+//! "Change the window policy").
+
+/// Owed credit goes back in a WINDOW frame once `window / GRANT_DIVISOR`
+/// is owed (half a window).
+pub const GRANT_DIVISOR: u32 = 2;
+
+/// The worker also returns owed credit from `window / EAGER_DIVISOR` up at
+/// the points where one of its threads is about to block or sends on the
+/// channel anyway (a sender is never stuck on less: it still has at least
+/// half a window). The host has no such point: its session returns credit
+/// as items are taken, and its driver's waits do not hold owed credit back
+/// beyond [`GRANT_DIVISOR`]'s threshold. Shared with the worker through
+/// `core/tests/vectors/channel_policy.json`.
+pub const EAGER_DIVISOR: u32 = 16;
 
 /// Owed credit goes back in a WINDOW frame once this much is owed: half the
 /// window (at least 1 byte).
 pub fn grant_threshold(window: u32) -> u64 {
-    u64::from((window / 2).max(1))
+    u64::from((window / GRANT_DIVISOR).max(1))
 }
 
-/// One channel's receive-side credit (see the module documentation).
+/// One channel's receive-side credit (see the module documentation). The
+/// session keeps one per channel; it is public so that the policy can be
+/// replayed on its own (the golden vectors of
+/// `core/tests/channel_policy.rs`).
 #[derive(Debug)]
-pub(crate) struct RecvWindow {
+pub struct RecvWindow {
     /// Credit the peer may still use before we return more.
     credit: u64,
     /// Credit consumed by the application (or returned for DATA_MORE) but
@@ -46,6 +66,7 @@ pub(crate) struct RecvWindow {
 }
 
 impl RecvWindow {
+    /// A channel's receive credit with a fresh `window` granted.
     pub fn new(window: u32) -> RecvWindow {
         RecvWindow {
             credit: u64::from(window),

@@ -2,9 +2,10 @@
 //! channel.
 
 use super::Session;
-use crate::channel::{ChannelId, PendingEnd};
+use crate::channel::ChannelId;
 use crate::codec;
 use crate::error::{LocalError, ValueError};
+use crate::lifecycle::ChannelEvent;
 use crate::message::{truncate_text, ChannelEnd, Event};
 use crate::value::Value;
 
@@ -73,10 +74,8 @@ impl ChannelMut<'_> {
         self.session.check_commands()?;
         let s = &mut *self.session;
         let ch = s.channels.get_mut(&self.id).ok_or(LocalError::Closed)?;
-        if !ch.accepts_items() {
-            return Err(LocalError::Closed);
-        }
-        ch.pending_end = Some(PendingEnd::Last);
+        ch.apply(ChannelEvent::HalfClose)
+            .map_err(|_| LocalError::Closed)?;
         ch.schedule(self.id, &mut s.ready);
         Ok(())
     }
@@ -94,7 +93,7 @@ impl ChannelMut<'_> {
         }
         let ch = s.channels.get_mut(&self.id)?;
         let (value, credit) = ch.received.pop_front()?;
-        if credit > 0 && !ch.closing() && !ch.recv_close {
+        if credit > 0 && !ch.state.closing() {
             let due = ch.window.item_consumed(u64::from(credit));
             ch.want_window(due, self.id, &mut s.windows);
         }
@@ -126,7 +125,7 @@ impl ChannelMut<'_> {
         };
         let items = std::mem::take(&mut ch.in_use);
         let credit = std::mem::take(&mut ch.in_use_credit);
-        if items == 0 || ch.closing() || ch.recv_close {
+        if items == 0 || ch.state.closing() {
             return;
         }
         let due = ch.window.items_consumed(items, credit);
@@ -184,7 +183,7 @@ impl ChannelMut<'_> {
         self.session
             .channels
             .get(&self.id)
-            .is_none_or(|ch| ch.ended)
+            .is_none_or(|ch| ch.state.ended())
     }
 
     /// Untransmitted bytes queued on this channel.
@@ -233,15 +232,13 @@ impl ChannelMut<'_> {
         self.session.check_commands()?;
         let s = &mut *self.session;
         let ch = s.channels.get_mut(&self.id).ok_or(LocalError::Closed)?;
-        if ch.closing() {
-            return Err(LocalError::Closed);
-        }
+        let before = ch
+            .apply(ChannelEvent::Close)
+            .map_err(|_| LocalError::Closed)?;
         // The error text must fit one frame.
-        let error = error.map(|text| truncate_text(text, s.config.max_frame));
-        ch.pending_end = Some(PendingEnd::Close(error));
+        ch.close_error = error.map(|text| truncate_text(text, s.config.max_frame));
         ch.reassembly = Vec::new();
-        if !ch.ended {
-            ch.ended = true;
+        if !before.ended() {
             s.events.push_back(Event::ChannelEnded {
                 channel: ChannelId(self.id),
                 how: ChannelEnd::ClosedLocally,

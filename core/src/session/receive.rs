@@ -4,11 +4,12 @@
 use std::mem;
 
 use super::{Role, Session};
-use crate::channel::{Channel, ChannelId, PendingEnd};
+use crate::channel::{Channel, ChannelId};
 use crate::codec::decode_item;
 use crate::config::PROTOCOL_VERSION;
 use crate::error::ProtocolError;
 use crate::frame::{Frame, FrameKind};
+use crate::lifecycle::{ChannelEvent, Local};
 use crate::message::{
     bad, payload_text, payload_uint, payload_value, text_field, uint_field, ChannelEnd, Event,
     ExecRequest, Status, TerminateReason, WorkerInfo,
@@ -227,7 +228,8 @@ impl Session {
             .channels
             .get_mut(&id)
             .ok_or(ProtocolError::UnknownChannel(id))?;
-        ch.check_peer_sending(kind.name())?;
+        ch.apply(ChannelEvent::RecvData)
+            .map_err(|_| after_peer_end(kind))?;
         let n = payload.len() as u64;
         if let Err(credit) = ch.window.spend(n) {
             return Err(ProtocolError::CreditExceeded {
@@ -247,11 +249,11 @@ impl Session {
                 max: max_item,
             });
         }
-        if ch.closing() {
+        if ch.state.closing() {
             // Crossed our CLOSE: dropped. Until our CLOSE is out, give the
             // credit back so a peer blocked on it can make progress.
             ch.reassembly = Vec::new();
-            if !ch.sent_close {
+            if ch.state.local != Local::CloseSent {
                 let due = ch.window.dropped(n);
                 ch.want_window(due, id, &mut self.windows);
             }
@@ -312,17 +314,15 @@ impl Session {
             .channels
             .get_mut(&id)
             .ok_or(ProtocolError::UnknownChannel(id))?;
-        if ch.recv_close {
-            return Err(ProtocolError::UnexpectedFrame {
-                kind: K.name(),
-                reason: "second CLOSE",
-            });
-        }
-        ch.recv_close = true;
+        let before =
+            ch.apply(ChannelEvent::RecvClose)
+                .map_err(|_| ProtocolError::UnexpectedFrame {
+                    kind: K.name(),
+                    reason: "second CLOSE",
+                })?;
         ch.drop_queue();
         ch.reassembly = Vec::new();
-        if !ch.ended {
-            ch.ended = true;
+        if !before.ended() {
             let how = match error {
                 Some(text) => ChannelEnd::RemoteError(text),
                 None => ChannelEnd::Closed,
@@ -332,12 +332,13 @@ impl Session {
                 how,
             });
         }
-        if ch.sent_close {
+        if ch.state.fully_closed() {
             self.forget(id);
             return Ok(());
         }
-        if !matches!(ch.pending_end, Some(PendingEnd::Close(_))) {
-            ch.pending_end = Some(PendingEnd::Close(None));
+        if before.local != Local::CloseQueued {
+            // Our CLOSE answers the peer's (no error text).
+            ch.close_error = None;
         }
         ch.schedule(id, &mut self.ready);
         Ok(())
@@ -353,13 +354,10 @@ impl Session {
             .channels
             .get_mut(&id)
             .ok_or(ProtocolError::UnknownChannel(id))?;
-        ch.check_peer_sending(K.name())?;
-        if ch.closing() {
-            return Ok(());
-        }
-        ch.recv_last = true;
-        if !ch.ended {
-            ch.ended = true;
+        let before = ch
+            .apply(ChannelEvent::RecvLast)
+            .map_err(|_| after_peer_end(K))?;
+        if !before.ended() && ch.state.ended() {
             self.events.push_back(Event::ChannelEnded {
                 channel: ChannelId(id),
                 how: ChannelEnd::Closed,
@@ -376,7 +374,7 @@ impl Session {
             .channels
             .get_mut(&id)
             .ok_or(ProtocolError::UnknownChannel(id))?;
-        if ch.sent_close {
+        if ch.state.local == Local::CloseSent {
             return Ok(());
         }
         let credit = ch.send_credit.saturating_add(grant);
@@ -435,5 +433,14 @@ impl Session {
         };
         self.events.push_back(Event::Output { fd, bytes });
         Ok(())
+    }
+}
+
+/// A DATA, DATA_MORE or LAST_MESSAGE the lifecycle table refuses: the peer
+/// already ended its sending.
+fn after_peer_end(kind: FrameKind) -> ProtocolError {
+    ProtocolError::UnexpectedFrame {
+        kind: kind.name(),
+        reason: "after the peer's CLOSE or LAST_MESSAGE",
     }
 }

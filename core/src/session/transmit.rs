@@ -4,8 +4,9 @@
 use std::mem;
 
 use super::{Session, QUANTUM};
-use crate::channel::{ChannelId, PendingEnd};
+use crate::channel::ChannelId;
 use crate::frame::{write_frame, write_header, FrameKind, HEADER_LEN};
+use crate::lifecycle::{ChannelEvent, Local};
 use crate::message::{cbor_uint, truncate_text, write_close, Event};
 use crate::value::Value;
 
@@ -38,7 +39,7 @@ impl Session {
                 continue;
             };
             ch.in_windows = false;
-            if ch.sent_close || ch.recv_close {
+            if ch.state.closing() {
                 continue;
             }
             let grant = ch.window.grant();
@@ -111,18 +112,15 @@ impl Session {
                     } else {
                         ch.front_offset += chunk_len;
                     }
-                } else if let Some(end_frame) = ch.pending_end.take() {
-                    match end_frame {
-                        PendingEnd::Last => {
-                            write_header(buf, FrameKind::LastMessage, id, 0);
-                            ch.sent_last = true;
-                        }
-                        PendingEnd::Close(error) => {
-                            write_close(buf, id, error.as_deref());
-                            ch.sent_close = true;
-                            forget = ch.recv_close;
-                            ch.reassembly = Vec::new();
-                        }
+                } else if ch.end_queued() {
+                    if ch.state.local == Local::LastQueued {
+                        write_header(buf, FrameKind::LastMessage, id, 0);
+                        let _ = ch.apply(ChannelEvent::LastTransmitted);
+                    } else {
+                        write_close(buf, id, ch.close_error.take().as_deref());
+                        let _ = ch.apply(ChannelEvent::CloseTransmitted);
+                        forget = ch.state.fully_closed();
+                        ch.reassembly = Vec::new();
                     }
                     break;
                 } else {
@@ -162,11 +160,9 @@ impl Session {
         ids.sort_unstable();
         for id in ids {
             if let Some(ch) = self.channels.get_mut(&id) {
-                if let Some(PendingEnd::Close(error)) = ch.pending_end.take() {
-                    if !ch.sent_close {
-                        write_close(&mut self.control, id, error.as_deref());
-                        ch.sent_close = true;
-                    }
+                if ch.state.local == Local::CloseQueued {
+                    write_close(&mut self.control, id, ch.close_error.take().as_deref());
+                    let _ = ch.apply(ChannelEvent::CloseTransmitted);
                 }
                 ch.drop_queue();
             }
