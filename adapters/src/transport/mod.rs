@@ -273,4 +273,15 @@ pub trait PeerControl: Send + Sync {
     fn annotate_remote_error(&self, text: String) -> String {
         text
     }
+    /// Waits at most `timeout` until the transport's reader has input (or
+    /// its end) to deliver, without reading: `Some(true)` when it has,
+    /// `Some(false)` when the time ran out or a signal interrupted the wait,
+    /// `None` when this transport cannot tell. The driver calls it, while
+    /// the reader is open, so that a receive with a deadline can read the
+    /// transport itself (leader/follower) without waiting past its
+    /// deadline; with `None` such a receive waits for another reader.
+    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
+        let _ = timeout;
+        None
+    }
 }

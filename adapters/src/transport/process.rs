@@ -48,7 +48,16 @@ pub(crate) fn spawn(mut cmd: Command, program: &str, passthrough: bool) -> Resul
     // Take the pipes before anything can fail, so that the error path below
     // still kills and reaps the child through `ProcessControl`.
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    let control = Arc::new(ProcessControl::new(child, stderr, passthrough));
+    let mut control = ProcessControl::new(child, stderr, passthrough);
+    {
+        use std::os::fd::AsFd;
+        // A duplicate of stdout to poll (`wait_readable`); best effort:
+        // without it, receives with a deadline do not lead.
+        control.stdout = stdout
+            .as_ref()
+            .and_then(|s| s.as_fd().try_clone_to_owned().ok());
+    }
+    let control = Arc::new(control);
     let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
         control.kill();
         control.wait(Duration::from_secs(1));
@@ -173,11 +182,34 @@ impl<T: PeerControl> PeerControl for Shared<T> {
     fn stderr_tail(&self, timeout: Duration) -> String {
         self.0.stderr_tail(timeout)
     }
+    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
+        self.0.wait_readable(timeout)
+    }
+}
+
+/// Waits at most `timeout` for `fd` to be readable (input or its end):
+/// `false` when the time ran out or a signal interrupted the wait (the
+/// caller decides whether to wait again).
+pub(crate) fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
+        tv_sec: i64::from(i32::MAX),
+        tv_nsec: 0,
+    });
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    match poll(&mut fds, Some(&ts)) {
+        Ok(0) | Err(rustix::io::Errno::INTR) => false,
+        // Readable, hung up, or an error the read itself will report.
+        _ => true,
+    }
 }
 
 /// The child process: reaping, killing its group, its stderr tail.
 pub(crate) struct ProcessControl {
     pid: u32,
+    /// A duplicate of the worker's stdout, to poll for input (the original
+    /// belongs to the transport's reader).
+    stdout: Option<std::os::fd::OwnedFd>,
     child: Mutex<Child>,
     status: Mutex<Option<ExitStatus>>,
     stderr: Arc<StderrTail>,
@@ -205,6 +237,7 @@ impl ProcessControl {
         }
         ProcessControl {
             pid,
+            stdout: None,
             child: Mutex::new(child),
             status: Mutex::new(None),
             stderr: tail,
@@ -266,6 +299,11 @@ impl PeerControl for ProcessControl {
     fn stderr_tail(&self, timeout: Duration) -> String {
         self.stderr.wait_done(timeout);
         self.stderr.text()
+    }
+    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
+        use std::os::fd::AsFd;
+        let fd = self.stdout.as_ref()?;
+        Some(poll_readable(fd.as_fd(), timeout))
     }
 }
 

@@ -405,6 +405,13 @@ impl PeerControl for SocketControl {
             self.0.address
         )
     }
+    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
+        use std::os::fd::AsFd;
+        Some(super::process::poll_readable(
+            self.0.stream.as_fd(),
+            timeout,
+        ))
+    }
 }
 
 #[cfg(test)]

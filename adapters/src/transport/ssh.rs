@@ -333,6 +333,9 @@ impl PeerControl for SshControl {
     fn stderr_tail(&self, timeout: Duration) -> String {
         self.process.stderr_tail(timeout)
     }
+    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
+        self.process.wait_readable(timeout)
+    }
 }
 
 /// One gateway's share of a ControlMaster connection; the last share to go
