@@ -176,7 +176,7 @@ impl Channel {
     }
     /// Receives the next item, `Err(Timeout)` after `timeout`.
     pub fn receive_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T> {
-        block_on(self.0.receive_timeout(timeout))
+        crate::driver::leading_allowed(|| block_on(self.0.receive_timeout(timeout)))
     }
     /// Receives the next item as a [`Value`].
     pub fn receive_value(&self, timeout: Option<Duration>) -> Result<Value> {
@@ -192,6 +192,18 @@ impl Channel {
     /// [`receive_value`](Self::receive_value) for a real timeout.
     pub fn receive_value_interruptible(&self, slice: Duration) -> Result<Value> {
         crate::driver::leading_interruptible(|| block_on(self.0.receive_value(Some(slice))))
+    }
+    /// Like [`receive_value`](Self::receive_value) with a timeout that
+    /// holds, for a thread that must react to signals: while it reads the
+    /// transport itself (popen, ssh and socket gateways can bound that read
+    /// by the timeout), a signal ends the wait at once with `Err(Timeout)`
+    /// (the caller handles the signal and calls again with the time left);
+    /// otherwise it waits as `receive_value` does. Never waits much past
+    /// `timeout`.
+    pub fn receive_value_interruptible_timeout(&self, timeout: Duration) -> Result<Value> {
+        crate::driver::leading_interruptible_bounded(|| {
+            block_on(self.0.receive_value(Some(timeout)))
+        })
     }
     /// The items until the end of the channel; a remote error is the last.
     pub fn iter<T: DeserializeOwned>(&self) -> impl Iterator<Item = Result<T>> + '_ {

@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use execnet::blocking::{Channel, Gateway};
-use execnet::transport::Transport;
-use execnet::{Error, Value};
+use execnet::transport::{PeerControl, Transport};
+use execnet::{Error, ExitStatus, Value};
 use execnet_core::{Config, Event, Session, WorkerInfo};
 
 // ---------------------------------------------------------------- the pipe
@@ -88,7 +88,7 @@ enum Script {
 
 /// Runs a worker-role session over the pipes until its session ends or the
 /// host's stream does.
-fn worker(mut input: PipeReader, mut output: PipeWriter) {
+fn worker(mut input: PipeReader, mut output: impl Write) {
     let info = WorkerInfo {
         implementation: "scripted".into(),
         version_info: vec![Value::Int(3), Value::Int(12), Value::Int(0)],
@@ -232,6 +232,49 @@ fn pair(config: Config) -> (Gateway, JoinHandle<()>) {
     let gw = Gateway::builder("popen//id=mem")
         .unwrap()
         .config(config)
+        .start_with_transport(transport)
+        .unwrap();
+    (gw, t)
+}
+
+/// A worker-side control over a real OS pipe: it can wait for input
+/// without reading (`wait_readable`, a poll), so receives with a deadline
+/// may lead; the worker is a thread, so it is "reaped" at once.
+struct PollControl(std::os::fd::OwnedFd);
+
+impl PeerControl for PollControl {
+    fn kill(&self) {}
+    fn wait(&self, _timeout: Duration) -> Option<ExitStatus> {
+        Some(ExitStatus::Unknown)
+    }
+    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let ts = Timespec::try_from(timeout).ok()?;
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        Some(!matches!(
+            poll(&mut fds, Some(&ts)),
+            Ok(0) | Err(rustix::io::Errno::INTR)
+        ))
+    }
+}
+
+/// Like [`pair`], with the worker-to-host direction through an OS pipe and
+/// a [`PollControl`] on it.
+fn polled_pair() -> (Gateway, JoinHandle<()>) {
+    let (to_worker_r, to_worker_w) = pipe();
+    let (host_r, worker_w) = std::io::pipe().unwrap();
+    let dup = std::os::fd::AsFd::as_fd(&host_r)
+        .try_clone_to_owned()
+        .unwrap();
+    let t = std::thread::spawn(move || worker(to_worker_r, worker_w));
+    let transport = Transport {
+        reader: Box::new(host_r),
+        writer: Box::new(to_worker_w),
+        control: Some(Box::new(PollControl(dup))),
+        description: "os pipe".into(),
+    };
+    let gw = Gateway::builder("popen//id=polled")
+        .unwrap()
         .start_with_transport(transport)
         .unwrap();
     (gw, t)
@@ -392,6 +435,81 @@ fn a_callback_sees_every_item_then_the_endmarker() {
     }
     assert_eq!(seen[500], Value::str("end"));
     drop(seen);
+    gw.exit().unwrap();
+    t.join().unwrap();
+}
+
+// ------------------------------------------------- leading with a deadline
+
+#[test]
+fn a_receive_with_a_deadline_leads_when_the_transport_can_poll() {
+    // Items of `echo` go to a callback, which runs on whichever thread
+    // reads the input. While this thread waits with a deadline on `idle`
+    // (which never gets an item) it is a candidate for the read token, and
+    // on a pollable transport it reads itself, its read bounded by the
+    // deadline: so some echo must be run by this very thread. (Before
+    // deadline-bounded leading, a receive with a deadline never read, and
+    // every callback ran on the reader thread.)
+    let (gw, t) = polled_pair();
+    let idle = gw.remote_exec("hold").unwrap();
+    let echo = gw.remote_exec("echo").unwrap();
+    let me = std::thread::current().id();
+    let ran_here = Arc::new(Mutex::new(0usize));
+    let r = ran_here.clone();
+    echo.set_callback(
+        move |_| {
+            if std::thread::current().id() == me {
+                *r.lock().unwrap() += 1;
+            }
+        },
+        None,
+    )
+    .unwrap();
+    for i in 0..50i64 {
+        echo.send(&i).unwrap();
+        // Nothing ever arrives on `idle`: the read must end at the deadline.
+        assert!(matches!(
+            idle.receive_timeout::<i64>(Duration::from_millis(20)),
+            Err(Error::Timeout)
+        ));
+        if *ran_here.lock().unwrap() > 0 {
+            break;
+        }
+    }
+    assert!(
+        *ran_here.lock().unwrap() > 0,
+        "no input was read by the receiving thread"
+    );
+    // The gateway works on as before.
+    let again = gw.remote_exec("echo").unwrap();
+    again.send(&5i64).unwrap();
+    assert_eq!(
+        again
+            .receive_timeout::<i64>(Duration::from_secs(10))
+            .unwrap(),
+        5
+    );
+    gw.exit().unwrap();
+    t.join().unwrap();
+}
+
+#[test]
+fn a_leading_receive_with_a_deadline_still_gets_its_item() {
+    // Items that arrive while this thread leads with a deadline are taken
+    // at once, in order, and a zero deadline only peeks.
+    let (gw, t) = polled_pair();
+    let ch = gw.remote_exec("echo").unwrap();
+    assert!(matches!(
+        ch.receive_timeout::<i64>(Duration::ZERO),
+        Err(Error::Timeout)
+    ));
+    for i in 0..200i64 {
+        ch.send(&i).unwrap();
+        assert_eq!(
+            ch.receive_timeout::<i64>(Duration::from_secs(10)).unwrap(),
+            i
+        );
+    }
     gw.exit().unwrap();
     t.join().unwrap();
 }

@@ -66,8 +66,9 @@ impl Driver {
         if c.handles > 0 {
             return;
         }
-        let (has_callback, ended, closed) = (c.has_callback, c.end.is_some(), c.locally_closed);
-        if !closed && !ended {
+        let (has_callback, ended) = (c.has_callback, c.end.is_some());
+        if !ended {
+            // A channel closed here already refuses (LocalError::Closed).
             if let Some(mut ch) = st.session.channel(ChannelId(id)) {
                 let _ = if has_callback {
                     ch.half_close()
@@ -114,10 +115,7 @@ impl Driver {
                 if st.ended.is_some() {
                     return Some(Err(Self::session_gone(st)));
                 }
-                let closed = st
-                    .channels
-                    .get(&id)
-                    .is_some_and(|c| c.locally_closed || c.end.is_some());
+                let closed = st.channels.get(&id).is_some_and(|c| c.end.is_some());
                 let Some(mut ch) = st.session.channel(ChannelId(id)) else {
                     return Some(Err(Error::ChannelClosed));
                 };
@@ -198,11 +196,7 @@ impl Driver {
     pub(crate) fn close(&self, id: u32, error: Option<&str>) -> Result<()> {
         {
             let mut st = lock(&self.state);
-            let c = st.channels.entry(id).or_default();
-            if c.locally_closed {
-                return Ok(());
-            }
-            c.locally_closed = true;
+            // The lifecycle table refuses a second close (Closed): idempotent.
             if let Some(mut ch) = st.session.channel(ChannelId(id)) {
                 let r = match error {
                     Some(e) => ch.close_with_error(e),
@@ -237,10 +231,13 @@ impl Driver {
 
     /// Whether the channel is closed locally or ended remotely.
     pub(crate) fn is_closed(&self, id: u32) -> bool {
-        let st = lock(&self.state);
-        st.channels
-            .get(&id)
-            .is_none_or(|c| c.locally_closed || c.end.is_some())
+        let mut st = lock(&self.state);
+        // Closed here (the session's state says so at once), or ended.
+        st.channels.get(&id).is_none_or(|c| c.end.is_some())
+            || st
+                .session
+                .channel(ChannelId(id))
+                .is_none_or(|ch| ch.is_ended())
     }
 
     /// Installs a callback: queued items first, then every new item, then

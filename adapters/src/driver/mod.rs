@@ -112,6 +112,26 @@ thread_local! {
     /// A read of this thread was interrupted by a signal (EINTR) while
     /// `INTERRUPTIBLE` was set.
     static INTERRUPTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set with `INTERRUPTIBLE` by `leading_interruptible_bounded`: the
+    /// wait's deadline is real, so this thread leads only where its read can
+    /// be bounded by it (`Driver::lead_with_deadline`).
+    static BOUNDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Like [`leading_interruptible`], for a wait whose deadline must hold: the
+/// thread leads only on a transport that bounds its read by the deadline
+/// (`PeerControl::wait_readable`), and a signal that interrupts that wait
+/// ends it with `Err(Timeout)` at once; elsewhere it follows, as a timed
+/// receive does.
+pub(crate) fn leading_interruptible_bounded<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BOUNDED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(BOUNDED.with(|c| c.replace(true)));
+    leading_interruptible(f)
 }
 
 /// Like [`leading_allowed`], for a wait that must react to signals (a
@@ -168,6 +188,10 @@ pub(crate) struct Driver {
     gw_event: Event,
     writer: Mutex<Box<dyn Write + Send>>,
     control: Option<Box<dyn PeerControl>>,
+    /// The transport can wait for input without reading
+    /// (`PeerControl::wait_readable`): a blocking receive with a deadline
+    /// may then lead, its read bounded by the deadline.
+    lead_with_deadline: bool,
     output: Mutex<OutputSink>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     reader_id: OnceLock<std::thread::ThreadId>,
@@ -212,12 +236,18 @@ struct State {
 struct ReadSide {
     reader: Option<Box<dyn Read + Send>>,
     buf: Vec<u8>,
+    /// The last read filled `buf`: the reader (a wrapper with a buffer of
+    /// its own) may hold more than the descriptor shows, so the next read
+    /// does not wait for the descriptor first.
+    last_full: bool,
 }
 
 /// What the driver keeps of a channel besides the session's own state:
 /// who waits on it, its callback, its user handles, and how its end reads to
-/// the user. Received items and their credit stay in the session
-/// (`ChannelMut::recv`).
+/// the user (the session forgets a fully closed channel; the user may still
+/// ask). No lifecycle state: whether the channel is closed, may send or has
+/// ended is the session's (`execnet_core::lifecycle`), and received items
+/// and their credit stay in the session (`ChannelMut::recv`).
 #[derive(Default)]
 struct ChanState {
     end: Option<End>,
@@ -230,7 +260,6 @@ struct ChanState {
     event: Arc<Event>,
     handles: u32,
     attached_once: bool,
-    locally_closed: bool,
 }
 
 /// How a channel ended, translated for the user.
@@ -284,6 +313,9 @@ impl Driver {
             description,
         } = transport;
         let session = Session::new_host(config, options);
+        let lead_with_deadline = control
+            .as_deref()
+            .is_some_and(|c| c.wait_readable(Duration::ZERO).is_some());
         let driver = Arc::new(Driver {
             state: Mutex::new(State {
                 session,
@@ -310,6 +342,7 @@ impl Driver {
             source: Mutex::new(ReadSide {
                 reader: Some(reader),
                 buf: vec![0u8; READ_CHUNK],
+                last_full: false,
             }),
             read_cv: Condvar::new(),
             token_event: Event::new(),
@@ -317,6 +350,7 @@ impl Driver {
             gw_event: Event::new(),
             writer: Mutex::new(writer),
             control,
+            lead_with_deadline,
             output: Mutex::new(output),
             threads: Mutex::new(Vec::new()),
             reader_id: OnceLock::new(),

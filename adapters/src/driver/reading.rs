@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{
     Driver, ReadSide, State, INTERRUPTED, INTERRUPTIBLE, LEADING, READER_GRACE, REAP_ON_EOF,
@@ -125,11 +125,45 @@ impl Driver {
     /// (callbacks and output run here too). `false` at the end of the
     /// stream (then `reader_done` is set).
     pub(super) fn read_once(&self) -> bool {
+        self.read_once_until(None).unwrap_or(true)
+    }
+
+    /// [`read_once`](Self::read_once) that waits for input only until
+    /// `deadline` (if any): `None` when it passed with nothing read. The
+    /// wait is `PeerControl::wait_readable` with the time left (a poll on
+    /// the transport's descriptor), so a deadline needs a transport that
+    /// can wait without reading (`Driver::lead_with_deadline`). A signal
+    /// that interrupts it ends the read of an interruptible wait at once.
+    pub(super) fn read_once_until(&self, deadline: Option<Instant>) -> Option<bool> {
         let mut side = lock(&self.source);
-        let ReadSide { reader, buf } = &mut *side;
+        let ReadSide {
+            reader,
+            buf,
+            last_full,
+        } = &mut *side;
         let Some(r) = reader.as_mut() else {
-            return false;
+            return Some(false);
         };
+        if let (Some(deadline), Some(control), false) =
+            (deadline, self.control.as_deref(), *last_full)
+        {
+            // The reader is open (we hold it), so the peer's descriptor is
+            // too.
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match control.wait_readable(left) {
+                    Some(true) | None => break,
+                    Some(false) if Instant::now() >= deadline => return None,
+                    Some(false) => {
+                        // Woken early by a signal.
+                        if INTERRUPTIBLE.with(|c| c.get()) {
+                            INTERRUPTED.with(|c| c.set(true));
+                            return Some(true);
+                        }
+                    }
+                }
+            }
+        }
         let n = loop {
             match r.read(buf) {
                 Ok(n) => break n,
@@ -138,7 +172,7 @@ impl Driver {
                         // Nothing read: the waiting caller handles the
                         // signal and comes back.
                         INTERRUPTED.with(|c| c.set(true));
-                        return true;
+                        return Some(true);
                     }
                     continue;
                 }
@@ -148,9 +182,10 @@ impl Driver {
                 }
             }
         };
+        *last_full = n == buf.len();
         if n > 0 {
             self.feed(&buf[..n]);
-            return true;
+            return Some(true);
         }
         self.handle_eof();
         side.reader = None;
@@ -160,7 +195,7 @@ impl Driver {
         self.gw_event.notify(usize::MAX);
         self.token_event.notify(usize::MAX);
         self.read_cv.notify_all();
-        false
+        Some(false)
     }
 
     /// Feeds received bytes to the session and dispatches what follows.

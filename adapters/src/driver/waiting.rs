@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use event_listener::{Event, EventListener};
 use execnet_core::{ProtocolError, WorkerInfo};
 
-use super::{Driver, ReadToken, State, INTERRUPTED, INTERRUPTIBLE, LEAD_OK, REAP_ON_EOF};
+use super::{Driver, ReadToken, State, BOUNDED, INTERRUPTED, INTERRUPTIBLE, LEAD_OK, REAP_ON_EOF};
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
@@ -80,11 +80,16 @@ impl Driver {
         deadline: Option<Instant>,
         mut check: impl FnMut(&mut State) -> Option<R>,
     ) -> Result<R> {
-        // Leader/follower: only a blocking receive without a deadline (a
-        // read cannot be cut short), or an interruptible one (a signal cuts
-        // its read short).
-        let may_lead =
-            (deadline.is_none() || INTERRUPTIBLE.with(|c| c.get())) && LEAD_OK.with(|c| c.get());
+        // Leader/follower: a blocking receive leads without a deadline; with
+        // one, where the transport can bound the read by it (it polls with
+        // the time left), or when the wait is interruptible and its deadline
+        // only a slice (a signal cuts its read short).
+        let sliced = INTERRUPTIBLE.with(|c| c.get()) && !BOUNDED.with(|c| c.get());
+        // (A deadline already passed only checks, as before: a zero-timeout
+        // receive is a peek at what arrived.)
+        let bounded = self.lead_with_deadline && deadline.is_some_and(|d| d > Instant::now());
+        let may_lead = (deadline.is_none() || bounded || sliced) && LEAD_OK.with(|c| c.get());
+        let read_until = deadline.filter(|_| self.lead_with_deadline);
         let mut reg = Registration {
             driver: self,
             kind: None,
@@ -111,7 +116,13 @@ impl Driver {
                     let token = ReadToken::take(self, &mut st);
                     drop(st);
                     loop {
-                        let more = self.read_once();
+                        let Some(more) = self.read_once_until(read_until) else {
+                            // The deadline passed with nothing to read.
+                            let mut st = lock(&self.state);
+                            let r = check(&mut st);
+                            token.release(&mut st);
+                            return r.ok_or(Error::Timeout);
+                        };
                         let mut st = lock(&self.state);
                         if let Some(r) = check(&mut st) {
                             token.release(&mut st);
