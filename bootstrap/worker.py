@@ -1007,8 +1007,12 @@ class Gateway(object):
         self._rsig, self._reaper = _thread.allocate_lock(), False
         self._rsig.acquire()
         self._codes = {}  # source -> code: the same snippet is often executed many times
-        # executor threads waiting for a task ([task, lock] each); the wake-up chain
+        # executor threads waiting for a task ([task, lock] each); the wake-up chain;
+        # EXECs waiting for a thread (an executor that finishes takes the next one
+        # instead of idling while a new thread starts for it: a burst of short execs
+        # then runs on a few threads, not on one new thread each)
         self._idle, self._wakeq, self._waking = [], deque(), False
+        self._taskq = deque()
         self.id = "<worker>"
         if not isinstance(hello, dict) or hello.get("version") != 1:
             v = hello.get("version") if isinstance(hello, dict) else hello
@@ -1347,7 +1351,10 @@ class Gateway(object):
         # their items) then never has hundreds of threads contending for the GIL, each
         # polling it every 5 ms (a convoy of context switches costing more than the work)
         if self._waking:
-            self._wakeq.append(w)
+            if type(w) is tuple:
+                self._taskq.append(w)  # an EXEC: a finishing executor may take it
+            else:
+                self._wakeq.append(w)
         else:
             self._waking = self._kick(w)
 
@@ -1357,6 +1364,15 @@ class Gateway(object):
         q = self._wakeq
         while q:
             if self._kick(q.popleft()):
+                return
+        q = self._taskq
+        while q:  # no executor took these yet: an idle one, or one more thread
+            w = q.popleft()
+            if self._idle:
+                slot = self._idle.pop()
+                slot[0] = w
+                w = slot
+            if self._kick(w):
                 return
         self._waking = False
 
@@ -1713,6 +1729,9 @@ class Gateway(object):
             with self._lock:
                 if self._dead:
                     return
+                if self._taskq:  # an EXEC waiting for a thread: this one
+                    task = self._taskq.popleft()
+                    continue
                 self._idle.append(slot)
             if not slot[1].acquire(True, IDLE):
                 with self._lock:
@@ -1816,6 +1835,9 @@ class Gateway(object):
                 try:
                     with self._lock:
                         while not self._execq and not self._dead:
+                            if self._taskq and self._model != "main_thread_only":
+                                self._execq.append(self._taskq.popleft())
+                                break
                             self._main_idle = True
                             self._execcv.wait()
                         if not self._execq:
@@ -1856,9 +1878,11 @@ class Gateway(object):
                 pass
             # execs not started yet: queued for the main thread or on the wake-up chain
             queued = list(self._execq) + [
-                w if type(w) is tuple else w[0] for w in self._wakeq if type(w) is not Channel]
+                w if type(w) is tuple else w[0] for w in self._wakeq if type(w) is not Channel
+            ] + list(self._taskq)
             self._execq.clear()
             self._wakeq.clear()
+            self._taskq.clear()
             fires = [self._end(ch) for ch in list(self._chans.values())]
             self._execcv.notify_all()
             busy = self._main_busy

@@ -168,6 +168,20 @@ class Bench(object):
             ch.waitclose()
         return dt
 
+    def op_execs(self, c):
+        # on a fresh gateway, as ours (tests/src/bin/bench.rs: ours_execs)
+        n = c["n"]
+        gw = execnet.makegateway(SPEC)
+        t = time.perf_counter()
+        chans = [gw.remote_exec(c["src"]) for _ in range(n)]
+        for ch in chans:
+            assert ch.receive() == 1
+        dt = time.perf_counter() - t
+        for ch in chans:
+            ch.waitclose()
+        gw.exit()
+        return dt
+
     def op_rss_bulk(self, c):
         # A fresh host process, so that its peak RSS is the bulk transfer's.
         script = (

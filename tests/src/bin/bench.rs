@@ -53,6 +53,7 @@ const SRC_BULK_UP: &str = "n = 0\nwhile 1:\n    x = channel.receive()\n    if x 
 const SRC_BULK_DOWN: &str = "n = channel.receive()\ndata = b'x' * (1 << 20)\n\
 for i in range(n):\n    channel.send(data)\nchannel.send(None)\n";
 const SRC_CHANNEL: &str = "channel.send(channel.receive())";
+const SRC_ANSWER: &str = "channel.send(1)";
 
 // The limits: a Python child on raw pipes.
 const RAW_ECHO: &str = "import os\nr, w = os.read, os.write\nwhile 1:\n    d = r(0, 65536)\n    if not d:\n        break\n    w(1, d)\n";
@@ -384,6 +385,23 @@ fn ours_channels(gw: &Gateway, n: usize) -> Res<f64> {
     }
     for (i, ch) in chans.iter().enumerate() {
         assert_eq!(ch.receive::<i64>()?, i as i64);
+    }
+    let dt = t.elapsed().as_secs_f64();
+    for ch in &chans {
+        ch.waitclose(None)?;
+    }
+    Ok(dt)
+}
+
+/// `n` execs that each answer once (the Python package bench's "1,000
+/// channels" row): the worker runs short execs back to back.
+fn ours_execs(gw: &Gateway, n: usize) -> Res<f64> {
+    let t = Instant::now();
+    let chans = (0..n)
+        .map(|_| gw.remote_exec(SRC_ANSWER))
+        .collect::<execnet::Result<Vec<_>>>()?;
+    for ch in &chans {
+        assert_eq!(ch.receive::<i64>()?, 1);
     }
     let dt = t.elapsed().as_secs_f64();
     for ch in &chans {
@@ -1425,6 +1443,26 @@ fn main() -> Res<()> {
         );
         rows.push(Row {
             metric: format!("{k} channels opened and echoed"),
+            unit: Unit::Ms,
+            ours: o,
+            peer: p,
+            target: Target::SpeedUp(3.0),
+        });
+        // Each on a fresh gateway: the worker's executor threads are not
+        // warm from an earlier round (execnet starts a thread per exec).
+        let (o, p) = both(
+            n,
+            || {
+                let g = makegateway(&spec)?;
+                let r = ours_execs(&g, k);
+                g.exit()?;
+                r
+            },
+            &mut peer,
+            serde_json::json!({"op": "execs", "src": SRC_ANSWER, "n": k}),
+        );
+        rows.push(Row {
+            metric: format!("{k} execs answering once, fresh gateway"),
             unit: Unit::Ms,
             ours: o,
             peer: p,
