@@ -856,3 +856,71 @@ channel.send((os.getuid(), os.listdir("/root"), os.environ["K"], os.environ["HOM
         assert!(matches!(makegateway(&spec), Err(Error::Spec(_))));
     })
 }
+
+/// From a spec's second start on, its next jail is built ahead (a spare):
+/// every gateway still gets a jail of its own (own /tmp, own PID
+/// namespace), and a spare killed meanwhile is replaced, not used.
+#[test]
+fn spare_jails_are_fresh_and_of_their_own() {
+    bounded(LIMIT, || {
+        if !have_bwrap() {
+            return;
+        }
+        let spec = "popen//jail//env:EXECNET_SPARE_TEST=1";
+        let mut seen = Vec::new();
+        for round in 0..4 {
+            let gw = jail("//env:EXECNET_SPARE_TEST=1");
+            let (found, pids): (Vec<String>, usize) = eval(
+                &gw,
+                "import os\nfound = os.listdir('/tmp')\nopen('/tmp/mark', 'w').close()\n\
+                 channel.send((found, len([p for p in os.listdir('/proc') if p.isdigit()])))",
+            );
+            assert!(found.is_empty(), "{spec} round {round}: /tmp had {found:?}");
+            assert!(pids <= 3, "{spec} round {round}: {pids} processes");
+            seen.push(gw.info().pid);
+            gw.exit().unwrap();
+            if round == 2 {
+                // Kill the spare that waits for round 3.
+                let mut spares = Vec::new();
+                assert!(
+                    wait_until(T, || {
+                        spares = spare_pids();
+                        !spares.is_empty()
+                    }),
+                    "no spare was built"
+                );
+                assert_eq!(spares.len(), 1, "one spare for the spec: {spares:?}");
+                for pid in spares {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .status();
+                    // Dead (a zombie until the next start reaps it and
+                    // finds it gone).
+                    assert!(wait_until(T, || !process_alive(pid)));
+                }
+            }
+        }
+    })
+}
+
+/// bwrap processes of ours for the spare test's spec (its `env:` name is
+/// on their command line): with that test's gateway gone, its spare.
+fn spare_pids() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string));
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid.as_deref() == Some(me.as_str())
+                && comm.trim() == "bwrap"
+                && String::from_utf8_lossy(&cmd).contains("EXECNET_SPARE_TEST")
+        })
+        .collect()
+}

@@ -310,6 +310,38 @@ fn path_arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// A job for the spawner thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Hands `job` to the thread that spawns jails (see
+/// [`spawn_on_lasting_thread`]), starting it if needed.
+fn submit(job: Job) -> Result<()> {
+    static SPAWNER: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+    let mut spawner = lock(&SPAWNER);
+    let job = match spawner.as_ref() {
+        None => job,
+        Some(s) => match s.send(job) {
+            Ok(()) => return Ok(()),
+            // The thread is gone (it never ends; a panic in a job would be
+            // the only way): start another.
+            Err(std::sync::mpsc::SendError(job)) => job,
+        },
+    };
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("execnet-jail-spawner".into())
+        .spawn(move || {
+            for job in jobs_rx {
+                job();
+            }
+        })?;
+    jobs_tx
+        .send(job)
+        .map_err(|_| std::io::Error::other("the jail spawner thread ended"))?;
+    *spawner = Some(jobs_tx);
+    Ok(())
+}
+
 /// Runs `f` (the spawn of a jail) on a thread that lives as long as this
 /// process, and returns its result.
 ///
@@ -322,46 +354,124 @@ fn path_arg(p: &Path) -> String {
 pub(crate) fn spawn_on_lasting_thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
-    type Job = Box<dyn FnOnce() + Send>;
-    static SPAWNER: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let job: Job = Box::new(move || {
+    submit(Box::new(move || {
         let _ = tx.send(f());
-    });
-    {
-        let mut spawner = lock(&SPAWNER);
-        let job = match spawner.as_ref() {
-            None => job,
-            Some(s) => match s.send(job) {
-                Ok(()) => {
-                    drop(spawner);
-                    return recv(&rx);
-                }
-                // The thread is gone (it never ends; a panic in a job
-                // would be the only way): start another.
-                Err(std::sync::mpsc::SendError(job)) => job,
-            },
-        };
-        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("execnet-jail-spawner".into())
-            .spawn(move || {
-                for job in jobs_rx {
-                    job();
-                }
-            })?;
-        jobs_tx
-            .send(job)
-            .map_err(|_| std::io::Error::other("the jail spawner thread ended"))?;
-        *spawner = Some(jobs_tx);
-    }
-    recv(&rx)
-}
-
-fn recv<T>(rx: &std::sync::mpsc::Receiver<T>) -> Result<T> {
+    }))?;
     rx.recv()
         .map_err(|_| Error::from(std::io::Error::other("the jail spawner thread panicked")))
 }
+
+/// A jailed interpreter started ahead of its gateway: bwrap has built the
+/// jail and the interpreter waits in its loader for the payload.
+pub(crate) struct Ready {
+    /// The process, its pipes and control.
+    pub(crate) spawned: super::process::Spawned,
+    /// What to write to it (decided when it is used).
+    pub(crate) boot: super::code_cache::Boot,
+}
+
+/// How many specs keep a spare at once (the oldest goes first).
+const SPARE_SPECS: usize = 4;
+
+/// Spare jails, by spec (see [`take_spare`]).
+#[derive(Default)]
+struct Spares {
+    ready: HashMap<String, Ready>,
+    /// Keys of `ready`, oldest first.
+    order: std::collections::VecDeque<String>,
+    /// Specs started at least once.
+    seen: std::collections::HashSet<String>,
+    /// Specs whose spare is being made.
+    filling: std::collections::HashSet<String>,
+}
+
+fn spares() -> &'static Mutex<Spares> {
+    static S: OnceLock<Mutex<Spares>> = OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
+/// Whether spares are made (`EXECNET_JAIL_SPARE=0` turns them off).
+fn spares_enabled() -> bool {
+    std::env::var("EXECNET_JAIL_SPARE").map_or(true, |v| v != "0")
+}
+
+/// The spare jail made for `key` (a spec's interpreter and setup), if one
+/// is ready and still alive.
+///
+/// Why spares: most of a jailed start's extra cost is bwrap's own set-up
+/// (its `pivot_root` and the unmount of the old root wait for RCU grace
+/// periods: 6-12 ms here, more on busy cores), which the host cannot
+/// shorten. From the second start of a spec on, the next jail of that
+/// spec is built in the background while the current one works, and the
+/// start after it only writes the payload. One spare per spec, for at
+/// most [`SPARE_SPECS`] specs; specs with a cgroup limit get none (an
+/// idle cgroup would outlive a killed host). Spares die with this process
+/// (`--die-with-parent`, spawned from the lasting thread).
+pub(crate) fn take_spare(key: &str) -> Option<Ready> {
+    let mut s = lock(spares());
+    let ready = s.ready.remove(key)?;
+    s.order.retain(|k| k != key);
+    drop(s);
+    // A spare that died meanwhile (killed from outside) is no use.
+    match super::PeerControl::wait(&*ready.spawned.control, std::time::Duration::ZERO) {
+        None => Some(ready),
+        Some(_) => None,
+    }
+}
+
+/// After a jailed start of `key`: from the spec's second start on, makes
+/// its next spare in the background (`make` runs on the lasting thread).
+pub(crate) fn refill(key: String, make: impl FnOnce() -> Result<Ready> + Send + 'static) {
+    if !spares_enabled() {
+        return;
+    }
+    {
+        let mut s = lock(spares());
+        if s.seen.insert(key.clone()) || s.filling.contains(&key) || s.ready.contains_key(&key) {
+            return;
+        }
+        s.filling.insert(key.clone());
+    }
+    let job_key = key.clone();
+    let job: Job = Box::new(move || {
+        let made = make();
+        let mut s = lock(spares());
+        s.filling.remove(&job_key);
+        match made {
+            Ok(ready) => {
+                s.ready.insert(job_key.clone(), ready);
+                s.order.push_back(job_key);
+                while s.order.len() > SPARE_SPECS {
+                    if let Some(old) = s.order.pop_front() {
+                        // Dropped: its control kills and reaps it.
+                        let gone = s.ready.remove(&old);
+                        drop(s);
+                        drop(gone);
+                        s = lock(spares());
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not pre-start a spare jail"),
+        }
+    });
+    // Built a little later, so that it does not compete for the CPU with
+    // the start that asked for it (its first round trips follow at once).
+    let delayed = std::thread::Builder::new()
+        .name("execnet-jail-spare".into())
+        .spawn(move || {
+            std::thread::sleep(SPARE_DELAY);
+            if submit(job).is_err() {
+                lock(spares()).filling.remove(&key);
+            }
+        });
+    if let Err(e) = delayed {
+        tracing::debug!(error = %e, "could not schedule a spare jail");
+    }
+}
+
+/// How long after a jailed start its spec's next spare is built.
+const SPARE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// `bwrap` on `PATH`, found once per process.
 fn bwrap() -> Result<PathBuf> {

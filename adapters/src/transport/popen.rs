@@ -164,19 +164,18 @@ impl Connect for PopenConnect {
     }
 }
 
-/// Starts the interpreter, sends it the worker, and returns the byte stream.
-pub fn connect(opts: &PopenOptions) -> Result<Transport> {
-    let argv: Vec<String> = match &opts.python {
-        Some(v) => v.clone(),
-        None => vec![default_python()?],
-    };
+/// The command that starts `argv` as `setup` says (in a jail, under its
+/// limits), the plan of its payload, and its cgroup.
+fn prepare(
+    argv: &[String],
+    setup: &WorkerSetup,
+) -> Result<(Command, code_cache::Boot, Option<limits::Cgroup>)> {
     // `argv` is non-empty: from_spec refuses an empty python=, and the
     // default is one element.
     let (program, pre_args) = argv
         .split_first()
         .ok_or_else(|| Error::Spec("python= is empty".into()))?;
-    let setup = &opts.setup;
-    let boot = code_cache::boot(&argv, &setup.env);
+    let boot = code_cache::boot(argv, &setup.env);
     // Limits: the worker joins its cgroup and sets its rlimits first thing.
     let cgroup = limits::Cgroup::create(&setup.limits)?;
     let loader = limits::prelude(&setup.limits, cgroup.as_ref()) + &boot.loader;
@@ -197,7 +196,7 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
             jail::command(
                 j,
                 &jail::Wrap {
-                    python: &argv,
+                    python: argv,
                     args: &args,
                     env: &setup.env,
                     chdir: chdir.as_deref(),
@@ -214,26 +213,56 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
             cmd
         }
     };
+    Ok((cmd, boot, cgroup))
+}
+
+/// Starts the interpreter, sends it the worker, and returns the byte stream.
+pub fn connect(opts: &PopenOptions) -> Result<Transport> {
+    let argv: Vec<String> = match &opts.python {
+        Some(v) => v.clone(),
+        None => vec![default_python()?],
+    };
+    let setup = &opts.setup;
     let description = format!(
         "popen {}{}",
         if setup.jail.is_some() { "(jail) " } else { "" },
         shell_words::join(&argv)
     );
     let python = shell_words::join(&argv);
+    let passthrough = setup.output == OutputMode::Inherit;
+    // A jail without cgroup limits may use a spare started ahead
+    // (jail::take_spare: bwrap's own set-up is most of a jailed start).
+    let spare_key =
+        (setup.jail.is_some() && setup.limits.memory.is_none() && setup.limits.procs.is_none())
+            .then(|| format!("{argv:?} {setup:?}"));
+    let (spawned, boot, cgroup) = match spare_key.as_deref().and_then(jail::take_spare) {
+        Some(ready) => (ready.spawned, ready.boot, None),
+        None => {
+            let (cmd, boot, cgroup) = prepare(&argv, setup)?;
+            let spawned = if setup.jail.is_some() {
+                // bwrap dies with the thread that spawned it (see there).
+                let python = python.clone();
+                jail::spawn_on_lasting_thread(move || process::spawn(cmd, &python, passthrough))??
+            } else {
+                process::spawn(cmd, &python, passthrough)?
+            };
+            (spawned, boot, cgroup)
+        }
+    };
+    if let Some(key) = spare_key {
+        let (argv, setup, python) = (argv.clone(), setup.clone(), python.clone());
+        jail::refill(key, move || {
+            // On the lasting thread already: spawn directly.
+            let (cmd, boot, _) = prepare(&argv, &setup)?;
+            let spawned = process::spawn(cmd, &python, passthrough)?;
+            Ok(jail::Ready { spawned, boot })
+        });
+    }
     let process::Spawned {
         mut stdin,
         stdout,
         control,
-    } = {
-        let passthrough = setup.output == OutputMode::Inherit;
-        if setup.jail.is_some() {
-            // bwrap dies with the thread that spawned it (see there).
-            let python = python.clone();
-            jail::spawn_on_lasting_thread(move || process::spawn(cmd, &python, passthrough))??
-        } else {
-            process::spawn(cmd, &python, passthrough)?
-        }
-    };
+    } = spawned;
     tracing::debug!(pid = control.pid(), %description, "spawned worker");
 
     // Bigger pipes: fewer wake-ups per MiB (about 4x the bandwidth here).
