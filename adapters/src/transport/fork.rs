@@ -315,7 +315,9 @@ impl Server {
                     let why = read_reports(r, &reports);
                     // Without its control connection the server is of no
                     // use (it exits at its end): reap it now, not when its
-                    // last gateway goes, and say how it ended.
+                    // last gateway goes, and say how it ended. Only then are
+                    // the waits on its reports ended (at most 2 SERVER_EXITs
+                    // later), so every error of a start in flight says it.
                     let status = server_process.wait(SERVER_EXIT).or_else(|| {
                         server_process.kill();
                         server_process.wait(SERVER_EXIT)
@@ -627,9 +629,6 @@ fn read_reports(mut ctl: impl Read, reports: &Reports) -> String {
             other => break format!("an unknown report {other:#04x} of {len} bytes"),
         }
     };
-    // Nothing more will be reported: the waits on it end now (the report
-    // thread adds how the server ended once it is reaped).
-    reports.update(|b| b.ended = Some(why.clone()));
     why
 }
 
