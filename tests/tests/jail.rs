@@ -673,7 +673,7 @@ fn run_helper(prefix: &[&str], case: &str) {
 
 /// Run by the tests below in a child process (`EXECNET_JAIL_HELPER`).
 #[test]
-#[ignore = "a helper: run by no_writable_cgroup_is_a_typed_error and bubblewrap_missing_is_a_typed_error"]
+#[ignore = "a helper: run by the *_is_a_typed_error tests"]
 fn helper_errors() {
     let Ok(case) = std::env::var("EXECNET_JAIL_HELPER") else {
         return;
@@ -707,6 +707,16 @@ fn helper_errors() {
             assert!(matches!(e, Error::BubblewrapMissing { .. }), "{e}");
             assert!(e.to_string().contains("apt-get install bubblewrap"), "{e}");
         }
+        "no-userns" => {
+            let e = makegateway("popen//jail//python=/usr/bin/python3").unwrap_err();
+            assert!(matches!(e, Error::NamespacesNotPermitted { .. }), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("user.max_user_namespaces"), "{text}");
+            assert!(text.contains("kernel.unprivileged_userns_clone"), "{text}");
+            // Limits need no namespace: they still work.
+            let gw = makegateway("popen//python=/usr/bin/python3//max_cpu=5").unwrap();
+            gw.exit().unwrap();
+        }
         other => panic!("unknown case {other}"),
     }
     println!("checked {case}");
@@ -731,6 +741,29 @@ fn no_writable_cgroup_is_a_typed_error() {
                 "--",
             ],
             "no-cgroup",
+        );
+    })
+}
+
+#[test]
+fn namespaces_not_permitted_is_a_typed_error() {
+    bounded(LIMIT, || {
+        if !have_bwrap() {
+            return;
+        }
+        // The helper runs where no user namespace can be created (bwrap's
+        // --disable-userns): as on a kernel that forbids them.
+        run_helper(
+            &[
+                "bwrap",
+                "--unshare-user",
+                "--disable-userns",
+                "--dev-bind",
+                "/",
+                "/",
+                "--",
+            ],
+            "no-userns",
         );
     })
 }

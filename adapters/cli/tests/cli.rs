@@ -203,3 +203,54 @@ fn code_that_does_not_read_stdin_ends_while_stdin_stays_open() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     assert_eq!(out, "\"done\"\n");
 }
+
+/// `jail` and the limits from the command line (docs/jails.md): the jail
+/// outlives the CLI's start threads, and a limit's kill is named.
+#[test]
+fn jail_and_limit_keys_work_from_the_command_line() {
+    let out = execnet()
+        .args([
+            "run",
+            "--gw",
+            "popen//max_cpu=1",
+            "-c",
+            "while True:\n    pass\n",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("limit exceeded: max_cpu=1"), "{stderr}");
+
+    let have_bwrap = Command::new("bwrap")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_bwrap {
+        assert!(
+            std::env::var("EXECNET_REQUIRE_ALL").as_deref() != Ok("1"),
+            "bwrap missing (apt-get install bubblewrap)"
+        );
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(
+            b"SKIPPED jail_and_limit_keys_work_from_the_command_line (jail part): bwrap missing\n",
+        );
+        return;
+    }
+    let out = execnet()
+        .args([
+            "run",
+            "--gw",
+            "popen//jail",
+            "--gw",
+            "popen//jail//jail_net",
+            "-c",
+            "import os, time; time.sleep(0.3); channel.send(os.getuid())",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stdout.lines().all(|l| l.ends_with("65534")), "{stdout}");
+}
