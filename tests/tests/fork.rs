@@ -321,6 +321,28 @@ channel.send(data + b" " + out.strip())
 }
 
 #[test]
+fn receives_with_a_deadline_work_on_a_fork_gateway() {
+    bounded(LIMIT, || {
+        // A deadline receive may read the transport itself (it polls the
+        // worker's stdout through ForkWorker::wait_readable).
+        let gw = makegateway("popen//fork").unwrap();
+        let ch = gw
+            .remote_exec("for x in channel:\n    channel.send(x + 1)")
+            .unwrap();
+        for i in 0..200i64 {
+            ch.send(&i).unwrap();
+            assert_eq!(ch.receive_timeout::<i64>(T).unwrap(), i + 1);
+        }
+        let t0 = Instant::now();
+        let r = ch.receive_timeout::<i64>(Duration::from_millis(200));
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        ch.close().unwrap();
+        gw.exit().unwrap();
+    })
+}
+
+#[test]
 fn a_stopped_server_fails_the_start_within_its_timeout_and_a_killed_one_is_replaced() {
     bounded(LIMIT, || {
         let spec = own_spec("stopped");

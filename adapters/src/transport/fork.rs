@@ -416,6 +416,9 @@ impl Server {
         let control = ForkWorker {
             server: self.clone(),
             token,
+            // A duplicate of the worker's stdout to poll (`wait_readable`);
+            // best effort: without it, receives with a deadline do not lead.
+            stdout: out_r.try_clone().ok(),
         };
         // The server holds the far ends now; ours would keep the worker's
         // stdin open after we are gone, and its stdout after it is gone.
@@ -664,6 +667,9 @@ fn ended(pid: u32) -> bool {
 pub(crate) struct ForkWorker {
     server: Arc<Server>,
     token: u64,
+    /// A duplicate of the worker's stdout, to poll for input (the original
+    /// belongs to the transport's reader).
+    stdout: Option<OwnedFd>,
 }
 
 impl ForkWorker {
@@ -735,6 +741,11 @@ impl PeerControl for ForkWorker {
                 }
             }
         }
+    }
+
+    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
+        let fd = self.stdout.as_ref()?;
+        Some(super::process::poll_readable(fd.as_fd(), timeout))
     }
 
     fn stderr_tail(&self, timeout: Duration) -> String {
