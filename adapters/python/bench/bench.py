@@ -13,9 +13,11 @@ main thread. Prints one table; lower is better for times, higher for rates.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 EXECNET_VENV = "/tmp/execnet-rs-bench-execnet"
@@ -145,13 +147,20 @@ def main():
     base = [__file__, "--python", args.python] + (["--quick"] if args.quick else [])
     theirs_py = ensure_execnet_venv()
     runs = {"ours": [], "theirs": []}
+    # Our compiled-worker cache in a directory of this run's own, not the
+    # user's ~/.cache/execnet-rs (the first run fills it, as a first use would).
+    cache = tempfile.mkdtemp(prefix="execnet-rs-bench-cache-")
+    env = dict(os.environ, EXECNET_CACHE_DIR=cache)
     # Alternating runs (ours, theirs, ours, ...); each row is the median of
     # its runs: the machine's load swings within seconds.
-    for _ in range(args.repeats):
-        for key, py, mod in (("ours", sys.executable, "execnet_rs"), ("theirs", theirs_py, "execnet")):
-            out = subprocess.run([py] + base + ["--child", mod], check=True,
-                                 capture_output=True, text=True).stdout
-            runs[key].append(json.loads(out))
+    try:
+        for _ in range(args.repeats):
+            for key, py, mod in (("ours", sys.executable, "execnet_rs"), ("theirs", theirs_py, "execnet")):
+                out = subprocess.run([py] + base + ["--child", mod], check=True,
+                                     capture_output=True, text=True, env=env).stdout
+                runs[key].append(json.loads(out))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     ours = {row: statistics.median(r[row] for r in runs["ours"]) for row in runs["ours"][0]}
     theirs = {row: statistics.median(r[row] for r in runs["theirs"]) for row in runs["theirs"][0]}
     targets = {
