@@ -428,6 +428,41 @@ fn a_server_killed_under_a_start_fails_it_with_the_reason() {
 }
 
 #[test]
+fn a_server_that_cannot_start_fails_at_once_with_its_stderr() {
+    bounded(LIMIT, || {
+        // An interpreter that exits at once, and one too old for the
+        // loader (the pyenv 2.7 when present): errors within seconds, not
+        // after the 30 s start timeout.
+        let mut pythons = vec![("/bin/true".to_string(), None)];
+        if let Some(py2) = execnet_tests::python2() {
+            pythons.push((py2.display().to_string(), Some("buffer")));
+        }
+        for (python, in_stderr) in pythons {
+            let t0 = Instant::now();
+            let e = makegateway(&format!("popen//fork//python={python}")).unwrap_err();
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{python}: {:?}",
+                t0.elapsed()
+            );
+            match &e {
+                Error::BootstrapFailed { stderr_tail, .. } => {
+                    assert!(e.to_string().contains("fork server"), "{e}");
+                    if let Some(text) = in_stderr {
+                        assert!(stderr_tail.contains(text), "{e}");
+                    }
+                }
+                other => panic!("{python}: expected BootstrapFailed, got {other:?}"),
+            }
+        }
+        match makegateway("popen//fork//python=/nonexistent/python3") {
+            Err(Error::InterpreterNotFound { .. }) => {}
+            other => panic!("expected InterpreterNotFound, got {other:?}"),
+        }
+    })
+}
+
+#[test]
 fn fork_specs_that_cannot_work_are_refused() {
     for spec in ["ssh=somehost//fork", "popen//fork//via=gw0"] {
         match makegateway(spec) {

@@ -267,6 +267,10 @@ impl Server {
             }
             _ => Error::from(e),
         })?;
+        // The command holds our copy of the server's end of the control
+        // connection: while it lives, a server that dies at once would not
+        // be seen to (no end of file until the ready wait runs out).
+        drop(cmd);
         let stderr = child.stderr.take();
         let process = Arc::new(ProcessControl::new(child, stderr, false));
         let pid = process.pid().unwrap_or(0);
