@@ -108,7 +108,12 @@ def readn(n):
     return b
 for op, arg in plan:
     if op == "bootstrap":
-        readn(int(re.search(r"read\((\d+)\)", sys.argv[-1]).group(1)))
+        fixed = re.search(r"read\((\d+)\)", sys.argv[-1])
+        if fixed:  # a loader that reads N bytes of source
+            readn(int(fixed.group(1)))
+        else:  # popen's boot loader: "K N VERSION\n", K bytes of code, N of source
+            k, n = inp.readline().split()[:2]
+            readn(int(k) + int(n))
     elif op == "frames":
         for _ in range(arg):
             h = readn(9)
