@@ -170,6 +170,11 @@ impl Channel {
     pub fn send_value(&self, value: &Value) -> Result<()> {
         block_on(self.0.send_value(value))
     }
+    /// Sends a [`Value`] as is; `Err(Timeout)` if the window stays full for
+    /// `timeout` (nothing is sent then).
+    pub fn send_value_timeout(&self, value: &Value, timeout: Duration) -> Result<()> {
+        block_on(self.0.send_value_timeout(value, timeout))
+    }
     /// Receives the next item.
     pub fn receive<T: DeserializeOwned>(&self) -> Result<T> {
         crate::driver::leading_allowed(|| block_on(self.0.receive()))

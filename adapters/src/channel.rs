@@ -129,6 +129,14 @@ impl Channel {
             .await
     }
 
+    /// [`send_value`](Self::send_value) with [`send_timeout`](Self::send_timeout)'s
+    /// bound: `Err(Timeout)` if the window stays full for `timeout`
+    /// (nothing is sent then).
+    pub async fn send_value_timeout(&self, value: &Value, timeout: Duration) -> Result<()> {
+        self.send_value_deadline(value, Some(Instant::now() + timeout))
+            .await
+    }
+
     async fn send_value_deadline(&self, value: &Value, deadline: Option<Instant>) -> Result<()> {
         let mut buf = Vec::new();
         execnet_core::encode(value, &mut buf)?;

@@ -413,6 +413,13 @@ impl Channel {
                 pygw: &self.pygw,
             }),
         )?;
+        if crate::on_main_thread() {
+            // A full window may hold the send for good: wait in slices so
+            // that Ctrl-C raises. Nothing is sent by a slice that times
+            // out; the item is encoded again only after such a slice.
+            return crate::wait_interruptible(py, |slice| ch.send_value_timeout(&v, slice))?
+                .map_err(|e| to_pyerr(py, e, Op::Send));
+        }
         py.detach(|| ch.send_value(&v))
             .map_err(|e| to_pyerr(py, e, Op::Send))
     }

@@ -82,6 +82,39 @@ def test_sigint_interrupts_receive_and_waitclose():
         p.wait()
 
 
+def test_sigint_interrupts_a_send_held_by_a_full_window():
+    """The remote never receives: the window fills and send() waits; Ctrl-C
+    raises KeyboardInterrupt there (the main thread waits in slices)."""
+    p = run_child(
+        """
+        import execnet_rs
+        gw = execnet_rs.makegateway("popen//python=%s")
+        ch = gw.remote_exec("import time\\ntime.sleep(60)")
+        item = b"x" * (1 << 20)
+        print("sending", flush=True)
+        sent = 0
+        try:
+            while sent < 1000:
+                ch.send(item)
+                sent += 1
+        except KeyboardInterrupt:
+            print("interrupted after", sent, flush=True)
+        gw.exit()
+        """
+        % sys.executable
+    )
+    try:
+        wait_line(p, "sending")
+        time.sleep(1.0)
+        os.kill(p.pid, signal.SIGINT)
+        line = wait_line(p, "interrupted after")
+        assert 0 < int(line.split()[-1]) < 1000, line
+        assert p.wait(30) == 0, p.stderr.read()
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_exit_with_busy_gateways_does_not_hang_or_leak():
     p = run_child(
         """
