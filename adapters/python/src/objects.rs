@@ -438,6 +438,13 @@ impl Channel {
                 None if crate::on_main_thread() => {
                     crate::wait_interruptible(py, |slice| ch.receive_value_interruptible(slice))?
                 }
+                // Main thread with a timeout: a slice that reads the
+                // transport itself bounds that read by the slice (a poll)
+                // and a signal cuts it short at once, so Ctrl-C raises at
+                // once instead of at the slice's end.
+                Some(t) if crate::on_main_thread() => wait(py, Some(t), |slice| {
+                    ch.receive_value_interruptible_timeout(slice.unwrap_or(t))
+                })?,
                 t => wait(py, t, |t| ch.receive_value(t))?,
             },
             other => other,

@@ -56,10 +56,15 @@ SIGINT_CHILD = """
     import sys, execnet_rs
     gw = execnet_rs.makegateway("popen//python=%s")
     ch = gw.remote_exec("channel.receive(); channel.send('after')")
-    for what in ("receive", "waitclose"):
+    for what in ("receive", "receive_timeout", "waitclose"):
         print("waiting", what, flush=True)
         try:
-            ch.receive() if what == "receive" else ch.waitclose()
+            if what == "receive":
+                ch.receive()
+            elif what == "receive_timeout":
+                ch.receive(timeout=600)
+            else:
+                ch.waitclose()
         except KeyboardInterrupt:
             print("interrupted", what, flush=True)
     ch.send(1)
@@ -70,7 +75,7 @@ SIGINT_CHILD = """
 def test_sigint_interrupts_receive_and_waitclose():
     p = run_child(SIGINT_CHILD)
     try:
-        for what in ("receive", "waitclose"):
+        for what in ("receive", "receive_timeout", "waitclose"):
             wait_line(p, f"waiting {what}")
             time.sleep(0.3)
             os.kill(p.pid, signal.SIGINT)

@@ -101,6 +101,10 @@ const REAP_ON_EOF: Duration = Duration::from_secs(1);
 /// How long the reader thread leaves a free read token alone while nobody
 /// waits (so that the next blocking receive can lead).
 const READER_GRACE: Duration = Duration::from_millis(2);
+/// How long the reader thread waits for input at a time, on a transport
+/// that can poll, before it looks whether a blocking receiver waits to read
+/// itself (then it gives the token away).
+const READER_POLL: Duration = Duration::from_millis(20);
 
 thread_local! {
     static LEAD_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    Driver, ReadSide, State, INTERRUPTED, INTERRUPTIBLE, LEADING, READER_GRACE, REAP_ON_EOF,
+    Driver, ReadSide, State, INTERRUPTED, INTERRUPTIBLE, LEADING, READER_GRACE, READER_POLL,
+    REAP_ON_EOF,
 };
 use crate::error::Error;
 use crate::sync::{lock, wait_timeout};
@@ -65,8 +66,17 @@ impl Driver {
         loop {
             if let Some(t) = token.take() {
                 // Read until the end, or until a candidate wants the token.
+                // Where the transport can poll, the wait for input is cut
+                // every READER_POLL, so that a candidate (a blocking
+                // receive, maybe a Python main thread that must see Ctrl-C)
+                // takes over even while no input arrives.
                 loop {
-                    let more = self.read_once();
+                    let more = if self.lead_with_deadline {
+                        self.read_once_until(Some(Instant::now() + READER_POLL))
+                            .unwrap_or(true)
+                    } else {
+                        self.read_once()
+                    };
                     let mut st = lock(&self.state);
                     if !more || st.candidates > 0 {
                         t.release(&mut st);
