@@ -272,7 +272,10 @@ impl Server {
         // be seen to (no end of file until the ready wait runs out).
         drop(cmd);
         let stderr = child.stderr.take();
-        let process = Arc::new(ProcessControl::new(child, stderr, false));
+        // The server's own stderr (its traces, a crash) is kept for errors,
+        // and shown as it comes when tracing is on.
+        let debug = std::env::var_os("EXECNET_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
+        let process = Arc::new(ProcessControl::new(child, stderr, debug));
         let pid = process.pid().unwrap_or(0);
         let label = format!("popen//fork {python}");
         tracing::debug!(pid, %label, "spawned fork server");
