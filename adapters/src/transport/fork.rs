@@ -23,7 +23,7 @@
 //! also relays the worker's stderr as it comes (`O`), which we copy to our
 //! stderr. [`ForkWorker`], the gateway's [`PeerControl`], kills the worker's
 //! process group itself and learns the exit status and stderr tail from
-//! those reports, so [`Error::WorkerDied`](crate::Error::WorkerDied) reads
+//! those reports, so [`Error::WorkerDied`] reads
 //! as for popen.
 //!
 //! Lifetime: every [`ForkWorker`] holds its [`Server`]; the registry only a
