@@ -957,3 +957,20 @@ fn spare_pids() -> Vec<u32> {
         })
         .collect()
 }
+
+/// Everything a transport must do (tests/src/suite.rs) works in a jail,
+/// with limits on too.
+#[test]
+fn the_transport_suite_runs_jailed() {
+    bounded(LIMIT, || {
+        if !have_bwrap() {
+            return;
+        }
+        let gw = jail("");
+        execnet_tests::suite::run(&gw);
+        gw.exit().unwrap();
+        let gw = jail("//max_cpu=60");
+        execnet_tests::suite::run(&gw);
+        gw.exit().unwrap();
+    })
+}
