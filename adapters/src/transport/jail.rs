@@ -374,6 +374,9 @@ pub(crate) struct Ready {
 /// How many specs keep a spare at once (the oldest goes first).
 const SPARE_SPECS: usize = 4;
 
+/// How many specs' first starts are remembered (then forgotten at once).
+const SEEN_SPECS: usize = 256;
+
 /// Spare jails, by spec (see [`take_spare`]).
 #[derive(Default)]
 struct Spares {
@@ -428,6 +431,11 @@ pub(crate) fn refill(key: String, make: impl FnOnce() -> Result<Ready> + Send + 
     }
     {
         let mut s = lock(spares());
+        if s.seen.len() >= SEEN_SPECS && !s.seen.contains(&key) {
+            // Bounded memory in a process that makes specs without end:
+            // forgetting only delays a spec's spare by one start.
+            s.seen.clear();
+        }
         if s.seen.insert(key.clone()) || s.filling.contains(&key) || s.ready.contains_key(&key) {
             return;
         }
