@@ -61,6 +61,15 @@ def test_memory_limit_names_itself_or_says_why_not(group):
         ch.receive(30)
 
 
+def test_xspec_has_the_jail_keys():
+    from execnet_rs import XSpec
+
+    x = XSpec("popen//jail//jail_rw=/a,/b//jail_net//max_memory=256M//max_cpu=2//max_procs=8")
+    assert (x.jail, x.jail_net, x.jail_rw) == (True, True, "/a,/b")
+    assert (x.max_memory, x.max_cpu, x.max_procs) == ("256M", "2", "8")
+    assert XSpec("popen").jail is None
+
+
 def test_jail_keys_are_checked(group):
     with pytest.raises(ValueError, match="needs `jail`"):
         group.makegateway("popen//jail_rw=/tmp")

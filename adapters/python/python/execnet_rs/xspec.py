@@ -19,6 +19,12 @@ class XSpec:
     fork: bool | None = None
     id: str | None = None
     installvia: str | None = None
+    jail: bool | None = None
+    jail_net: bool | None = None
+    jail_rw: str | None = None
+    max_cpu: str | None = None
+    max_memory: str | None = None
+    max_procs: str | None = None
     nice: str | None = None
     popen: bool | None = None
     python: str | None = None
