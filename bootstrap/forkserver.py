@@ -44,6 +44,7 @@ import _signal  # not "signal": that imports enum
 import _socket
 import _struct as struct
 import select
+from collections import deque
 
 TAIL = 8192  # stderr bytes kept per worker for its exit report
 REQUEST = 16
@@ -123,6 +124,28 @@ def _close_from(low):
                 pass  # the directory listdir had open
 
 
+def _live_groups(pgids):
+    """Those of pgids that some process still belongs to (from /proc)."""
+    found = set()
+    if not pgids:
+        return found
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                pgid = int(f.read().rsplit(b")", 1)[1].split()[2])
+        except (OSError, IOError, ValueError, IndexError):
+            continue
+        if pgid in pgids:
+            found.add(pgid)
+    return found
+
+
 class Child(object):
     __slots__ = ("token", "pid", "errfd", "tail", "relay", "alive")
 
@@ -137,6 +160,8 @@ class Server(object):
         self.ctl = ctl  # _socket.socket: the control connection
         self.worker = worker  # the worker's namespace
         self.children = {}  # pid -> Child, until reaped
+        # reaped workers: their process groups (what they started) may outlive them
+        self.reaped = deque(maxlen=4096)
         self.pipes = {}  # stderr read end -> Child, until its end of file
         self.buf, self.fds = b"", []
         self.wake_r, self.wake_w = os.pipe()
@@ -331,6 +356,7 @@ class Server(object):
                     break
                 self.keep(c, b)
             c.alive = False
+            self.reaped.append(pid)
             _trace("reaped", pid, st)
             self.report(b"X", c.token, _status(st) + bytes(c.tail))
 
@@ -353,6 +379,14 @@ class Server(object):
                     os.kill(pid, _signal.SIGKILL)  # forked, not yet in its own group
                 except OSError:
                     pass
+        # a worker that ended first (its own stdin ended with the host) may have
+        # left processes in its group: those groups that still have members go too
+        # (a group id stays reserved while it has members, so none is a stranger's)
+        for pgid in _live_groups(set(self.reaped)):
+            try:
+                os.killpg(pgid, _signal.SIGKILL)
+            except OSError:
+                pass
         end = time.monotonic() + 2.0
         while self.children and time.monotonic() < end:
             self.reap()

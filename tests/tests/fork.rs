@@ -508,8 +508,22 @@ fn fork_host_helper() {
         .unwrap()
         .receive()
         .unwrap();
+    // A worker that ends by itself before the host dies, leaving a child
+    // in its process group: the server kills that group too when the host
+    // goes.
+    let left = group.makegateway("popen//fork").unwrap();
+    let orphan: u32 = left
+        .remote_exec(
+            "import os, subprocess, time\np = subprocess.Popen(['sleep', '1000'])\n\
+             channel.send(p.pid)\ntime.sleep(0.2)\nos._exit(0)",
+        )
+        .unwrap()
+        .receive()
+        .unwrap();
+    let left_pid = left.info().pid;
+    assert!(wait_until(T, || !execnet_tests::process_exists(left_pid)));
     println!(
-        "PIDS {server} {} {} {grandchild}",
+        "PIDS {server} {} {} {grandchild} {orphan}",
         gws[0].info().pid,
         gws[1].info().pid
     );
@@ -534,7 +548,7 @@ fn the_host_killed_takes_its_server_and_workers_along() {
                 break;
             }
         }
-        assert_eq!(pids.len(), 4, "the helper did not report its pids");
+        assert_eq!(pids.len(), 5, "the helper did not report its pids");
         assert!(pids.iter().all(|&p| process_alive(p)));
         let _ = child.kill(); // SIGKILL: no destructor runs in the host
         let _ = child.wait();
