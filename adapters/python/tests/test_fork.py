@@ -61,3 +61,24 @@ def test_a_killed_fork_worker_is_a_dead_gateway(group):
         ch.receive(30)
     # execnet's own class for it; the engine's text says how the worker died
     assert "signal 9" in str(info.value) or "SIGKILL" in str(info.value), info.value
+
+
+def test_a_forked_host_process_gets_its_own_fork_server(group):
+    gw = group.makegateway("popen//fork")
+    server = ids(gw)[1]
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            g = execnet_rs.Group()
+            other = g.makegateway("popen//fork")
+            mine = ids(other)[1]
+            code = 0 if mine != server else 2
+            g.terminate(5)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    # the parent's server and gateway are untouched
+    assert ids(gw)[1] == server
+    assert gw.remote_exec("channel.send(2)").receive(30) == 2

@@ -197,7 +197,7 @@ fn server_for(key: ServerKey) -> Result<Arc<Server>> {
     };
     let mut current = lock(&slot);
     if let Some(server) = current.upgrade() {
-        if !server.reports.has_ended() {
+        if !server.reports.has_ended() && server.owner == std::process::id() {
             return Ok(server);
         }
     }
@@ -218,6 +218,11 @@ pub(crate) struct Server {
     process: Arc<ProcessControl>,
     reader: Mutex<Option<JoinHandle<()>>>,
     next_token: AtomicU64,
+    /// The process that started the server. A process forked from it (a
+    /// Python host's `multiprocessing`) shares the control connection but
+    /// not the thread that reads it: there the server is not used, and
+    /// dropping it touches nothing of the parent's.
+    owner: u32,
     /// `popen//fork PYTHON`, for descriptions.
     label: String,
 }
@@ -354,6 +359,7 @@ impl Server {
             process: process.clone(),
             reader: Mutex::new(Some(reader)),
             next_token: AtomicU64::new(1),
+            owner: std::process::id(),
             label,
         };
         let ready = server
@@ -462,6 +468,11 @@ impl Drop for Server {
     /// The last gateway has gone: closing the control connection ends the
     /// server (it kills what is left of its workers, reaps them and exits).
     fn drop(&mut self) {
+        if self.owner != std::process::id() {
+            // A forked copy: shutting the shared connection down would end
+            // the parent's server.
+            return;
+        }
         let _ = self.ctl.shutdown(std::net::Shutdown::Both);
         if self.process.wait(SERVER_EXIT).is_none() {
             self.process.kill();
@@ -768,6 +779,10 @@ impl PeerControl for ForkWorker {
 
 impl Drop for ForkWorker {
     fn drop(&mut self) {
+        if self.server.owner != std::process::id() {
+            // A forked copy of the host: the worker is the parent's.
+            return;
+        }
         // Last resort, normally done by the gateway: no worker outlives
         // its gateway.
         let known = matches!(
