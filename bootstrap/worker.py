@@ -666,8 +666,9 @@ class Channel(object):
                 if fast:
                     # fast path: nothing queued, enough credit: one frame, one write
                     self._credit -= n
-                    # owed credit rides along from _eager up (Gateway._w_early)
-                    w = gw._w_early(self) if self._owed else None
+                    # owed credit rides along from _eager up (Gateway._w_early; its
+                    # threshold is checked here first: no call per small send)
+                    w = gw._w_early(self) if self._owed >= gw._eager else None
                 else:
                     self._out.append([DATA, memoryview(data), 0])
                     self._queued += 1
