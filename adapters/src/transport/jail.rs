@@ -39,6 +39,11 @@
 //! **Checked once per process**: that `bwrap` is on `PATH`
 //! ([`Error::BubblewrapMissing`]) and that it can create its namespaces
 //! here ([`Error::NamespacesNotPermitted`], a 5 ms trial run).
+//!
+//! **Spawning.** Every jail is spawned from one lasting thread
+//! (`spawn_on_lasting_thread`: `--die-with-parent` follows the spawning
+//! thread), and from a spec's second start on its next jail is built ahead
+//! (`take_spare`: bwrap's set-up is most of a jailed start's cost).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,7 +61,8 @@ pub const JAIL_UID: u32 = 65534;
 /// the jail's private one.
 const HIDDEN_DIRS: &[&str] = &["/tmp", "/run", "/root", "/home", "/etc/ssh"];
 
-/// Files the jail replaces with an empty one (if they exist).
+/// Files the jail covers with `/dev/null` (if they exist): bound without
+/// device access (bwrap's binds are `nodev`), so opening them fails.
 const HIDDEN_FILES: &[&str] = &["/etc/shadow", "/etc/gshadow"];
 
 /// Environment variables that pass into a jail (`LC_*` too); everything
