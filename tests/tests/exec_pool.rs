@@ -26,9 +26,13 @@ fn a_burst_of_short_execs_reuses_a_few_threads() {
             }
             let threads: Option<i64> = gw.remote_exec(COUNT).unwrap().receive().unwrap();
             gw.exit().unwrap();
+            eprintln!("{}: {threads:?} threads after {n} execs", py.name);
             match threads {
-                // One new thread per exec left ~n idle ones behind.
-                Some(t) => assert!(t < n / 3, "{}: {t} threads after {n} execs", py.name),
+                // One new thread per exec left ~n idle ones behind (301
+                // before executors took queued EXECs). How many a burst
+                // needs depends on how fast threads start against how fast
+                // execs end: 5-40 on a quiet machine, up to ~150 at load 12.
+                Some(t) => assert!(t < 2 * n / 3, "{}: {t} threads after {n} execs", py.name),
                 None => eprintln!("{}: no _thread._count, thread count not checked", py.name),
             }
         }
