@@ -1,7 +1,8 @@
 //! The blocking API: the same gateways, channels and groups as the crate
 //! root, waiting by blocking the calling thread. Every type here wraps its
-//! async counterpart and every method is that method under
-//! `futures_lite::future::block_on`: one implementation, two faces.
+//! async counterpart and every method is that method under the driver's
+//! `block_on` (which also lets the thread write the transport itself): one
+//! implementation, two faces.
 //! [`Channel::receive`] additionally lets its thread read the transport
 //! itself while it waits (leader/follower, see the driver).
 //!
@@ -18,7 +19,7 @@
 
 use std::time::Duration;
 
-use futures_lite::future::block_on;
+use crate::driver::block_on;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 

@@ -345,7 +345,7 @@ impl Drop for GatewayInner {
         let driver = self.driver.clone();
         let run = move || {
             driver.begin_terminate(DROP_TIMEOUT);
-            futures_lite::future::block_on(driver.finish_terminate(Instant::now() + DROP_TIMEOUT));
+            crate::driver::block_on(driver.finish_terminate(Instant::now() + DROP_TIMEOUT));
         };
         if std::thread::current().name() == Some("execnet-reader") {
             // Dropped by a callback on a reader thread (maybe this gateway's

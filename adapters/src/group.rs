@@ -426,7 +426,7 @@ async fn finish_all(gws: &[Gateway], deadline: Instant) {
         let spawned = std::thread::Builder::new()
             .name("execnet-terminate".into())
             .spawn(move || {
-                futures_lite::future::block_on(d2.finish_terminate(deadline));
+                crate::driver::block_on(d2.finish_terminate(deadline));
                 done(&p);
             });
         if spawned.is_err() {
@@ -447,7 +447,7 @@ impl Drop for Group {
     fn drop(&mut self) {
         let gws: Vec<Gateway> = std::mem::take(&mut self.lock().gateways);
         if !gws.is_empty() {
-            futures_lite::future::block_on(terminate_all(&gws, DROP_TIMEOUT));
+            crate::driver::block_on(terminate_all(&gws, DROP_TIMEOUT));
         }
     }
 }

@@ -8,8 +8,8 @@
 
 use std::io;
 
+use crate::driver::block_on;
 use execnet_core::Value;
-use futures_lite::future::block_on;
 
 use crate::channel::Channel;
 use crate::error::Error;

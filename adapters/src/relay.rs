@@ -36,7 +36,7 @@ use serde::Serialize;
 use execnet_core::Value;
 
 use crate::channel::Channel;
-use crate::error::{ExitStatus, Result};
+use crate::error::{Error, ExitStatus, Result};
 use crate::gateway::Gateway;
 use crate::sync::lock;
 use crate::transport::process::Shared;
@@ -199,10 +199,19 @@ async fn relay(
     // The relay returns once the target runs; an error there (a bug, or a
     // worker that cannot run threads) ends the exec channel with it.
     exec.waitclose(Some(STARTUP_TIMEOUT)).await?;
-    ch.send_value(&Value::Bytes(
-        execnet_bootstrap::worker_compressed().to_vec(),
-    ))
-    .await?;
+    match ch
+        .send_value(&Value::Bytes(
+            execnet_bootstrap::worker_compressed().to_vec(),
+        ))
+        .await
+    {
+        // The target could not start: the relay reported why and its
+        // status, and ended the data channel. The reader below takes both
+        // and the start's probe turns them into the error
+        // (InterpreterNotFound, ...), not this send.
+        Err(Error::ChannelClosed) => {}
+        r => r?,
+    }
     let state = Arc::new(RelayState::default());
     let control = Arc::new(RelayControl {
         ctl,
@@ -240,7 +249,7 @@ impl Read for RelayReader {
                 self.pos += n;
                 return Ok(n);
             }
-            match futures_lite::future::block_on(self.ch.receive_value(None)) {
+            match crate::driver::block_on(self.ch.receive_value(None)) {
                 Ok(Value::Bytes(b)) => {
                     self.pending = b;
                     self.pos = 0;
@@ -298,7 +307,7 @@ struct RelayWriter {
 
 impl Write for RelayWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        futures_lite::future::block_on(self.ch.send_value(&Value::Bytes(buf.to_vec())))
+        crate::driver::block_on(self.ch.send_value(&Value::Bytes(buf.to_vec())))
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string()))?;
         Ok(buf.len())
     }
@@ -329,8 +338,7 @@ impl PeerControl for RelayControl {
         }
         // The control channel never carries data, so its window is open and
         // this send does not wait for the peer.
-        let _ =
-            futures_lite::future::block_on(self.ctl.send_timeout(&"kill", Duration::from_secs(1)));
+        let _ = crate::driver::block_on(self.ctl.send_timeout(&"kill", Duration::from_secs(1)));
     }
     fn wait(&self, timeout: Duration) -> Option<ExitStatus> {
         let g = lock(&self.state.inner);

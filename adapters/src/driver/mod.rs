@@ -107,6 +107,10 @@ const READER_GRACE: Duration = Duration::from_millis(2);
 const READER_POLL: Duration = Duration::from_millis(20);
 
 thread_local! {
+    /// Set while this thread runs a [`block_on`]: it blocks anyway, so it
+    /// may write to the transport itself. Elsewhere (an async executor's
+    /// thread) commands leave their bytes to the flusher thread.
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static LEAD_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static LEADING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Set around an interruptible wait (`leading_interruptible`): this
@@ -154,6 +158,30 @@ pub(crate) fn leading_interruptible<R>(f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(INTERRUPTIBLE.with(|c| c.replace(true)));
     leading_allowed(f)
+}
+
+/// Runs `f` to completion on this thread, which may block: the blocking
+/// faces, `io`'s readers and writers, the via relay's transport and the
+/// driver's own helper threads wait through this, never through
+/// `futures_lite::future::block_on` directly. While it runs, commands write
+/// their frames on this thread (one thread hand-off less per message);
+/// anywhere else, an async task's thread, they leave the write to the
+/// flusher thread, so the async face never blocks its executor on a full
+/// pipe (issue 15: the async face performs no blocking system call).
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MAY_BLOCK.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(MAY_BLOCK.with(|c| c.replace(true)));
+    futures_lite::future::block_on(f)
+}
+
+/// Whether this thread runs a [`block_on`] (it may write inline).
+pub(super) fn may_block() -> bool {
+    MAY_BLOCK.with(|c| c.get())
 }
 
 /// Runs `f` (a `block_on` of a receive) with leader/follower reading

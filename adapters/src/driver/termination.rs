@@ -18,7 +18,7 @@ impl Driver {
         let spawned = std::thread::Builder::new()
             .name("execnet-terminate".into())
             .spawn(move || {
-                futures_lite::future::block_on(d.finish_terminate(deadline));
+                super::block_on(d.finish_terminate(deadline));
             });
         if spawned.is_err() {
             // No thread to be had: kill now, the reader reaps at EOF.

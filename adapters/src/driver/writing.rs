@@ -11,12 +11,14 @@ impl Driver {
     // ---------------------------------------------------------------- writing
 
     /// Writes what the session has to send. `inline`: the calling thread
-    /// writes if nobody else is writing; otherwise the flusher is asked to.
+    /// writes if nobody else is writing and it may block (it runs a
+    /// [`block_on`](super::block_on)); otherwise the flusher is asked to.
     ///
     /// Also dispatches the events the command produced (a local close ends
     /// the channel's receive side at once, for example), so that a waiter
     /// never depends on the next input to see them.
     pub(crate) fn flush(&self, inline: bool) {
+        let inline = inline && super::may_block();
         let mut work = Vec::new();
         {
             let mut st = lock(&self.state);
