@@ -10,20 +10,13 @@ import time
 import pytest
 
 import execnet_rs
+from procs import alive
 
 
 def ids(gw):
     return gw.remote_exec(
         "import os; channel.send((os.getpid(), os.getppid(), os.getpgid(0)))"
     ).receive(30)
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_xspec_accepts_fork():

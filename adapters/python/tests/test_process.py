@@ -8,6 +8,8 @@ import sys
 import textwrap
 import time
 
+from procs import alive, children_of
+
 
 def run_child(code, **kw):
     return subprocess.Popen(
@@ -17,28 +19,6 @@ def run_child(code, **kw):
         text=True,
         **kw,
     )
-
-
-def children_of(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid and fields[0] != "Z":
-                    out.append(int(d))
-            except OSError:
-                pass
-    return out
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_line(p, prefix, timeout=30):

@@ -54,7 +54,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::popen::{default_python, PopenOptions};
-use super::process::ProcessControl;
+use super::process::{self, ProcessControl};
 use super::{
     code_cache, off_thread, Connect, ConnectFuture, Connected, PeerControl, Request, Through,
     Transport, STARTUP_TIMEOUT,
@@ -265,15 +265,7 @@ impl Server {
             // must not kill the server under running gateways.
             cmd.process_group(0);
         }
-        let mut child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                Error::InterpreterNotFound {
-                    python: python.clone(),
-                    reason: e.to_string(),
-                }
-            }
-            _ => Error::from(e),
-        })?;
+        let mut child = cmd.spawn().map_err(|e| process::spawn_error(e, &python))?;
         // The command holds our copy of the server's end of the control
         // connection: while it lives, a server that dies at once would not
         // be seen to (no end of file until the ready wait runs out).

@@ -24,6 +24,21 @@ pub(crate) struct Spawned {
     pub(crate) control: Arc<ProcessControl>,
 }
 
+/// A failed spawn of `program` as our error: a missing or non-executable
+/// program is [`Error::InterpreterNotFound`] (the interpreter, or the ssh
+/// or bwrap in front of it), anything else an I/O error.
+pub(crate) fn spawn_error(e: std::io::Error, program: &str) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+            Error::InterpreterNotFound {
+                python: program.to_string(),
+                reason: e.to_string(),
+            }
+        }
+        _ => Error::from(e),
+    }
+}
+
 /// Spawns `cmd` in its own process group with piped stdin, stdout and
 /// stderr (read by a thread that keeps the tail, and passes it through to
 /// our stderr when `passthrough`). `program` names the command in errors:
@@ -36,15 +51,7 @@ pub(crate) fn spawn(mut cmd: Command, program: &str, passthrough: bool) -> Resul
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
     }
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-            Error::InterpreterNotFound {
-                python: program.to_string(),
-                reason: e.to_string(),
-            }
-        }
-        _ => Error::from(e),
-    })?;
+    let mut child = cmd.spawn().map_err(|e| spawn_error(e, program))?;
     // Take the pipes before anything can fail, so that the error path below
     // still kills and reaps the child through `ProcessControl`.
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
