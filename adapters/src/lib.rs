@@ -14,7 +14,7 @@
 //! - [`transport`]: the seam between "a byte stream to a worker" and the
 //!   protocol; [`transport::popen`] starts a local interpreter in its own
 //!   process group and sends it the worker (compiled once per interpreter
-//!   and process, then loaded: `transport/code_cache.rs`), [`transport::ssh`] does the same
+//!   and process, then loaded: `transport/code_cache/`), [`transport::ssh`] does the same
 //!   through the system `ssh`, [`transport::socket`] connects to
 //!   `bootstrap/socketserver.py` with a token, [`transport::via`] relays a
 //!   target's bytes through a channel of another gateway.

@@ -7,7 +7,7 @@
 //! `bootstrap/forkserver.py`, started like a popen worker (same loader, same
 //! `chdir`/`nice` prelude, same environment) but with its stdin a unix
 //! socket to us, the *control connection*. It loads the worker once (the
-//! compiled code of `code_cache.rs` when there is some; otherwise it
+//! compiled code of `code_cache/` when there is some; otherwise it
 //! compiles and hands its code back to that cache); then,
 //! per gateway, we make the two pipes of the protocol (its stdin and
 //! stdout), send their far ends over the control connection

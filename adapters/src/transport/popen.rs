@@ -7,7 +7,7 @@
 //! `transport/process.rs`, shared with ssh). The first start of an
 //! interpreter has it hand back its compiled worker, which later starts (in
 //! this process, or in others through the disk cache) load instead of
-//! compiling (`transport/code_cache.rs`). The default interpreter is
+//! compiling (`transport/code_cache/`). The default interpreter is
 //! the `python3` on `PATH`, resolved once to the real binary (a pyenv shim
 //! costs ~80 ms per start).
 
