@@ -1,5 +1,6 @@
 //! Lock-or-recover: the one way this crate takes a lock or waits on a
-//! condition variable.
+//! condition variable; and [`with_flag`], the one way it sets a
+//! thread-local flag around a wait.
 //!
 //! A panic inside a critical section poisons a `Mutex`. Every critical
 //! section in this crate leaves its state consistent between statements
@@ -34,4 +35,21 @@ pub(crate) fn wait_timeout<'a, T>(
             (g, t.timed_out())
         }
     }
+}
+
+/// Runs `f` with the thread-local `flag` set, and restores its earlier
+/// value afterwards (also when `f` panics): how a wait marks what its
+/// thread may do (lead the reading, write inline, start inline).
+pub(crate) fn with_flag<R>(
+    flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore(&'static std::thread::LocalKey<std::cell::Cell<bool>>, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            self.0.with(|c| c.set(self.1));
+        }
+    }
+    let _restore = Restore(flag, flag.with(|c| c.replace(true)));
+    f()
 }

@@ -132,14 +132,7 @@ thread_local! {
 /// ends it with `Err(Timeout)` at once; elsewhere it follows, as a timed
 /// receive does.
 pub(crate) fn leading_interruptible_bounded<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            BOUNDED.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(BOUNDED.with(|c| c.replace(true)));
-    leading_interruptible(f)
+    crate::sync::with_flag(&BOUNDED, || leading_interruptible(f))
 }
 
 /// Like [`leading_allowed`], for a wait that must react to signals (a
@@ -149,15 +142,17 @@ pub(crate) fn leading_interruptible_bounded<R>(f: impl FnOnce() -> R) -> R {
 /// the deadline is not watched (a read cannot be cut short): only input or a
 /// signal ends it; while it follows, the deadline applies as usual.
 pub(crate) fn leading_interruptible<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
+    /// A signal seen by this wait is this wait's: the next starts clean.
+    struct ClearInterrupted;
+    impl Drop for ClearInterrupted {
         fn drop(&mut self) {
-            INTERRUPTIBLE.with(|c| c.set(self.0));
             INTERRUPTED.with(|c| c.set(false));
         }
     }
-    let _restore = Restore(INTERRUPTIBLE.with(|c| c.replace(true)));
-    leading_allowed(f)
+    crate::sync::with_flag(&INTERRUPTIBLE, || {
+        let _clear = ClearInterrupted;
+        leading_allowed(f)
+    })
 }
 
 /// Runs `f` to completion on this thread, which may block: the blocking
@@ -169,14 +164,7 @@ pub(crate) fn leading_interruptible<R>(f: impl FnOnce() -> R) -> R {
 /// flusher thread, so the async face never blocks its executor on a full
 /// pipe (issue 15: the async face performs no blocking system call).
 pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            MAY_BLOCK.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(MAY_BLOCK.with(|c| c.replace(true)));
-    futures_lite::future::block_on(f)
+    crate::sync::with_flag(&MAY_BLOCK, || futures_lite::future::block_on(f))
 }
 
 /// Whether this thread runs a [`block_on`] (it may write inline).
@@ -187,14 +175,7 @@ pub(super) fn may_block() -> bool {
 /// Runs `f` (a `block_on` of a receive) with leader/follower reading
 /// allowed on this thread. Only for threads that may block.
 pub(crate) fn leading_allowed<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            LEAD_OK.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(LEAD_OK.with(|c| c.replace(true)));
-    f()
+    crate::sync::with_flag(&LEAD_OK, f)
 }
 
 /// A callback on a channel's items.

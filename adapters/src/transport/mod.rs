@@ -156,14 +156,7 @@ thread_local! {
 /// first allocations cost glibc a fresh malloc arena (+1.3 MiB RSS in the
 /// bench's fresh-process row).
 pub(crate) fn inline_starts<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            INLINE_STARTS.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(INLINE_STARTS.with(|c| c.replace(true)));
-    f()
+    crate::sync::with_flag(&INLINE_STARTS, f)
 }
 
 /// Runs a blocking start (spawn, payload write, connect) on a thread of its
