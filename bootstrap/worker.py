@@ -997,6 +997,9 @@ class Gateway(object):
         self._bgcv = threading.Condition(self._lock)
         self._leader = self._bgread = self._need = False
         self._waiting, self._hot, self._stop = 0, 0.0, None
+        # the host's stream ended without TERMINATE (the host died, or its pipe
+        # broke): nobody will kill our process group after we exit
+        self._orphaned = False
         # receivers among _waiting that were already handed an item but are not awake
         # yet: they need no reading, and counting them kept the reader thread reading
         # ahead of a ping-pong receiver (a thread hand-off per item instead of leading)
@@ -1662,6 +1665,7 @@ class Gateway(object):
             f = r.read(self.max_frame)
             if f is None:
                 _trace("end of input stream: terminating")
+                self._orphaned = True
                 return (None,)
             data, dispatch, more, m = self._data, self._dispatch, r.buffered_frame, self.max_frame
             while f:
@@ -1680,6 +1684,7 @@ class Gateway(object):
             reason = "protocol violation: %s" % (e,)
         except IOError as e:
             _trace("write failed:", e)
+            self._orphaned = True
             return (None,)
         except Exception as e:
             reason = "worker error: " + _tb(e)
@@ -1924,6 +1929,8 @@ class Gateway(object):
         _trace("sending TERMINATE and exiting")
         if not self._threaded:
             self._safe(self._send_frames, [frame(TERMINATE, 0, payload)])
+            if self._orphaned:
+                _end_group()
             os._exit(0)
         for ch in list(self._chans.values()):  # CLOSE frames _stop_user held back
             if ch._out:
@@ -2117,6 +2124,33 @@ def _detach():
             except (OSError, IOError):
                 pass
     return infd, outfd, pre or b""
+
+
+def _end_group():
+    """Kill the other processes of our process group: the host is gone, so what remote
+    code started would outlive it (after TERMINATE the host kills the group itself).
+    Only when this worker leads its group (popen, fork and via start it so; a socket
+    server's or a shell's group is not ours); Linux's /proc names the members, so
+    this process ends with its own status."""
+    try:
+        me = os.getpid()
+        group = os.getpgrp()
+        if group != me:
+            return
+        import _signal
+
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                with open("/proc/%s/stat" % name, "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if int(fields[2]) == group:
+                    os.kill(int(name), _signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass  # gone meanwhile, or not readable
+    except Exception as e:
+        _trace("cannot end the process group:", e)
 
 
 def _fatal(msg, outfd=None):

@@ -100,6 +100,42 @@ def test_sigint_interrupts_a_send_held_by_a_full_window():
         p.wait()
 
 
+def test_a_killed_host_leaves_no_process_of_its_workers():
+    """The host process dies (SIGKILL): its popen worker sees its input end and
+    ends, and takes along what remote code started in its process group (the
+    host can no longer kill that group)."""
+    p = run_child(
+        """
+        import time, execnet_rs
+        gw = execnet_rs.makegateway("popen//python=%s")
+        ch = gw.remote_exec(
+            "import os, subprocess\\n"
+            "p = subprocess.Popen(['sleep', '600'])\\n"
+            "channel.send((os.getpid(), p.pid))")
+        print("pids", *ch.receive(), flush=True)
+        time.sleep(600)
+        """
+        % sys.executable
+    )
+    pids = []
+    try:
+        pids = [int(x) for x in wait_line(p, "pids").split()[1:]]
+        p.kill()
+        p.wait()
+        deadline = time.time() + 10
+        while any(alive(x) for x in pids) and time.time() < deadline:
+            time.sleep(0.05)
+        assert [x for x in pids if alive(x)] == []
+    finally:
+        p.kill()
+        p.wait()
+        for x in pids:
+            try:
+                os.kill(x, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def test_exit_with_busy_gateways_does_not_hang_or_leak():
     p = run_child(
         """
