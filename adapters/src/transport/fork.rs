@@ -65,8 +65,6 @@ use crate::xspec::OutputMode;
 
 /// The spec flag this module serves (`popen//fork`).
 const FLAG: &str = "fork";
-/// Requested size of the protocol pipes (as popen's).
-const PIPE_SIZE: usize = 1 << 20;
 /// A request's size on the control connection (forkserver.py's `REQUEST`).
 const REQUEST: usize = 16;
 /// A report's header: kind, token, payload length.
@@ -376,15 +374,14 @@ impl Server {
     /// wait for the fork (see the module docs).
     fn fork(self: &Arc<Self>, relay: bool) -> Result<Transport> {
         use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-        use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags};
+        use rustix::pipe::{pipe_with, PipeFlags};
 
         // CLOEXEC: no other child we start inherits them (the server gets
         // its copies over the socket).
         let (in_r, in_w) = pipe_with(PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
         let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
-        // Bigger pipes: fewer wake-ups per MiB. Best effort, as popen's.
-        let _ = fcntl_setpipe_size(&in_w, PIPE_SIZE);
-        let _ = fcntl_setpipe_size(&out_r, PIPE_SIZE);
+        process::widen_pipe(&in_w);
+        process::widen_pipe(&out_r);
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         self.reports
             .register(token)
@@ -652,9 +649,9 @@ fn read_reports(mut ctl: impl Read, reports: &Reports) -> String {
 /// there is no such group yet, the child has started nothing, and killing
 /// the process itself is enough.
 fn kill_group(pid: u32) {
-    use rustix::process::{kill_process, kill_process_group, Pid, Signal};
-    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-        if kill_process_group(pid, Signal::KILL) == Err(rustix::io::Errno::SRCH) {
+    use rustix::process::{kill_process, Pid, Signal};
+    if process::kill_group(pid) == Err(rustix::io::Errno::SRCH) {
+        if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
             let _ = kill_process(pid, Signal::KILL);
         }
     }
@@ -722,10 +719,7 @@ impl PeerControl for ForkWorker {
                 .get(&self.token)
                 .is_some_and(|w| w.exit.is_some());
             if reaped {
-                use rustix::process::{kill_process_group, Pid, Signal};
-                if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-                    let _ = kill_process_group(pid, Signal::KILL);
-                }
+                let _ = process::kill_group(pid);
             } else {
                 kill_group(pid);
             }

@@ -25,9 +25,6 @@ use super::{
 use crate::error::{Error, Result};
 use crate::xspec::{OutputMode, XSpec};
 
-/// Requested size of the stdin/stdout pipes.
-const PIPE_SIZE: usize = 1 << 20;
-
 /// Everything the popen transport needs, taken from a spec.
 #[derive(Debug, Clone, Default)]
 pub struct PopenOptions {
@@ -223,12 +220,11 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
         None => vec![default_python()?],
     };
     let setup = &opts.setup;
-    let description = format!(
-        "popen {}{}",
-        if setup.jail.is_some() { "(jail) " } else { "" },
-        shell_words::join(&argv)
-    );
     let python = shell_words::join(&argv);
+    let description = format!(
+        "popen {}{python}",
+        if setup.jail.is_some() { "(jail) " } else { "" }
+    );
     let passthrough = setup.output == OutputMode::Inherit;
     // A jail without cgroup limits may use a spare started ahead
     // (jail::take_spare: bwrap's own set-up is most of a jailed start).
@@ -265,10 +261,8 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
     } = spawned;
     tracing::debug!(pid = control.pid(), %description, "spawned worker");
 
-    // Bigger pipes: fewer wake-ups per MiB (about 4x the bandwidth here).
-    // Best effort: a smaller limit in /proc/sys/fs/pipe-max-size is fine.
-    let _ = rustix::pipe::fcntl_setpipe_size(&stdin, PIPE_SIZE);
-    let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_SIZE);
+    process::widen_pipe(&stdin);
+    process::widen_pipe(&stdout);
 
     // Compiled code from memory or disk, or the source; may wait for
     // another start of this interpreter that is compiling (single-flight)

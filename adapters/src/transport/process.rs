@@ -24,6 +24,28 @@ pub(crate) struct Spawned {
     pub(crate) control: Arc<ProcessControl>,
 }
 
+/// Requested size of a worker's protocol pipes: fewer wake-ups per MiB
+/// (about 4x the bandwidth here).
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Makes a protocol pipe [`PIPE_SIZE`] big. Best effort: a smaller limit in
+/// /proc/sys/fs/pipe-max-size is fine.
+pub(crate) fn widen_pipe(fd: impl std::os::fd::AsFd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
+}
+
+/// SIGKILLs the process group that `pid` leads: the worker and what it
+/// started. Once the leader is reaped its id may only be reused after the
+/// whole group is gone, so this cannot hit a stranger while members are
+/// left. `Err(SRCH)`: no such group (any more, or not yet).
+pub(crate) fn kill_group(pid: u32) -> rustix::io::Result<()> {
+    use rustix::process::{kill_process_group, Pid, Signal};
+    match i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        Some(pid) => kill_process_group(pid, Signal::KILL),
+        None => Err(rustix::io::Errno::SRCH),
+    }
+}
+
 /// A failed spawn of `program` as our error: a missing or non-executable
 /// program is [`Error::InterpreterNotFound`] (the interpreter, or the ssh
 /// or bwrap in front of it), anything else an I/O error.
@@ -278,13 +300,7 @@ impl PeerControl for ProcessControl {
     }
 
     fn kill(&self) {
-        use rustix::process::{kill_process_group, Pid, Signal};
-        // Killing the group also reaches what the worker started. Once the
-        // leader is reaped its id may only be reused after the whole group is
-        // gone, so this cannot hit a stranger while members are left.
-        if let Some(pid) = i32::try_from(self.pid).ok().and_then(Pid::from_raw) {
-            let _ = kill_process_group(pid, Signal::KILL);
-        }
+        let _ = kill_group(self.pid);
     }
 
     fn wait(&self, timeout: Duration) -> Option<ExitStatus> {
