@@ -237,6 +237,18 @@ impl Drop for TempDir {
 /// The default bound for one test.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
+/// One async round trip of its own on `gw`: a fresh exec that sleeps 50 ms
+/// and answers `i + 1` (tasks of one runtime sharing a gateway, whatever the
+/// runtime).
+pub async fn plus_one_after_a_pause(gw: &execnet::Gateway, i: i64) -> i64 {
+    let ch = gw
+        .remote_exec("import time; x = channel.receive(); time.sleep(0.05); channel.send(x + 1)")
+        .await
+        .unwrap();
+    ch.send(&i).await.unwrap();
+    ch.receive::<i64>().await.unwrap()
+}
+
 /// Opens a default popen gateway (blocking API), panicking with the error.
 pub fn gw() -> execnet::blocking::Gateway {
     execnet::blocking::makegateway("popen").unwrap_or_else(|e| panic!("makegateway(popen): {e}"))

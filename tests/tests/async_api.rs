@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use execnet::{Error, Group, Value};
-use execnet_tests::{assert_reaped, bounded, LIMIT};
+use execnet_tests::{assert_reaped, bounded, plus_one_after_a_pause, LIMIT};
 use futures_lite::StreamExt;
 
 async fn scenario() -> Vec<i64> {
@@ -74,14 +74,7 @@ fn many_tasks_on_one_smol_executor() {
             let tasks: Vec<_> = (0..20i64)
                 .map(|i| {
                     let gw = gw.clone();
-                    ex.spawn(async move {
-                        let ch = gw
-                            .remote_exec("import time; x = channel.receive(); time.sleep(0.05); channel.send(x + 1)")
-                            .await
-                            .unwrap();
-                        ch.send(&i).await.unwrap();
-                        ch.receive::<i64>().await.unwrap()
-                    })
+                    ex.spawn(async move { plus_one_after_a_pause(&gw, i).await })
                 })
                 .collect();
             let mut sum = 0;

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use execnet::{Error, Group, Value};
-use execnet_tests::{assert_reaped, bounded, LIMIT};
+use execnet_tests::{assert_reaped, bounded, plus_one_after_a_pause, LIMIT};
 
 /// Runs `f` on a fresh runtime of each flavour.
 fn on_both_runtimes<F, Fut>(f: F)
@@ -126,16 +126,7 @@ fn tasks_spawned_on_the_runtime_share_a_gateway() {
         let tasks: Vec<_> = (0..20i64)
             .map(|i| {
                 let gw = gw.clone();
-                tokio::spawn(async move {
-                    let ch = gw
-                        .remote_exec(
-                            "import time; x = channel.receive(); time.sleep(0.05); channel.send(x + 1)",
-                        )
-                        .await
-                        .unwrap();
-                    ch.send(&i).await.unwrap();
-                    ch.receive::<i64>().await.unwrap()
-                })
+                tokio::spawn(async move { plus_one_after_a_pause(&gw, i).await })
             })
             .collect();
         let mut sum = 0;
