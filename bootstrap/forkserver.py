@@ -127,28 +127,6 @@ def _close_from(low):
                 pass  # the directory listdir had open
 
 
-def _live_groups(pgids):
-    """Those of pgids that some process still belongs to (from /proc)."""
-    found = set()
-    if not pgids:
-        return found
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                pgid = int(f.read().rsplit(b")", 1)[1].split()[2])
-        except (OSError, IOError, ValueError, IndexError):
-            continue
-        if pgid in pgids:
-            found.add(pgid)
-    return found
-
-
 class Child(object):
     __slots__ = ("token", "pid", "errfd", "tail", "relay", "alive")
 
@@ -385,7 +363,7 @@ class Server(object):
         # a worker that ended first (its own stdin ended with the host) may have
         # left processes in its group: those groups that still have members go too
         # (a group id stays reserved while it has members, so none is a stranger's)
-        for pgid in _live_groups(set(self.reaped)):
+        for pgid in set(self.worker["_group_members"](set(self.reaped)).values()):
             try:
                 os.killpg(pgid, _signal.SIGKILL)
             except OSError:

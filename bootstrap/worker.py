@@ -2126,29 +2126,45 @@ def _detach():
     return infd, outfd, pre or b""
 
 
+def _group_members(pgids):
+    """{pid: pgid} of the processes in the process groups pgids, from Linux's /proc
+    (elsewhere: none). Shared with the fork server."""
+    found = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                pgid = int(f.read().rsplit(b")", 1)[1].split()[2])
+        except (OSError, IOError, ValueError, IndexError):
+            continue  # gone meanwhile, or not readable
+        if pgid in pgids:
+            found[int(name)] = pgid
+    return found
+
+
 def _end_group():
     """Kill the other processes of our process group: the host is gone, so what remote
     code started would outlive it (after TERMINATE the host kills the group itself).
     Only when this worker leads its group (popen, fork and via start it so; a socket
-    server's or a shell's group is not ours); Linux's /proc names the members, so
-    this process ends with its own status."""
+    server's or a shell's group is not ours); /proc names the members, so this
+    process ends with its own status."""
     try:
         me = os.getpid()
-        group = os.getpgrp()
-        if group != me:
+        if os.getpgrp() != me:
             return
         import _signal
 
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) == me:
-                continue
-            try:
-                with open("/proc/%s/stat" % name, "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                if int(fields[2]) == group:
-                    os.kill(int(name), _signal.SIGKILL)
-            except (OSError, ValueError, IndexError):
-                pass  # gone meanwhile, or not readable
+        for pid in _group_members({me}):
+            if pid != me:
+                try:
+                    os.kill(pid, _signal.SIGKILL)
+                except OSError:
+                    pass
     except Exception as e:
         _trace("cannot end the process group:", e)
 
