@@ -28,11 +28,13 @@ fn a_burst_of_short_execs_reuses_a_few_threads() {
             gw.exit().unwrap();
             eprintln!("{}: {threads:?} threads after {n} execs", py.name);
             match threads {
-                // One new thread per exec left ~n idle ones behind (301
+                // One new thread per exec left n idle ones behind (301
                 // before executors took queued EXECs). How many a burst
                 // needs depends on how fast threads start against how fast
-                // execs end: 5-40 on a quiet machine, up to ~150 at load 12.
-                Some(t) => assert!(t < 2 * n / 3, "{}: {t} threads after {n} execs", py.name),
+                // execs end: 5-40 on a quiet machine, 130-203 in a CI run
+                // with the other test binaries alongside (PyPy highest).
+                // The bound says only what is sure: threads were reused.
+                Some(t) => assert!(t < n, "{}: {t} threads after {n} execs", py.name),
                 None => eprintln!("{}: no _thread._count, thread count not checked", py.name),
             }
         }
