@@ -11,7 +11,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::convert::{to_py, to_value, Ctx};
+use crate::convert::{item_value, recycle, to_py, to_value, Ctx};
 use crate::errors::{start_error, to_pyerr, Op};
 use crate::{duration, fork_gen, registry, wait};
 
@@ -406,22 +406,23 @@ impl Channel {
     fn send(&self, py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<()> {
         let ch = self.channel()?;
         let gw = ch.gateway();
-        let v = to_value(
+        let v = item_value(
             item,
             Some(&Ctx {
                 gw: &gw,
                 pygw: &self.pygw,
             }),
         )?;
-        if crate::on_main_thread() {
+        let sent = if crate::on_main_thread() {
             // A full window may hold the send for good: wait in slices so
             // that Ctrl-C raises. Nothing is sent by a slice that times
             // out; the item is encoded again only after such a slice.
-            return crate::wait_interruptible(py, |slice| ch.send_value_timeout(&v, slice))?
-                .map_err(|e| to_pyerr(py, e, Op::Send));
-        }
-        py.detach(|| ch.send_value(&v))
-            .map_err(|e| to_pyerr(py, e, Op::Send))
+            crate::wait_interruptible(py, |slice| ch.send_value_timeout(&v, slice))
+        } else {
+            Ok(py.detach(|| ch.send_value(&v)))
+        };
+        recycle(v);
+        sent?.map_err(|e| to_pyerr(py, e, Op::Send))
     }
 
     /// Receives one item; `timeout` in seconds (None: wait for good).
