@@ -56,6 +56,13 @@ fn eval<T: serde::de::DeserializeOwned>(gw: &Gateway, source: &str) -> T {
         .unwrap_or_else(|e| panic!("{source}: {e}"))
 }
 
+/// Opens `dir` to the jail's user (uid 65534 on the host when the tests
+/// run as root): a jail_rw= path must be writable by it.
+fn open_to_jail(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+}
+
 fn jail(extra: &str) -> Gateway {
     let spec = format!("popen//jail{extra}");
     makegateway(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"))
@@ -68,6 +75,7 @@ fn the_filesystem_is_read_only_but_jail_rw_and_chdir() {
             return;
         }
         let rw = TempDir::new("jail-rw");
+        open_to_jail(rw.path());
         let work = TempDir::new("jail-chdir");
         let chdir = work.path().join("w");
         let gw = jail(&format!(
@@ -160,7 +168,29 @@ channel.send((os.getuid(), capeff, pids,
             "/etc/shadow: {hidden:?}"
         );
         assert_eq!(hidden[3], zero, "/etc/ssh: {hidden:?}");
+        // Seen from the host, a process of the jail is not root (run as
+        // root, no user namespace maps it there): uid and gid 65534 (or
+        // the user running the tests), no capability, no_new_privs.
+        let tag = format!("{}id", std::process::id());
+        let daemon = start_daemon(&gw, &tag);
+        let status = std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap();
+        let field = |name: &str| -> Vec<String> {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().skip(1).map(String::from).collect()
+        };
+        let me = rustix::process::geteuid().as_raw();
+        let want = if me == 0 { 65534 } else { me }.to_string();
+        assert_eq!(field("Uid:"), vec![want.clone(); 4], "{status}");
+        if me == 0 {
+            assert_eq!(field("Gid:"), vec![want; 4], "{status}");
+            assert_eq!(field("Groups:"), Vec::<String>::new(), "{status}");
+        }
+        for caps in ["CapPrm:", "CapEff:", "CapAmb:"] {
+            assert_eq!(field(caps), ["0000000000000000"], "{caps} {status}");
+        }
+        assert_eq!(field("NoNewPrivs:"), ["1"], "{status}");
         gw.exit().unwrap();
+        assert!(wait_until(T, || !process_alive(daemon)));
     })
 }
 
@@ -390,6 +420,7 @@ fn rsync_into_a_jail_rw_path() {
         std::fs::create_dir(src.path().join("sub")).unwrap();
         std::fs::write(src.path().join("sub/b.txt"), "beta").unwrap();
         let dst = TempDir::new("jail-rsync-dst");
+        open_to_jail(dst.path());
         let gw = jail(&format!("//jail_rw={}", dst.path().display()));
         let target = dst.path().join("copy");
         let mut rs = execnet::blocking::RSync::new(src.path());
@@ -752,11 +783,15 @@ fn namespaces_not_permitted_is_a_typed_error() {
             return;
         }
         // The helper runs where no user namespace can be created (bwrap's
-        // --disable-userns): as on a kernel that forbids them.
+        // --disable-userns): as on a kernel that forbids them. It runs as
+        // a user other than root there: a root host's jails make no user
+        // namespace, and a root allowed the other namespaces would jail.
         run_helper(
             &[
                 "bwrap",
                 "--unshare-user",
+                "--uid",
+                "1000",
                 "--disable-userns",
                 "--dev-bind",
                 "/",

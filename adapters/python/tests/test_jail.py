@@ -19,6 +19,9 @@ def bwrap():
 
 
 def test_jailed_worker_is_walled_in(group, bwrap, tmp_path):
+    # A jail_rw= path must be writable by the jail's user (uid 65534 on
+    # the host when this runs as root).
+    tmp_path.chmod(0o777)
     gw = group.makegateway(f"popen//jail//jail_rw={tmp_path}//env:JAILED=1")
     ch = gw.remote_exec(
         """

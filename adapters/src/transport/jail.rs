@@ -5,9 +5,10 @@
 //! ```text
 //! bwrap --unshare-all [--share-net] --die-with-parent --new-session
 //!       --cap-drop ALL --uid 65534 --gid 65534
-//!       --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --tmpfs /run
-//!       --tmpfs /root --tmpfs /home --tmpfs /etc/ssh
+//!       --ro-bind / / --dev /dev --proc /proc --perms 1777 --tmpfs /tmp
+//!       --tmpfs /run --tmpfs /root --tmpfs /home --tmpfs /etc/ssh
 //!       --ro-bind /dev/null /etc/shadow --ro-bind /dev/null /etc/gshadow
+//!       --perms 0755 --dir D …           (the way to a bind under a hidden path)
 //!       --ro-bind PREFIX PREFIX …        (the interpreter, if under a hidden path)
 //!       --bind CGROUP.PROCS …            (only with max_memory= / max_procs=)
 //!       --bind RW RW …                   (jail_rw= and chdir=)
@@ -20,14 +21,22 @@
 //! only while the worker lives (its init exits with it, and the PID
 //! namespace takes every other process of the jail along).
 //!
-//! **Who the worker is.** Run as root, bwrap maps the jail's uid 65534 to
-//! root outside, without any capability (`--cap-drop ALL`, and a user
-//! namespace's capabilities never reach outside it). On the host the
-//! jailed processes are root's; files root owns are the jail user's own
-//! inside. That is why everything is mounted read-only and the places
-//! where root keeps secrets (`/root`, `/home`, `/etc/shadow`,
-//! `/etc/gshadow`, `/etc/ssh`) and its sockets (`/run`, `/tmp`) are
-//! hidden. Run as another user, the worker is that user outside.
+//! **Who the worker is.** Run as another user, bwrap makes a user
+//! namespace that maps the jail's uid 65534 to that user. Run as root, a
+//! user namespace would map it to root outside (a root without
+//! capabilities, but root's files would be its own), so there is none:
+//! the namespaces are named one by one (`--unshare-ipc --unshare-pid
+//! --unshare-net --unshare-uts --unshare-cgroup-try`), bwrap keeps only
+//! `CAP_SETUID`/`CAP_SETGID`, and the worker's loader drops to uid and gid
+//! 65534 with no supplementary groups ([`drop_root`]) after joining its
+//! cgroup and before any remote code: on the host the jailed processes are
+//! `nobody`, with no capability and `no_new_privs`. What the jail writes
+//! must be writable by uid 65534 (`jail_rw=` paths; a `chdir=` the host
+//! creates is given to it). Mounts are read-only all the same, and the
+//! places where secrets live (`/root`, `/home`, `/etc/shadow`,
+//! `/etc/gshadow`, `/etc/ssh`) and sockets (`/run`, `/tmp`) are hidden.
+//! `ssh=HOST//jail` keeps bwrap's user namespace (the remote user is not
+//! known here).
 //!
 //! **The interpreter.** pyenv's interpreters (and many virtualenvs) live
 //! under `/root`, `/home` or `/tmp`, which the jail hides. A single-word
@@ -119,10 +128,16 @@ pub(crate) struct Wrap<'a> {
 
 /// Creates `chdir=` on the host (the jail could not: its filesystem is
 /// read-only there) and returns it absolute, as it is bound into the jail.
+/// Run as root, a directory it creates is given to the jail's user (who
+/// would not be able to write there otherwise).
 pub(crate) fn prepare_chdir(dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::canonicalize(dir))
-        .map_err(|e| Error::Spec(format!("chdir={}: {e}", dir.display())))
+    let err = |e: std::io::Error| Error::Spec(format!("chdir={}: {e}", dir.display()));
+    let new = !dir.exists();
+    std::fs::create_dir_all(dir).map_err(err)?;
+    if new && as_root() {
+        std::os::unix::fs::chown(dir, Some(JAIL_UID), Some(JAIL_UID)).map_err(err)?;
+    }
+    std::fs::canonicalize(dir).map_err(err)
 }
 
 /// The `bwrap` command for a jailed local worker: checks bwrap and the
@@ -147,10 +162,12 @@ pub(crate) fn command(jail: &JailOptions, w: &Wrap<'_>) -> Result<Command> {
         [one] => resolve(one).prefixes.clone(),
         _ => Vec::new(),
     };
-    let mut argv = base_args(jail);
+    let mut argv = base_args(jail, as_root());
     hide(&mut argv, Path::exists);
+    let mut made = Vec::new();
     for p in &prefixes {
         if is_hidden(p) {
+            way_to(&mut argv, &mut made, p);
             argv.extend(["--ro-bind".into(), path_arg(p), path_arg(p)]);
         }
     }
@@ -164,6 +181,7 @@ pub(crate) fn command(jail: &JailOptions, w: &Wrap<'_>) -> Result<Command> {
         .chain(chdir.clone())
         .collect();
     for p in &rw {
+        way_to(&mut argv, &mut made, p);
         argv.extend(["--bind".into(), path_arg(p), path_arg(p)]);
     }
     environment(
@@ -205,7 +223,9 @@ pub(crate) fn remote_line(
         line.push_str(&format!("mkdir -p {} && ", q(&d.to_string_lossy())));
     }
     line.push_str("bwrap");
-    for a in base_args(jail) {
+    // The remote user is not known here: bwrap's user namespace maps the
+    // jail's user to it (to root, run as root there; docs/jails.md).
+    for a in base_args(jail, false) {
         line.push(' ');
         line.push_str(&q(&a));
     }
@@ -238,33 +258,81 @@ pub(crate) fn remote_line(
     line
 }
 
+/// Whether this process runs as root: then a local jail has no user
+/// namespace and its worker drops to [`JAIL_UID`] itself (module docs).
+fn as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
 /// The namespace and mount options every jail has, up to the hidden paths.
-fn base_args(jail: &JailOptions) -> Vec<String> {
-    let mut a: Vec<String> = vec!["--unshare-all".into()];
-    if jail.net {
-        a.push("--share-net".into());
+/// `as_root`: no user namespace (it would map the jail's user to root),
+/// and the two capabilities [`drop_root`] needs.
+fn base_args(jail: &JailOptions, as_root: bool) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    if as_root {
+        a.extend(
+            [
+                "--unshare-ipc",
+                "--unshare-pid",
+                "--unshare-uts",
+                "--unshare-cgroup-try",
+            ]
+            .map(String::from),
+        );
+        if !jail.net {
+            a.push("--unshare-net".into());
+        }
+    } else {
+        a.push("--unshare-all".into());
+        if jail.net {
+            a.push("--share-net".into());
+        }
     }
-    a.extend(
-        [
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop",
-            "ALL",
-            "--uid",
-            &JAIL_UID.to_string(),
-            "--gid",
-            &JAIL_UID.to_string(),
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-        ]
-        .map(String::from),
-    );
+    a.extend(["--die-with-parent", "--new-session", "--cap-drop", "ALL"].map(String::from));
+    if as_root {
+        a.extend(["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"].map(String::from));
+    } else {
+        let id = JAIL_UID.to_string();
+        a.extend(["--uid".into(), id.clone(), "--gid".into(), id]);
+    }
+    a.extend(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"].map(String::from));
     a
+}
+
+/// The statements the loader of a local jail run as root starts with
+/// (after the cgroup and rlimit prelude): no supplementary groups, then
+/// gid and uid [`JAIL_UID`] for real, effective and saved ids, which
+/// clears every capability (no `SECBIT_KEEP_CAPS`). Empty when this
+/// process is not root (bwrap's user namespace does it).
+pub(crate) fn drop_root() -> String {
+    if !as_root() {
+        return String::new();
+    }
+    format!(
+        "import os;os.setgroups([]);os.setresgid({u},{u},{u});os.setresuid({u},{u},{u});",
+        u = JAIL_UID
+    )
+}
+
+/// Appends `--perms 0755 --dir` for each directory between the hidden
+/// directory `p` lies under and `p` itself (bwrap would make them 0700,
+/// closed to the jail's user), once each.
+fn way_to(argv: &mut Vec<String>, made: &mut Vec<PathBuf>, p: &Path) {
+    let Some(top) = HIDDEN_DIRS.iter().map(Path::new).find(|d| p.starts_with(d)) else {
+        return;
+    };
+    let mut dirs: Vec<&Path> = p
+        .ancestors()
+        .skip(1)
+        .take_while(|a| *a != top && a.starts_with(top))
+        .collect();
+    dirs.reverse();
+    for d in dirs {
+        if !made.iter().any(|m| m == d) {
+            made.push(d.to_path_buf());
+            argv.extend(["--perms".into(), "0755".into(), "--dir".into(), path_arg(d)]);
+        }
+    }
 }
 
 /// Appends the options that hide [`HIDDEN_DIRS`] and [`HIDDEN_FILES`]
@@ -273,6 +341,10 @@ fn base_args(jail: &JailOptions) -> Vec<String> {
 fn hide(argv: &mut Vec<String>, exists: impl Fn(&Path) -> bool) {
     for d in HIDDEN_DIRS {
         if exists(Path::new(d)) {
+            if *d == "/tmp" {
+                // Everyone's, as a /tmp is: the jail's user writes there.
+                argv.extend(["--perms".into(), "1777".into()]);
+            }
             argv.extend(["--tmpfs".into(), (*d).into()]);
         }
     }
@@ -508,7 +580,7 @@ fn check_namespaces(bwrap: &Path) -> Result<()> {
     static CHECKED: OnceLock<Result<()>> = OnceLock::new();
     CHECKED
         .get_or_init(|| {
-            let mut argv = base_args(&JailOptions::default());
+            let mut argv = base_args(&JailOptions::default(), as_root());
             argv.extend(["--", "true"].map(String::from));
             let out = Command::new(bwrap)
                 .args(&argv)
@@ -629,18 +701,42 @@ mod tests {
 
     #[test]
     fn base_options() {
-        let a = base_args(&JailOptions::default());
+        let a = base_args(&JailOptions::default(), false);
         assert_eq!(a[0], "--unshare-all");
         assert!(!a.contains(&"--share-net".to_string()));
-        for w in ["--die-with-parent", "--new-session", "--cap-drop"] {
+        for w in ["--die-with-parent", "--new-session", "--cap-drop", "--uid"] {
             assert!(a.contains(&w.to_string()), "{w}");
         }
-        let a = base_args(&JailOptions {
+        let net = JailOptions {
             rw: vec![],
             net: true,
-        });
+        };
+        let a = base_args(&net, false);
         // --share-net must follow --unshare-all to undo its network part.
         assert_eq!(&a[..2], ["--unshare-all", "--share-net"]);
+        // As root: no user namespace, no --uid (the loader drops to it).
+        let a = base_args(&JailOptions::default(), true).join(" ");
+        assert!(!a.contains("--unshare-all") && !a.contains("--uid"), "{a}");
+        assert!(
+            a.contains("--unshare-pid") && a.contains("--unshare-net"),
+            "{a}"
+        );
+        assert!(a.contains("--cap-drop ALL --cap-add CAP_SETUID --cap-add CAP_SETGID"));
+        let a = base_args(&net, true).join(" ");
+        assert!(!a.contains("--unshare-net"), "{a}");
+    }
+
+    #[test]
+    fn the_way_to_a_hidden_bind_is_open() {
+        let (mut a, mut made) = (Vec::new(), Vec::new());
+        way_to(&mut a, &mut made, Path::new("/root/.pyenv/versions/3.11.7"));
+        way_to(&mut a, &mut made, Path::new("/root/.pyenv/versions/3.12.1"));
+        way_to(&mut a, &mut made, Path::new("/usr/lib"));
+        way_to(&mut a, &mut made, Path::new("/tmp/x"));
+        assert_eq!(
+            a.join(" "),
+            "--perms 0755 --dir /root/.pyenv --perms 0755 --dir /root/.pyenv/versions"
+        );
     }
 
     #[test]
@@ -651,7 +747,7 @@ mod tests {
         });
         let text = a.join(" ");
         assert!(text.contains("--tmpfs /root"), "{text}");
-        assert!(text.contains("--tmpfs /tmp"), "{text}");
+        assert!(text.contains("--perms 1777 --tmpfs /tmp"), "{text}");
         assert!(text.contains("--ro-bind /dev/null /etc/shadow"), "{text}");
         assert!(
             !text.contains("/home") && !text.contains("gshadow"),

@@ -175,7 +175,12 @@ fn prepare(
     let boot = code_cache::boot(argv, &setup.env);
     // Limits: the worker joins its cgroup and sets its rlimits first thing.
     let cgroup = limits::Cgroup::create(&setup.limits)?;
-    let loader = limits::prelude(&setup.limits, cgroup.as_ref()) + &boot.loader;
+    let mut loader = limits::prelude(&setup.limits, cgroup.as_ref());
+    if setup.jail.is_some() {
+        // As root, the worker gives up root itself, once in its cgroup.
+        loader.push_str(&jail::drop_root());
+    }
+    loader.push_str(&boot.loader);
     let cmd = match &setup.jail {
         Some(j) => {
             // The jail binds chdir= writable: it must exist, absolute.
