@@ -8,7 +8,7 @@ use super::*;
 ///
 /// ```text
 /// "EXNDISK1"              8 bytes
-/// key digest              32 bytes  (Key::digest: key, worker source, format)
+/// key digest              32 bytes  (Key::digest: key, unit and its source, format)
 /// version length V        4 bytes
 /// code length C           4 bytes
 /// SHA-256(version, code)  32 bytes

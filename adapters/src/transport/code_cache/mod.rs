@@ -46,6 +46,9 @@
 //!
 //! The memory layer holds at most [`MAX_ENTRIES`] interpreters (~130 KB
 //! each).
+//!
+//! `popen//fork`'s fork server (`bootstrap/forkserver.py`) is started the
+//! same way and cached the same way, as entries of its own ([`Unit`]).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -82,9 +85,39 @@ pub(crate) const FLIGHT_WAIT: Duration = Duration::from_secs(10);
 /// mid-write: pruning removes it.
 const STALE_TEMP: Duration = Duration::from_secs(600);
 
-/// What identifies "the same interpreter" for the cache.
+/// What an entry holds the compiled code of: the worker (every popen
+/// start, and each fork server), or `popen//fork`'s fork server itself
+/// (`bootstrap/forkserver.py`, ~2.3 ms to compile on CPython 3.11 here, on
+/// the path of every first fork-mode gateway of a host process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Unit {
+    Worker,
+    ForkServer,
+}
+
+impl Unit {
+    /// The compressed source the interpreter compiles.
+    fn compressed(self) -> &'static [u8] {
+        match self {
+            Unit::Worker => execnet_bootstrap::worker_compressed(),
+            Unit::ForkServer => execnet_bootstrap::forkserver_compressed(),
+        }
+    }
+
+    /// What a disk entry's digest starts with: the format and the unit.
+    fn tag(self) -> &'static [u8] {
+        match self {
+            Unit::Worker => b"execnet-rs compiled worker v1\0",
+            Unit::ForkServer => b"execnet-rs compiled fork server v1\0",
+        }
+    }
+}
+
+/// What identifies "the same interpreter" (and what it compiled) for the
+/// cache.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
+    unit: Unit,
     argv: Vec<String>,
     /// The program file, resolved (symlinks followed).
     path: PathBuf,
@@ -93,12 +126,12 @@ pub(crate) struct Key {
 }
 
 impl Key {
-    /// SHA-256 of everything the disk entry is for: this key, the worker
+    /// SHA-256 of everything the disk entry is for: this key, the unit's
     /// source and the file format.
     fn digest(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        h.update(b"execnet-rs compiled worker v1\0");
-        h.update(source_digest());
+        h.update(self.unit.tag());
+        h.update(source_digest(self.unit));
         for a in &self.argv {
             h.update((a.len() as u64).to_be_bytes());
             h.update(a.as_bytes());
@@ -115,10 +148,15 @@ impl Key {
     }
 }
 
-/// SHA-256 of the compressed worker source (what the interpreter compiles).
-fn source_digest() -> &'static [u8; 32] {
-    static D: OnceLock<[u8; 32]> = OnceLock::new();
-    D.get_or_init(|| Sha256::digest(execnet_bootstrap::worker_compressed()).into())
+/// SHA-256 of the unit's compressed source (what the interpreter compiles).
+fn source_digest(unit: Unit) -> &'static [u8; 32] {
+    static WORKER: OnceLock<[u8; 32]> = OnceLock::new();
+    static FORK_SERVER: OnceLock<[u8; 32]> = OnceLock::new();
+    let d = match unit {
+        Unit::Worker => &WORKER,
+        Unit::ForkServer => &FORK_SERVER,
+    };
+    d.get_or_init(|| Sha256::digest(unit.compressed()).into())
 }
 
 /// A worker compiled by one interpreter.
@@ -255,6 +293,7 @@ fn cache() -> &'static Cache {
 pub(crate) struct Boot {
     /// The `-c` argument.
     pub(crate) loader: String,
+    unit: Unit,
     key: Option<Key>,
 }
 
@@ -267,6 +306,7 @@ impl Boot {
         match self.key {
             Some(key) => cache().resolve(key),
             None => Start {
+                unit: self.unit,
                 header: None,
                 compiled: None,
                 learn: None,
@@ -277,6 +317,7 @@ impl Boot {
 
 /// What one start writes to its interpreter, and how its stdout is read.
 pub(crate) struct Start {
+    unit: Unit,
     /// The [`execnet_bootstrap::boot_header`]; `None`: the plain source
     /// loader runs.
     header: Option<Vec<u8>>,
@@ -288,8 +329,9 @@ pub(crate) struct Start {
 
 impl Start {
     fn cached(key: Key, c: Arc<Compiled>) -> Start {
-        let source = execnet_bootstrap::worker_compressed().len();
+        let source = key.unit.compressed().len();
         Start {
+            unit: key.unit,
             header: Some(execnet_bootstrap::boot_header(
                 c.code.len(),
                 &c.version,
@@ -301,8 +343,9 @@ impl Start {
     }
 
     fn learn(key: Key, ticket: Option<Ticket>) -> Start {
-        let source = execnet_bootstrap::worker_compressed().len();
+        let source = key.unit.compressed().len();
         Start {
+            unit: key.unit,
             header: Some(execnet_bootstrap::boot_header(0, "", source)),
             compiled: None,
             learn: Some((key, ticket)),
@@ -318,7 +361,7 @@ impl Start {
         if let Some(c) = &self.compiled {
             parts.push(&c.code);
         }
-        parts.push(execnet_bootstrap::worker_compressed());
+        parts.push(self.unit.compressed());
         parts
     }
 
@@ -336,10 +379,16 @@ impl Start {
 /// Plans the start of `argv` (the interpreter's command line, without the
 /// worker arguments) with `env` added to its environment.
 pub(crate) fn boot(argv: &[String], env: &[(String, String)]) -> Boot {
+    boot_unit(Unit::Worker, argv, env)
+}
+
+/// Like [`boot`], for what `unit` is.
+pub(crate) fn boot_unit(unit: Unit, argv: &[String], env: &[(String, String)]) -> Boot {
     let Some((path, program)) = argv.first().and_then(|p| program_id(p, env)) else {
         // Not found: the spawn will say so; nothing to key a cache entry on.
         return Boot {
-            loader: super::process::source_loader(),
+            loader: execnet_bootstrap::loader(unit.compressed().len()),
+            unit,
             key: None,
         };
     };
@@ -347,7 +396,9 @@ pub(crate) fn boot(argv: &[String], env: &[(String, String)]) -> Boot {
     // loader's version check covers what it could change.
     Boot {
         loader: execnet_bootstrap::boot_loader().to_string(),
+        unit,
         key: Some(Key {
+            unit,
             argv: argv.to_vec(),
             path,
             program,

@@ -20,6 +20,7 @@ fn own_cache(disk: Option<&Path>) -> &'static Cache {
 
 fn test_key(tag: &str) -> Key {
     Key {
+        unit: Unit::Worker,
         argv: vec![format!("test-{tag}")],
         path: PathBuf::from("/nonexistent"),
         program: (0, 0, 0, 0),
