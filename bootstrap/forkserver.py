@@ -5,16 +5,21 @@
 # forks a ready worker per request, so each further gateway costs a fork, not an
 # interpreter start and a compile.
 #
-# Start: the host runs  python [-B] -u -c "import sys,zlib;exec(zlib.decompress(
-# sys.stdin.buffer.read(N)))"  with stdin a unix stream socket (the control
-# connection), stdout /dev/null and stderr its own. It writes this file
-# zlib-compressed (N bytes), then what a popen start's boot loader reads (see
-# execnet_bootstrap::boot_loader): a line "K S VERSION_HEX", K bytes of the
-# worker compiled and marshalled by this interpreter version (K may be 0), S bytes
-# of the worker's compressed source. It sends nothing more until READY. Without
-# usable compiled code the server compiles the source and hands its code back
-# first, in a code record (b"EXNCODE1", 4-byte length and sys.version, 4-byte
-# length and marshal data), as popen's boot loader does on its stdout.
+# Start: the host runs  python [-B] -u -c BOOT_LOADER  (execnet_bootstrap::
+# boot_loader, as a popen start does) with stdin a unix stream socket (the control
+# connection), stdout a pipe and stderr its own. It writes a line "K S VERSION_HEX",
+# K bytes of this file compiled and marshalled by this interpreter version (K may
+# be 0), S bytes of this file zlib-compressed: the loader runs the compiled code if
+# it is this version's, else compiles the source and writes its code to stdout in
+# a code record (b"EXNCODE1", 4-byte length and sys.version, 4-byte length and
+# marshal data) for the host's cache. Without a cache entry to key on, the loader
+# is the plain one, "import sys,zlib;exec(zlib.decompress(sys.stdin.buffer.read(S)))",
+# and only the S bytes come. main() closes stdout first (its end tells the host
+# that no record is coming). Then the host writes the worker the same way (a line
+# "K S VERSION_HEX", K bytes of compiled worker, S bytes of its compressed source)
+# and sends nothing more until READY; without usable compiled code the server
+# compiles the worker and hands its code back in a code record on the control
+# connection, ahead of READY.
 #
 # Requests (host -> server), 16 bytes each:  b"F", flags, 6 zero bytes, token (8,
 # big-endian), with two descriptors attached (SCM_RIGHTS): the worker's stdin (read
@@ -46,6 +51,9 @@ import _struct as struct
 import select
 from collections import deque
 
+# the boot loader sets _execnet_boot in __main__ (our globals) when it loaded our
+# compiled code; load_worker sets it again for the worker: this keeps ours (tests)
+_execnet_server_boot = globals().get("_execnet_boot") is True
 TAIL = 8192  # stderr bytes kept per worker for its exit report
 REQUEST = 16
 HDR = struct.Struct(">cQI")
@@ -377,11 +385,14 @@ class Server(object):
 
 
 def main():
+    # stdout was the loader's (our code record, if it compiled): its end tells the
+    # host that nothing more comes there
+    dn = os.open(os.devnull, os.O_RDWR)
+    os.dup2(dn, 1)
     ctl = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, os.dup(0))
     worker = load_worker(sys.stdin.buffer, ctl)
     # the control connection moves off fd 0 (fd 0 becomes /dev/null); everything
     # the loader read through sys.stdin.buffer was the start's, nothing is buffered
-    dn = os.open(os.devnull, os.O_RDWR)
     os.dup2(dn, 0)
     os.close(dn)
     Server(ctl, worker).serve()

@@ -564,27 +564,33 @@ fn the_host_killed_takes_its_server_and_workers_along() {
 /// Run by [`the_fork_server_and_popen_share_the_compiled_worker`] in a
 /// fresh process (empty memory cache, no disk cache): prints, for a fork
 /// worker, then a popen worker, then a worker of a second fork server,
-/// whether its interpreter loaded compiled code (`__main__._execnet_boot`).
+/// whether its interpreter loaded compiled code (`__main__._execnet_boot`);
+/// then, for the two fork servers, whether each loaded its own compiled
+/// code (`__main__._execnet_server_boot`).
 #[test]
 #[ignore = "a helper: run in a child process by the_fork_server_and_popen_share_the_compiled_worker"]
 fn fork_cache_helper() {
     if std::env::var_os("EXECNET_FORK_CACHE_HELPER").is_none() {
         return;
     }
-    let boot = |spec: &str| -> bool {
+    let boot = |spec: &str| -> (bool, bool) {
         let gw = makegateway(spec).unwrap();
-        let b: bool = gw
-            .remote_exec("import __main__; channel.send(getattr(__main__, '_execnet_boot', False))")
+        let b: (bool, bool) = gw
+            .remote_exec(
+                "import __main__; channel.send((getattr(__main__, '_execnet_boot', False), \
+                 getattr(__main__, '_execnet_server_boot', False)))",
+            )
             .unwrap()
             .receive()
             .unwrap();
         gw.exit().unwrap();
         b
     };
-    let first = boot("popen//fork//python=/usr/bin/python3//env:EXECNET_FORK_TEST=c1");
-    let popen = boot("popen//python=/usr/bin/python3");
-    let second = boot("popen//fork//python=/usr/bin/python3//env:EXECNET_FORK_TEST=c2");
+    let (first, server1) = boot("popen//fork//python=/usr/bin/python3//env:EXECNET_FORK_TEST=c1");
+    let (popen, _) = boot("popen//python=/usr/bin/python3");
+    let (second, server2) = boot("popen//fork//python=/usr/bin/python3//env:EXECNET_FORK_TEST=c2");
     println!("BOOT {first} {popen} {second}");
+    println!("SERVER_BOOT {server1} {server2}");
 }
 
 #[test]
@@ -609,5 +615,9 @@ fn the_fork_server_and_popen_share_the_compiled_worker() {
         // The first server compiles and hands its code back; popen and the
         // next server load it.
         assert_eq!(line, "BOOT false true true");
+        // The same for the fork server's own code (the loader's code
+        // record on the server's stdout).
+        let servers = stdout.lines().find(|l| l.starts_with("SERVER_BOOT "));
+        assert_eq!(servers, Some("SERVER_BOOT false true"), "{stdout}");
     })
 }

@@ -6,9 +6,11 @@
 //! `dont_write_bytecode`; the [`ServerKey`]). It is
 //! `bootstrap/forkserver.py`, started like a popen worker (same loader, same
 //! `chdir`/`nice` prelude, same environment) but with its stdin a unix
-//! socket to us, the *control connection*. It loads the worker once (the
-//! compiled code of `code_cache/` when there is some; otherwise it
-//! compiles and hands its code back to that cache); then,
+//! socket to us, the *control connection*. Its own code comes from
+//! `code_cache/` too (a loader that compiled writes the record to the
+//! server's stdout, a pipe the report thread drains). It loads the worker
+//! once (the compiled code of `code_cache/` when there is some; otherwise
+//! it compiles and hands its code back to that cache); then,
 //! per gateway, we make the two pipes of the protocol (its stdin and
 //! stdout), send their far ends over the control connection
 //! (`SCM_RIGHTS`), and the server forks: the child gets its own session and
@@ -244,18 +246,26 @@ impl Server {
             // The claim refuses jail and limits for fork specs.
             ..Default::default()
         };
-        // The worker goes to the server as to a popen start's boot loader:
-        // compiled code from the cache when there is some, else the source,
-        // and the server hands the code it compiled back (ahead of READY).
+        // The server itself starts as a popen worker does, through the
+        // boot loader: its compiled code from the cache when there is some
+        // (compiling it cost ~2.3 ms of every first fork-mode start), else
+        // its source, and then the loader writes the code it compiled to
+        // its stdout, a pipe of ours (read by the report thread until the
+        // server closes it, first thing).
+        let server_boot = code_cache::boot_unit(code_cache::Unit::ForkServer, &key.argv, &key.env);
+        // The worker goes to the server the same way, and the server hands
+        // the code it compiled back on the control connection (ahead of
+        // READY).
         let boot = code_cache::boot(&key.argv, &key.env);
         let cacheable = boot.loader == execnet_bootstrap::boot_loader();
-        let source = execnet_bootstrap::forkserver_compressed();
+        let (record, record_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(std::io::Error::from)?;
         let mut cmd = Command::new(program);
         cmd.args(pre_args)
-            .args(setup.interpreter_args(&execnet_bootstrap::loader(source.len())))
+            .args(setup.interpreter_args(&server_boot.loader))
             .envs(key.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(record_w))
             .stderr(Stdio::piped());
         {
             use std::os::unix::process::CommandExt;
@@ -264,9 +274,10 @@ impl Server {
             cmd.process_group(0);
         }
         let mut child = cmd.spawn().map_err(|e| process::spawn_error(e, &python))?;
-        // The command holds our copy of the server's end of the control
-        // connection: while it lives, a server that dies at once would not
-        // be seen to (no end of file until the ready wait runs out).
+        // The command holds our copies of the server's end of the control
+        // connection and of its stdout: while it lives, a server that dies
+        // at once would not be seen to (no end of file until the ready wait
+        // runs out).
         drop(cmd);
         let stderr = child.stderr.take();
         // The server's own stderr (its traces, a crash) is kept for errors,
@@ -289,6 +300,7 @@ impl Server {
         let started = Instant::now();
         // May wait (bounded) for another start of this interpreter that is
         // compiling; the server starts meanwhile.
+        let server_start = server_boot.resolve();
         let start = boot.resolve();
         let worker = execnet_bootstrap::worker_compressed();
         let plain_header;
@@ -302,8 +314,13 @@ impl Server {
         };
         let sent = ours
             .set_write_timeout(Some(STARTUP_TIMEOUT))
-            .and_then(|()| (&ours).write_all(source))
-            .and_then(|()| parts.iter().try_for_each(|p| (&ours).write_all(p)));
+            .and_then(|()| {
+                server_start
+                    .payload()
+                    .iter()
+                    .chain(&parts)
+                    .try_for_each(|p| (&ours).write_all(p))
+            });
         if let Err(e) = sent {
             return Err(fail(format!("writing its source: {e}")));
         }
@@ -311,11 +328,19 @@ impl Server {
         let reader = ours.try_clone().and_then(|r| {
             // Takes the code record (if any) off the front of the reports.
             let r = start.reader(r);
+            // The server's own code record (if its loader compiled), cached
+            // as the stream ends: the server closes it before it loads the
+            // worker, and the kill of a failed start closes it too.
+            let mut record = server_start.reader(File::from(record));
             let reports = reports.clone();
             let server_process = process.clone();
             std::thread::Builder::new()
                 .name(format!("execnet-fork-{pid}"))
                 .spawn(move || {
+                    // Nothing else is written there: what is not a record is
+                    // dropped.
+                    let _ = std::io::copy(&mut record, &mut std::io::sink());
+                    drop(record);
                     let why = read_reports(r, &reports);
                     // Without its control connection the server is of no
                     // use (it exits at its end): reap it now, not when its
