@@ -65,7 +65,13 @@
 //! candidate, at once if anyone may need input (a waiter, a callback, a
 //! shutdown), else after at most [`READER_GRACE`] (unattended output, EOF).
 //! So every byte is read by someone whenever anyone waits or a callback is
-//! set, and the reader thread sleeps in `read` when the gateway is idle.
+//! set. Where the transport has a descriptor to poll
+//! (`PeerControl::readable_fd`: popen, ssh, socket, fork) the reader thread
+//! waits for input in one poll on it and on its wake-up descriptor
+//! (`wake.rs`), which a new candidate signals: it stands back at once even
+//! while no input arrives, and an idle gateway's reader sleeps without
+//! waking. While a leader holds the token for longer than
+//! [`READER_GRACE`] the reader thread sleeps too, until the release.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -87,10 +93,12 @@ mod dispatch;
 mod reading;
 mod termination;
 mod waiting;
+mod wake;
 mod writing;
 
 use reading::ReadToken;
 pub(crate) use waiting::listen_until;
+use wake::Wake;
 
 /// Bytes taken from the session per write.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -102,8 +110,10 @@ const REAP_ON_EOF: Duration = Duration::from_secs(1);
 /// waits (so that the next blocking receive can lead).
 const READER_GRACE: Duration = Duration::from_millis(2);
 /// How long the reader thread waits for input at a time, on a transport
-/// that can poll, before it looks whether a blocking receiver waits to read
-/// itself (then it gives the token away).
+/// that can tell when input waits (`PeerControl::wait_readable`) but has no
+/// descriptor to poll with the wake-up descriptor (or when none could be
+/// made), before it looks whether a blocking receiver waits to read itself
+/// (then it gives the token away).
 const READER_POLL: Duration = Duration::from_millis(20);
 
 thread_local! {
@@ -205,6 +215,9 @@ pub(crate) struct Driver {
     /// (`PeerControl::wait_readable`): a blocking receive with a deadline
     /// may then lead, its read bounded by the deadline.
     lead_with_deadline: bool,
+    /// The reader thread's wake-up descriptor (`wake.rs`), when the
+    /// transport has a descriptor to poll (`PeerControl::readable_fd`).
+    wake: Option<Wake>,
     output: Mutex<OutputSink>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     reader_id: OnceLock<std::thread::ThreadId>,
@@ -236,6 +249,18 @@ struct State {
     ready: Option<WorkerInfo>,
     status_replies: HashMap<u64, Status>,
     reading: bool,
+    /// How often the read token was taken (the reader thread waits for a
+    /// leader's release without a timeout once it stops changing hands).
+    token_takes: u64,
+    /// The reader thread waits for the token's release without a timeout:
+    /// the release must wake it.
+    reader_parked: bool,
+    /// The reader thread holds the token and polls (or is about to poll)
+    /// the transport and the wake-up descriptor: a new candidate signals
+    /// the descriptor.
+    reader_polling: bool,
+    /// The wake-up descriptor was signalled and is not drained yet.
+    woken: bool,
     candidates: usize,
     waiters: usize,
     callbacks: usize,
@@ -329,6 +354,10 @@ impl Driver {
         let lead_with_deadline = control
             .as_deref()
             .is_some_and(|c| c.wait_readable(Duration::ZERO).is_some());
+        let wake = control
+            .as_deref()
+            .and_then(PeerControl::readable_fd)
+            .and_then(|_| Wake::new());
         let driver = Arc::new(Driver {
             state: Mutex::new(State {
                 session,
@@ -348,6 +377,10 @@ impl Driver {
                 finished: None,
                 // The reader thread starts with the token.
                 reading: true,
+                token_takes: 1,
+                reader_parked: false,
+                reader_polling: false,
+                woken: false,
                 candidates: 0,
                 waiters: 0,
                 callbacks: 0,
@@ -364,6 +397,7 @@ impl Driver {
             writer: Mutex::new(writer),
             control,
             lead_with_deadline,
+            wake,
             output: Mutex::new(output),
             threads: Mutex::new(Vec::new()),
             reader_id: OnceLock::new(),

@@ -10,7 +10,20 @@ use super::{
     REAP_ON_EOF,
 };
 use crate::error::Error;
-use crate::sync::{lock, wait_timeout};
+use crate::sync::{lock, wait, wait_timeout};
+use crate::transport;
+
+/// What a read waits for before it reads.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Nothing: it reads at once (and blocks in `read`).
+    Input,
+    /// Input, until this deadline (`PeerControl::wait_readable`).
+    Deadline(Instant),
+    /// Input or a candidate (the reader thread: the transport's descriptor
+    /// and the wake-up descriptor in one poll, without a timeout).
+    InputOrCandidate,
+}
 
 /// The read token, held by this thread (see the module comment). Dropping
 /// it (a panic in a callback) gives it back.
@@ -25,6 +38,7 @@ impl<'a> ReadToken<'a> {
     pub(super) fn take(driver: &'a Driver, st: &mut State) -> ReadToken<'a> {
         debug_assert!(!st.reading);
         st.reading = true;
+        st.token_takes = st.token_takes.wrapping_add(1);
         Self::held(driver)
     }
 
@@ -66,17 +80,8 @@ impl Driver {
         loop {
             if let Some(t) = token.take() {
                 // Read until the end, or until a candidate wants the token.
-                // Where the transport can poll, the wait for input is cut
-                // every READER_POLL, so that a candidate (a blocking
-                // receive, maybe a Python main thread that must see Ctrl-C)
-                // takes over even while no input arrives.
                 loop {
-                    let more = if self.lead_with_deadline {
-                        self.read_once_until(Some(Instant::now() + READER_POLL))
-                            .unwrap_or(true)
-                    } else {
-                        self.read_once()
-                    };
+                    let more = self.read_for_reader_thread();
                     let mut st = lock(&self.state);
                     if !more || st.candidates > 0 {
                         t.release(&mut st);
@@ -102,9 +107,48 @@ impl Driver {
                     }
                     continue;
                 }
-                st = wait_timeout(&self.read_cv, st, READER_GRACE).0;
+                if !st.reading {
+                    // A candidate is about to take the free token.
+                    st = wait_timeout(&self.read_cv, st, READER_GRACE).0;
+                    continue;
+                }
+                // A leader reads. While the token changes hands (a
+                // ping-pong of blocking receives) look every READER_GRACE,
+                // as a release then wakes nobody; once it stayed with one
+                // leader for that long (a receive waiting on a silent
+                // worker), sleep until its release wakes us.
+                let takes = st.token_takes;
+                let (g, timed_out) = wait_timeout(&self.read_cv, st, READER_GRACE);
+                st = g;
+                if timed_out && st.reading && st.token_takes == takes {
+                    st.reader_parked = true;
+                    while st.reader_parked && !st.reader_done && !st.shutdown {
+                        st = wait(&self.read_cv, st);
+                    }
+                    st.reader_parked = false;
+                }
             }
             token = Some(ReadToken::take(&self, &mut st));
+        }
+    }
+
+    /// The reader thread's read, with the token: returns after input was
+    /// fed, at the end of the stream (`false`), or, where the transport
+    /// polls, when a candidate may want the token (nothing read).
+    fn read_for_reader_thread(&self) -> bool {
+        if self.wake.is_some() {
+            // Sleeps until input or a candidate (the wake-up descriptor).
+            self.read_once_with(Until::InputOrCandidate).unwrap_or(true)
+        } else if self.lead_with_deadline {
+            // A transport that can tell when input waits but gave no
+            // descriptor to poll with ours: look for candidates every
+            // READER_POLL, so that one takes over even while no input
+            // arrives.
+            self.read_once_until(Some(Instant::now() + READER_POLL))
+                .unwrap_or(true)
+        } else {
+            // Nothing to poll: a candidate takes over after the next input.
+            self.read_once()
         }
     }
 
@@ -118,8 +162,21 @@ impl Driver {
         st.reading = false;
         if st.candidates > 0 {
             self.token_event.notify(usize::MAX);
-        } else if Self::input_needed(st) || st.reader_done {
+        } else if Self::input_needed(st) || st.reader_done || st.reader_parked {
+            st.reader_parked = false;
             self.read_cv.notify_one();
+        }
+    }
+
+    /// A candidate registered (under the lock): if the reader thread holds
+    /// the token and sleeps in its poll, wake it so that it gives the token
+    /// away now rather than at the next input.
+    pub(super) fn candidate_arrived(&self, st: &mut State) {
+        if st.reader_polling && !st.woken {
+            if let Some(wake) = &self.wake {
+                wake.signal();
+                st.woken = true;
+            }
         }
     }
 
@@ -145,6 +202,16 @@ impl Driver {
     /// can wait without reading (`Driver::lead_with_deadline`). A signal
     /// that interrupts it ends the read of an interruptible wait at once.
     pub(super) fn read_once_until(&self, deadline: Option<Instant>) -> Option<bool> {
+        self.read_once_with(match deadline {
+            Some(d) => Until::Deadline(d),
+            None => Until::Input,
+        })
+    }
+
+    /// One read, after a wait for input as `until` says: `None` when the
+    /// wait ended with nothing to read (a deadline passed, a candidate
+    /// appeared), else as [`read_once`](Self::read_once).
+    fn read_once_with(&self, until: Until) -> Option<bool> {
         let mut side = lock(&self.source);
         let ReadSide {
             reader,
@@ -154,12 +221,9 @@ impl Driver {
         let Some(r) = reader.as_mut() else {
             return Some(false);
         };
-        if let (Some(deadline), Some(control), false) =
-            (deadline, self.control.as_deref(), *last_full)
-        {
-            // The reader is open (we hold it), so the peer's descriptor is
-            // too.
-            loop {
+        // The reader is open (we hold it), so the peer's descriptor is too.
+        match (until, self.control.as_deref(), *last_full) {
+            (Until::Deadline(deadline), Some(control), false) => loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match control.wait_readable(left) {
                     Some(true) | None => break,
@@ -172,7 +236,33 @@ impl Driver {
                         }
                     }
                 }
+            },
+            (Until::InputOrCandidate, Some(control), false) => {
+                if let (Some(fd), Some(wake)) = (control.readable_fd(), &self.wake) {
+                    {
+                        let mut st = lock(&self.state);
+                        if st.candidates > 0 {
+                            return None;
+                        }
+                        st.reader_polling = true;
+                    }
+                    // No timeout: input, its end, or a candidate
+                    // (`candidate_arrived`) ends it.
+                    let polled = transport::poll_input(fd, Some(wake.fd()), None);
+                    {
+                        let mut st = lock(&self.state);
+                        st.reader_polling = false;
+                        if std::mem::take(&mut st.woken) {
+                            wake.drain();
+                        }
+                    }
+                    if !polled.input {
+                        // A candidate, or a signal: the caller looks.
+                        return None;
+                    }
+                }
             }
+            _ => {}
         }
         let n = loop {
             match r.read(buf) {

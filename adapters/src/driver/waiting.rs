@@ -23,6 +23,7 @@ impl Registration<'_> {
         self.kind = Some(candidate);
         if candidate {
             st.candidates += 1;
+            self.driver.candidate_arrived(st);
         } else {
             st.waiters += 1;
             self.driver.input_wanted(st);

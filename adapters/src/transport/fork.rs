@@ -445,7 +445,7 @@ impl Server {
         let control = ForkWorker {
             server: self.clone(),
             token,
-            // A duplicate of the worker's stdout to poll (`wait_readable`);
+            // A duplicate of the worker's stdout to poll (`readable_fd`);
             // best effort: without it, receives with a deadline do not lead.
             stdout: out_r.try_clone().ok(),
         };
@@ -774,9 +774,8 @@ impl PeerControl for ForkWorker {
         }
     }
 
-    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
-        let fd = self.stdout.as_ref()?;
-        Some(super::process::poll_readable(fd.as_fd(), timeout))
+    fn readable_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.stdout.as_ref().map(AsFd::as_fd)
     }
 
     fn stderr_tail(&self, timeout: Duration) -> String {

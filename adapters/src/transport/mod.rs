@@ -41,6 +41,7 @@ pub use worker_setup::WorkerSetup;
 
 use std::future::Future;
 use std::io::{Read, Write};
+use std::os::fd::BorrowedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -266,15 +267,87 @@ pub trait PeerControl: Send + Sync {
     fn annotate_remote_error(&self, text: String) -> String {
         text
     }
+    /// The descriptor whose readability shows that the transport's reader
+    /// has input (or its end) to deliver: the worker's stdout, the socket.
+    /// `None` when there is none (a relay, an in-memory stream). With one,
+    /// the driver's reader thread sleeps in a poll on it and on a wake-up
+    /// descriptor of its own until input arrives or a blocking receiver
+    /// wants to read itself, and a receive with a deadline may read the
+    /// transport itself (see [`wait_readable`](Self::wait_readable)).
+    /// It must stay open as long as the reader is.
+    fn readable_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
     /// Waits at most `timeout` until the transport's reader has input (or
     /// its end) to deliver, without reading: `Some(true)` when it has,
     /// `Some(false)` when the time ran out or a signal interrupted the wait,
     /// `None` when this transport cannot tell. The driver calls it, while
     /// the reader is open, so that a receive with a deadline can read the
     /// transport itself (leader/follower) without waiting past its
-    /// deadline; with `None` such a receive waits for another reader.
+    /// deadline; with `None` such a receive waits for another reader. The
+    /// default polls [`readable_fd`](Self::readable_fd); a transport
+    /// without a descriptor that can still tell may implement it instead
+    /// (its reader thread then looks for blocking receivers every 20 ms).
     fn wait_readable(&self, timeout: Duration) -> Option<bool> {
-        let _ = timeout;
-        None
+        let fd = self.readable_fd()?;
+        Some(poll_input(fd, None, Some(timeout)).input)
+    }
+}
+
+/// What [`poll_input`] saw. Neither: the time ran out, or a signal
+/// interrupted the wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Polled {
+    /// `input` is readable (input, its end, or an error the read will
+    /// report).
+    pub input: bool,
+    /// `wake` is readable.
+    pub woken: bool,
+}
+
+/// Waits until `input` or `wake` (if any) is readable, at most `timeout`
+/// (`None`: without a limit). Returns early, with nothing seen, when a
+/// signal interrupts the wait (the caller decides whether to wait again).
+pub(crate) fn poll_input(
+    input: BorrowedFd<'_>,
+    wake: Option<BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) -> Polled {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let ts = timeout.map(|t| {
+        Timespec::try_from(t).unwrap_or(Timespec {
+            tv_sec: i64::from(i32::MAX),
+            tv_nsec: 0,
+        })
+    });
+    let mut both;
+    let mut one;
+    let fds: &mut [PollFd<'_>] = match wake {
+        Some(w) => {
+            both = [
+                PollFd::from_borrowed_fd(input, PollFlags::IN),
+                PollFd::from_borrowed_fd(w, PollFlags::IN),
+            ];
+            &mut both
+        }
+        None => {
+            one = [PollFd::from_borrowed_fd(input, PollFlags::IN)];
+            &mut one
+        }
+    };
+    match poll(fds, ts.as_ref()) {
+        Ok(0) | Err(rustix::io::Errno::INTR) => Polled {
+            input: false,
+            woken: false,
+        },
+        // Readable, hung up, or an error the read itself will report.
+        Ok(_) => Polled {
+            input: !fds[0].revents().is_empty(),
+            woken: fds.get(1).is_some_and(|w| !w.revents().is_empty()),
+        },
+        Err(_) => Polled {
+            input: true,
+            woken: false,
+        },
     }
 }

@@ -80,8 +80,9 @@ pub(crate) fn spawn(mut cmd: Command, program: &str, passthrough: bool) -> Resul
     let mut control = ProcessControl::new(child, stderr, passthrough);
     {
         use std::os::fd::AsFd;
-        // A duplicate of stdout to poll (`wait_readable`); best effort:
-        // without it, receives with a deadline do not lead.
+        // A duplicate of stdout to poll (`readable_fd`); best effort:
+        // without it, receives with a deadline do not lead and the reader
+        // thread blocks in `read`.
         control.stdout = stdout
             .as_ref()
             .and_then(|s| s.as_fd().try_clone_to_owned().ok());
@@ -211,25 +212,8 @@ impl<T: PeerControl> PeerControl for Shared<T> {
     fn stderr_tail(&self, timeout: Duration) -> String {
         self.0.stderr_tail(timeout)
     }
-    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
-        self.0.wait_readable(timeout)
-    }
-}
-
-/// Waits at most `timeout` for `fd` to be readable (input or its end):
-/// `false` when the time ran out or a signal interrupted the wait (the
-/// caller decides whether to wait again).
-pub(crate) fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
-        tv_sec: i64::from(i32::MAX),
-        tv_nsec: 0,
-    });
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    match poll(&mut fds, Some(&ts)) {
-        Ok(0) | Err(rustix::io::Errno::INTR) => false,
-        // Readable, hung up, or an error the read itself will report.
-        _ => true,
+    fn readable_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.0.readable_fd()
     }
 }
 
@@ -323,10 +307,9 @@ impl PeerControl for ProcessControl {
         self.stderr.wait_done(timeout);
         self.stderr.text()
     }
-    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
+    fn readable_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        let fd = self.stdout.as_ref()?;
-        Some(poll_readable(fd.as_fd(), timeout))
+        self.stdout.as_ref().map(AsFd::as_fd)
     }
 }
 

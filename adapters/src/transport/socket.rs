@@ -405,12 +405,9 @@ impl PeerControl for SocketControl {
             self.0.address
         )
     }
-    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
+    fn readable_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        Some(super::process::poll_readable(
-            self.0.stream.as_fd(),
-            timeout,
-        ))
+        Some(self.0.stream.as_fd())
     }
 }
 

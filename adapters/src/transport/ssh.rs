@@ -333,8 +333,8 @@ impl PeerControl for SshControl {
     fn stderr_tail(&self, timeout: Duration) -> String {
         self.process.stderr_tail(timeout)
     }
-    fn wait_readable(&self, timeout: Duration) -> Option<bool> {
-        self.process.wait_readable(timeout)
+    fn readable_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.process.readable_fd()
     }
 }
 
