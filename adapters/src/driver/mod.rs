@@ -255,10 +255,9 @@ struct State {
     /// The reader thread waits for the token's release without a timeout:
     /// the release must wake it.
     reader_parked: bool,
-    /// The reader thread holds the token and polls (or is about to poll)
-    /// the transport and the wake-up descriptor: a new candidate signals
-    /// the descriptor.
-    reader_polling: bool,
+    /// The reader thread holds the token (and waits for input in a poll
+    /// with the wake-up descriptor): a new candidate signals the descriptor.
+    reader_has_token: bool,
     /// The wake-up descriptor was signalled and is not drained yet.
     woken: bool,
     candidates: usize,
@@ -379,7 +378,7 @@ impl Driver {
                 reading: true,
                 token_takes: 1,
                 reader_parked: false,
-                reader_polling: false,
+                reader_has_token: true,
                 woken: false,
                 candidates: 0,
                 waiters: 0,

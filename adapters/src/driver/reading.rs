@@ -83,6 +83,14 @@ impl Driver {
                 loop {
                     let more = self.read_for_reader_thread();
                     let mut st = lock(&self.state);
+                    if st.woken {
+                        // A candidate signalled: it is served below, or it
+                        // is gone already (then the next poll must block).
+                        if let Some(wake) = &self.wake {
+                            wake.drain();
+                        }
+                        st.woken = false;
+                    }
                     if !more || st.candidates > 0 {
                         t.release(&mut st);
                         break;
@@ -129,6 +137,7 @@ impl Driver {
                 }
             }
             token = Some(ReadToken::take(&self, &mut st));
+            st.reader_has_token = true;
         }
     }
 
@@ -160,6 +169,7 @@ impl Driver {
     /// The read token is free again (under the lock): wake who may take it.
     pub(super) fn token_released(&self, st: &mut State) {
         st.reading = false;
+        st.reader_has_token = false;
         if st.candidates > 0 {
             self.token_event.notify(usize::MAX);
         } else if Self::input_needed(st) || st.reader_done || st.reader_parked {
@@ -169,10 +179,10 @@ impl Driver {
     }
 
     /// A candidate registered (under the lock): if the reader thread holds
-    /// the token and sleeps in its poll, wake it so that it gives the token
-    /// away now rather than at the next input.
+    /// the token (and sleeps in its poll, or will poll next), wake it so
+    /// that it gives the token away now rather than at the next input.
     pub(super) fn candidate_arrived(&self, st: &mut State) {
-        if st.reader_polling && !st.woken {
+        if st.reader_has_token && !st.woken {
             if let Some(wake) = &self.wake {
                 wake.signal();
                 st.woken = true;
@@ -239,23 +249,10 @@ impl Driver {
             },
             (Until::InputOrCandidate, Some(control), false) => {
                 if let (Some(fd), Some(wake)) = (control.readable_fd(), &self.wake) {
-                    {
-                        let mut st = lock(&self.state);
-                        if st.candidates > 0 {
-                            return None;
-                        }
-                        st.reader_polling = true;
-                    }
-                    // No timeout: input, its end, or a candidate
-                    // (`candidate_arrived`) ends it.
+                    // No timeout: input, its end, or a candidate ends it
+                    // (`candidate_arrived` signals `wake` while the reader
+                    // thread holds the token; `reader_loop` drains it).
                     let polled = transport::poll_input(fd, Some(wake.fd()), None);
-                    {
-                        let mut st = lock(&self.state);
-                        st.reader_polling = false;
-                        if std::mem::take(&mut st.woken) {
-                            wake.drain();
-                        }
-                    }
                     if !polled.input {
                         // A candidate, or a signal: the caller looks.
                         return None;

@@ -4,14 +4,16 @@
 //! of waking every few milliseconds to look (50 wake-ups a second per idle
 //! gateway did that before).
 //!
-//! Protocol, all under the driver's state lock: the reader thread sets
-//! `State::reader_polling` before it polls and clears it after; whoever
-//! registers a candidate while it is set signals the descriptor once
-//! (`State::woken`), and the reader drains it when it clears the flag. So
-//! the descriptor is readable exactly while `woken` is set, a candidate
-//! that registers just before the poll still ends it (the poll is
-//! level-triggered), and a leader's poll never sees a stale wake-up (it
-//! does not poll this descriptor at all).
+//! Protocol, all under the driver's state lock: `State::reader_has_token`
+//! is set while the reader thread holds the read token; whoever registers
+//! a candidate then signals the descriptor, once (`State::woken`); the
+//! reader thread drains it where it looks for candidates after each read
+//! or wake-up (and gives the token away if one is still there). So the
+//! descriptor is readable exactly while `woken` is set, a candidate that
+//! registers just before the poll still ends it (the poll is
+//! level-triggered), the poll itself takes no lock (a sender busy under
+//! the lock never delays the reader's next read), and a leader's poll never
+//! sees a stale wake-up (it does not poll this descriptor at all).
 //!
 //! The descriptor is close-on-exec and never handed to anyone: no worker
 //! inherits it (popen, ssh, the fork server), and the fork transport's
