@@ -40,13 +40,14 @@ def wait_gone(pid, timeout=10):
 class Server(object):
     """A fork server started as the host starts it."""
 
-    def __init__(self, code=None):
-        """code: (sys.version, marshal data) to send instead of compiling."""
+    def __init__(self, code=None, pass_fds=()):
+        """code: (sys.version, marshal data) to send instead of compiling; pass_fds:
+        descriptors the server inherits."""
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-c", loader(len(FS_SOURCE))],
             stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, pass_fds=pass_fds)
         theirs.close()
         if code is None:
             head, compiled = ("0 %d -\n" % len(SOURCE)).encode(), b""
@@ -183,6 +184,38 @@ class ForkServer(unittest.TestCase):
         for token, pid, host in hosts:
             host.terminate()
             self.assertEqual(ended(s.expect(b"X", token))[:2], ("C", 0))
+
+    def test_descriptors_the_server_inherited_are_not_in_its_workers(self):
+        # a host with inheritable descriptors (high and low numbers) passes them to
+        # the server; no worker may have them, nor another worker's pipes
+        r, w = os.pipe()
+        r2, w2 = os.pipe()
+        high = 200
+        os.dup2(w2, high)
+        try:
+            s = Server(pass_fds=(r, high))
+        finally:
+            for fd in (r, w, r2, w2, high):
+                os.close(fd)
+        try:
+            theirs = set(os.readlink("/proc/%d/fd/%d" % (s.proc.pid, fd)) for fd in (r, high))
+            self.assertEqual(len(theirs), 2)
+            hosts = [s.fork() for _ in range(3)]
+            for token, pid, host in hosts:
+                fds = run(host, "import os; channel.send(sorted(os.listdir('/proc/self/fd')))")
+                links = set()
+                for fd in fds:
+                    try:
+                        links.add(os.readlink("/proc/%d/fd/%s" % (pid, fd)))
+                    except OSError:
+                        pass  # listdir's own descriptor
+                self.assertFalse(links & theirs, (fds, links))
+                self.assertNotIn(str(high), fds)
+            for token, pid, host in hosts:
+                host.terminate()
+                self.assertEqual(ended(s.expect(b"X", token))[:2], ("C", 0))
+        finally:
+            s.close()
 
     def test_a_killed_worker_is_reported_with_its_stderr_tail(self):
         s = self.server
