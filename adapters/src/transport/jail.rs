@@ -629,14 +629,20 @@ struct Resolved {
     prefixes: Vec<PathBuf>,
 }
 
-/// Asks `python` once per process where it lives (~20-50 ms, the first
-/// jailed start of that interpreter only). An interpreter that cannot
-/// answer is run as given (its start then fails with its own error).
+/// Where `python` lives, once per process: from the filesystem when that
+/// settles it ([`resolve_from_files`]: nothing of it is hidden), else by
+/// asking the interpreter (~10-50 ms, the first jailed start of that
+/// interpreter only). An interpreter that cannot answer is run as given
+/// (its start then fails with its own error).
 fn resolve(python: &str) -> Resolved {
     static CACHE: OnceLock<Mutex<HashMap<String, Resolved>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(r) = lock(cache).get(python) {
         return r.clone();
+    }
+    if let Some(r) = resolve_from_files(python) {
+        lock(cache).insert(python.to_string(), r.clone());
+        return r;
     }
     let fallback = Resolved {
         executable: python.to_string(),
@@ -679,6 +685,60 @@ fn resolve(python: &str) -> Resolved {
     };
     lock(cache).insert(python.to_string(), r.clone());
     r
+}
+
+/// `python` as it is, with nothing to bind back, when the filesystem
+/// shows that no part of its installation can lie under a hidden path:
+/// an absolute path that is not hidden, nor is the file it resolves to,
+/// named `pythonX.Y` (so that its version is known); no `pyvenv.cfg`
+/// beside it or one directory up (a virtual environment takes its base
+/// installation from there, which may be hidden); and its standard library
+/// (`lib/pythonX.Y/os.py`, or `lib64/…`) in a directory above the resolved
+/// file: the interpreter searches upwards from its executable for exactly
+/// that landmark to find its prefixes, which are then directories above
+/// paths that are not hidden, so not hidden either. `None` (ask the
+/// interpreter) in every other case.
+fn resolve_from_files(python: &str) -> Option<Resolved> {
+    let given = Path::new(python);
+    if !given.is_absolute() || is_hidden(given) {
+        return None;
+    }
+    let real = std::fs::canonicalize(given).ok()?;
+    if is_hidden(&real) || !real.is_file() {
+        return None;
+    }
+    let version = python_version(&real)?;
+    let dirs = [given.parent()?, real.parent()?];
+    let venv = dirs
+        .iter()
+        .flat_map(|d| [Some(*d), d.parent()])
+        .flatten()
+        .any(|d| d.join("pyvenv.cfg").exists());
+    let stdlib = |dir: &Path| {
+        ["lib", "lib64"].iter().any(|lib| {
+            dir.join(lib)
+                .join(format!("python{version}"))
+                .join("os.py")
+                .is_file()
+        })
+    };
+    if venv || !real.ancestors().skip(1).any(stdlib) {
+        return None;
+    }
+    Some(Resolved {
+        executable: python.to_string(),
+        prefixes: Vec::new(),
+    })
+}
+
+/// `3.11` for a file named `python3.11` (`3.13t` for `python3.13t`).
+fn python_version(file: &Path) -> Option<String> {
+    let name = file.file_name()?.to_str()?;
+    let version = name.strip_prefix("python")?;
+    let (major, minor) = version.split_once('.')?;
+    let minor = minor.strip_suffix('t').unwrap_or(minor);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(major) && digits(minor)).then(|| version.to_string())
 }
 
 /// The paths of `all` that no other path of `all` contains (sorted,
@@ -802,6 +862,43 @@ mod tests {
         assert!(is_hidden(Path::new("/tmp/venv")));
         assert!(!is_hidden(Path::new("/usr")));
         assert!(!is_hidden(Path::new("/rootfs")));
+    }
+
+    /// An installation outside the hidden paths is resolved from its files
+    /// (nothing to bind back); a virtual environment, one without a
+    /// standard library above it, or one under a hidden path is asked.
+    #[test]
+    fn interpreters_resolved_from_their_files() {
+        // Not under /tmp: that is hidden, and such a path is always asked.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(format!("jail-resolve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::write(root.join("bin/python3.99"), "").unwrap();
+        std::os::unix::fs::symlink("python3.99", root.join("bin/python3")).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        let exe = root.join("bin/python3").to_string_lossy().into_owned();
+        // No standard library above it: ask.
+        assert!(resolve_from_files(&exe).is_none());
+        std::fs::create_dir_all(root.join("lib/python3.99")).unwrap();
+        std::fs::write(root.join("lib/python3.99/os.py"), "").unwrap();
+        let r = resolve_from_files(&exe).expect("resolved from files");
+        assert_eq!(r.executable, exe);
+        assert!(r.prefixes.is_empty());
+        // A virtual environment's base may be hidden: ask.
+        std::fs::write(root.join("pyvenv.cfg"), "home = /root/x/bin\n").unwrap();
+        assert!(resolve_from_files(&exe).is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+        // Relative, or under a hidden path: ask.
+        assert!(resolve_from_files("python3").is_none());
+        assert_eq!(
+            python_version(Path::new("/x/python3.13t")).as_deref(),
+            Some("3.13t")
+        );
+        assert_eq!(python_version(Path::new("/x/python3")), None);
+        assert_eq!(python_version(Path::new("/x/pypy3.9")), None);
+        assert!(resolve_from_files("/root/.pyenv/versions/3.11.7/bin/python3").is_none());
     }
 
     /// The remote line runs in a real shell: a local `sh -c` with bwrap
