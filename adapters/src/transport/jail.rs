@@ -47,7 +47,9 @@
 //!
 //! **Checked once per process**: that `bwrap` is on `PATH`
 //! ([`Error::BubblewrapMissing`]) and that it can create its namespaces
-//! here ([`Error::NamespacesNotPermitted`], a 5 ms trial run).
+//! here ([`Error::NamespacesNotPermitted`]: a trial jail, run beside the
+//! first real one and awaited once that one has its payload, so that it
+//! costs the first start no wall time).
 //!
 //! **Spawning.** Every jail is spawned from one lasting thread
 //! (`spawn_on_lasting_thread`: `--die-with-parent` follows the spawning
@@ -144,7 +146,9 @@ pub(crate) fn prepare_chdir(dir: &Path) -> Result<PathBuf> {
 /// namespaces once, and binds the interpreter's installation back in.
 pub(crate) fn command(jail: &JailOptions, w: &Wrap<'_>) -> Result<Command> {
     let bwrap = bwrap()?;
-    check_namespaces(&bwrap)?;
+    // Started here, awaited by the caller once the jail is on its way
+    // (`namespaces_permitted`): the trial runs while the real jail starts.
+    start_namespace_check(&bwrap)?;
     for p in &jail.rw {
         if !p.exists() {
             return Err(Error::Spec(format!(
@@ -573,30 +577,98 @@ fn bwrap() -> Result<PathBuf> {
         })
 }
 
-/// Runs `bwrap` once with the jail's namespaces (`true` inside): a kernel
-/// that refuses them fails every jailed start the same way, with an error
-/// that names the cause. The outcome is kept for the process.
-fn check_namespaces(bwrap: &Path) -> Result<()> {
-    static CHECKED: OnceLock<Result<()>> = OnceLock::new();
-    CHECKED
-        .get_or_init(|| {
-            let mut argv = base_args(&JailOptions::default(), as_root());
-            argv.extend(["--", "true"].map(String::from));
-            let out = Command::new(bwrap)
-                .args(&argv)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()
-                .map_err(|e| Error::BubblewrapMissing {
-                    detail: format!("{}: {e}", bwrap.display()),
-                })?;
-            if out.status.success() {
-                return Ok(());
-            }
-            Err(classify(&String::from_utf8_lossy(&out.stderr)))
-        })
-        .clone()
+/// The outcome of the trial jail (see [`start_namespace_check`]), once
+/// known, and the condition its waiters wait on.
+struct NamespaceCheck {
+    /// `None` until the trial has ended.
+    outcome: Mutex<Option<Result<()>>>,
+    done: std::sync::Condvar,
+}
+
+fn namespace_check() -> &'static NamespaceCheck {
+    static CHECK: OnceLock<NamespaceCheck> = OnceLock::new();
+    CHECK.get_or_init(|| NamespaceCheck {
+        outcome: Mutex::new(None),
+        done: std::sync::Condvar::new(),
+    })
+}
+
+/// Starts, once per process, a trial run of `bwrap` with the jail's
+/// namespaces and mounts (`true` inside): a kernel that refuses them fails
+/// every jailed start the same way, and [`namespaces_permitted`] then
+/// turns that into an error that names the cause. The trial runs on a
+/// thread of its own, beside the first real jail (it used to run before
+/// it: 3-6 ms on the first jailed start of every process). Returns the
+/// refusal at once when an earlier trial has shown it.
+fn start_namespace_check(bwrap: &Path) -> Result<()> {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    let check = namespace_check();
+    STARTED.call_once(|| {
+        let bwrap = bwrap.to_path_buf();
+        let trial = move || {
+            let outcome = trial_jail(&bwrap);
+            *lock(&check.outcome) = Some(outcome);
+            check.done.notify_all();
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("execnet-jail-check".into())
+            .spawn(trial)
+        {
+            // No thread: the jail's own start will show what is wrong.
+            tracing::debug!(error = %e, "could not start the namespace check");
+            *lock(&check.outcome) = Some(Ok(()));
+        }
+    });
+    match &*lock(&check.outcome) {
+        Some(Err(e)) => Err(e.clone()),
+        _ => Ok(()),
+    }
+}
+
+/// Waits (at most `timeout`) for the trial jail of [`start_namespace_check`]
+/// and returns its refusal: [`Error::NamespacesNotPermitted`] (or
+/// [`Error::BubblewrapMissing`], [`Error::BootstrapFailed`] for a bwrap
+/// that cannot run at all). A jailed start calls it after handing the
+/// worker its payload, so the wait overlaps the interpreter's start; `Ok`
+/// when the trial worked, or has not ended within `timeout` (the start
+/// then shows for itself what is wrong).
+pub(crate) fn namespaces_permitted(timeout: std::time::Duration) -> Result<()> {
+    let check = namespace_check();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut outcome = lock(&check.outcome);
+    loop {
+        if let Some(r) = &*outcome {
+            return r.clone();
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            tracing::debug!("the namespace check has not ended: not waiting longer");
+            return Ok(());
+        }
+        outcome = check
+            .done
+            .wait_timeout(outcome, left)
+            .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+    }
+}
+
+/// Runs the trial jail (see [`start_namespace_check`]).
+fn trial_jail(bwrap: &Path) -> Result<()> {
+    let mut argv = base_args(&JailOptions::default(), as_root());
+    argv.extend(["--", "true"].map(String::from));
+    let out = Command::new(bwrap)
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| Error::BubblewrapMissing {
+            detail: format!("{}: {e}", bwrap.display()),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(classify(&String::from_utf8_lossy(&out.stderr)))
 }
 
 /// bwrap's complaint about namespaces, or another failure to start.

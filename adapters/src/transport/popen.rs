@@ -273,7 +273,20 @@ pub fn connect(opts: &PopenOptions) -> Result<Transport> {
     // another start of this interpreter that is compiling (single-flight)
     // while this one's interpreter starts up.
     let start = boot.resolve();
-    process::send_worker(&mut stdin, &control, &start.payload())?;
+    let sent = process::send_worker(&mut stdin, &control, &start.payload());
+    if setup.jail.is_some() {
+        // The process's trial jail ran beside this one (jail::command): a
+        // refusal of namespaces is the error to report, not this jail's end
+        // (a failed send has killed and reaped the jail already).
+        if let Err(e) = jail::namespaces_permitted(super::STARTUP_TIMEOUT) {
+            if sent.is_ok() {
+                control.kill();
+                let _ = control.wait(std::time::Duration::from_secs(1));
+            }
+            return Err(e);
+        }
+    }
+    sent?;
     let reader = start.reader(stdout);
     let control: Box<dyn PeerControl> = if setup.limits.any() {
         Box::new(limits::Limited::new(control, setup.limits, cgroup))
