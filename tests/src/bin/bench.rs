@@ -1072,8 +1072,11 @@ fn main() -> Res<()> {
         // warm-up pays the once-per-process checks (bwrap, namespaces) and
         // makes the spec's spare (jail::take_spare); each jailed start then
         // uses the spare and the next one is built in the background, which
-        // the pause after it leaves time for (not timed). The cold row gives
-        // every start a spec of its own (an env: value), so none has a spare.
+        // the pause after it leaves time for (not timed). The first-of-spec
+        // row gives every start a spec of its own (an env: value), so none
+        // has a spare. The fresh-process row pairs the first jailed start of
+        // a new host process (its one-time checks timed) with the first
+        // plain start of one, both with the compiled worker on disk.
         let have_bwrap = Command::new("bwrap")
             .arg("--version")
             .output()
@@ -1082,8 +1085,11 @@ fn main() -> Res<()> {
             let jailed = format!("{spec}//jail");
             let _ = ours_start(&jailed);
             let _ = ours_start(&jailed);
+            let first_cache = bench_cache.join("jail-first");
+            let _ = ours_first_start(&spec, &first_cache); // fills it
             let pause = || std::thread::sleep(std::time::Duration::from_millis(150));
             let (mut plain, mut warm, mut cold) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut plain_first, mut jail_first) = (Vec::new(), Vec::new());
             for i in 0..n {
                 pause();
                 plain.extend(ours_start(&spec).map_err(|e| eprintln!("ours: {e}")).ok());
@@ -1092,6 +1098,18 @@ fn main() -> Res<()> {
                 pause();
                 let once = format!("{jailed}//env:EXECNET_BENCH_COLD={i}");
                 cold.extend(ours_start(&once).map_err(|e| eprintln!("jail: {e}")).ok());
+                pause();
+                plain_first.extend(
+                    ours_first_start(&spec, &first_cache)
+                        .map_err(|e| eprintln!("ours: {e}"))
+                        .ok(),
+                );
+                pause();
+                jail_first.extend(
+                    ours_first_start(&jailed, &first_cache)
+                        .map_err(|e| eprintln!("jail: {e}"))
+                        .ok(),
+                );
             }
             let plain = median(plain);
             rows.push(Row {
@@ -1102,11 +1120,26 @@ fn main() -> Res<()> {
                 target: Target::TimesLimit(1.3, "plain popen start", plain),
             });
             rows.push(Row {
-                metric: "jailed cold start (no spare: bwrap's set-up timed)".into(),
+                metric: "jailed start, first of its spec (no spare: bwrap's set-up timed; \
+                         the process's one-time checks done)"
+                    .into(),
                 unit: Unit::Ms,
                 ours: median(cold),
                 peer: None,
                 target: Target::TimesLimit(1.3, "plain popen start", plain),
+            });
+            rows.push(Row {
+                metric: "jailed start, first of a fresh host process (its one-time checks \
+                         timed)"
+                    .into(),
+                unit: Unit::Ms,
+                ours: median(jail_first),
+                peer: None,
+                target: Target::TimesLimit(
+                    1.3,
+                    "first popen start of a fresh process",
+                    median(plain_first),
+                ),
             });
         }
         rows.push(Row {
