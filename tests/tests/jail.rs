@@ -171,7 +171,10 @@ channel.send((os.getuid(), capeff, pids,
         // Seen from the host, a process of the jail is not root (run as
         // root, no user namespace maps it there): uid and gid 65534 (or
         // the user running the tests), no capability, no_new_privs.
-        let tag = format!("{}id", std::process::id());
+        // Digits only: the tag is part of sleep's interval (`1000.TAG`);
+        // a letter made sleep exit at once, and the daemon was found only
+        // when the scan happened to catch it dying.
+        let tag = format!("{}4", std::process::id());
         let daemon = start_daemon(&gw, &tag);
         let status = std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap();
         let field = |name: &str| -> Vec<String> {
@@ -279,7 +282,8 @@ except OSError as e:
 }
 
 /// Starts a daemon (double fork, new session) in the jail and returns its
-/// host pid (found by its unique command line).
+/// host pid (found by its unique command line). `tag` must be digits: the
+/// daemon is `sleep 1000.TAG`.
 fn start_daemon(gw: &Gateway, tag: &str) -> u32 {
     let _: i64 = eval(
         gw,
