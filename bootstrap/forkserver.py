@@ -56,6 +56,8 @@ from _collections import deque  # the C module: "collections" costs ~1 ms to imp
 _execnet_server_boot = globals().get("_execnet_boot") is True
 TAIL = 8192  # stderr bytes kept per worker for its exit report
 REQUEST = 16
+BATCH = 64  # requests read before the forks start
+MSG_DONTWAIT = getattr(_socket, "MSG_DONTWAIT", 0)  # 0: one request per wake-up
 HDR = struct.Struct(">cQI")
 DEBUG = os.environ.get("EXECNET_DEBUG")
 
@@ -205,29 +207,38 @@ class Server(object):
                     return
 
     def control(self):
-        """Read (part of) a request; False at the end of the control connection."""
-        try:
-            data, anc, flags, _ = self.ctl.recvmsg(
-                REQUEST - len(self.buf), _socket.CMSG_SPACE(8 * 4))
-        except InterruptedError:
-            return True
-        except OSError as e:
-            _trace("control connection failed:", e)
-            return False
-        for level, kind, payload in anc:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                n = len(payload) // 4
-                self.fds.extend(struct.unpack("%di" % n, payload[:4 * n]))
-                self.seen(self.fds)
-        if not data:
-            self.discard_fds()
-            return False
-        self.buf += data
-        if len(self.buf) == REQUEST:
-            req, self.buf = self.buf, b""
-            fds, self.fds = self.fds, []
-            self.request(req, fds)
-        return True
+        """Read the requests that have come and serve the whole ones (a part is kept
+        for later); False at the end of the control connection."""
+        batch, alive, flags = [], True, 0
+        while len(batch) < BATCH:
+            try:
+                data, anc, _, _ = self.ctl.recvmsg(
+                    REQUEST - len(self.buf), _socket.CMSG_SPACE(8 * 4), flags)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                _trace("control connection failed:", e)
+                data, anc = b"", ()
+            for level, kind, payload in anc:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                    n = len(payload) // 4
+                    self.fds.extend(struct.unpack("%di" % n, payload[:4 * n]))
+                    self.seen(self.fds)
+            if not data:
+                self.discard_fds()
+                alive = False
+                break
+            self.buf += data
+            if len(self.buf) == REQUEST:
+                batch.append((self.buf, self.fds))
+                self.buf, self.fds = b"", []
+            if not MSG_DONTWAIT:
+                break
+            # more only if it has come already (each request is a message of its own,
+            # with its descriptors)
+            flags = MSG_DONTWAIT
+        self.requests(batch)
+        return alive
 
     def seen(self, fds):
         if self.top is not None and fds:
@@ -241,15 +252,36 @@ class Server(object):
                 pass
         self.fds = []
 
-    def request(self, req, fds):
+    def requests(self, batch):
+        """Fork a worker per request, back to back, then do the bookkeeping and send
+        the reports: what the server writes between two forks is copied (copy on
+        write) once per fork, what it writes after them once."""
+        started = [w for w in (self.fork(req, fds) for req, fds in batch) if w]
+        reports = []
+        for token, pid, er, relay in started:
+            os.set_blocking(er, False)
+            c = Child(token, pid, er, relay)
+            self.children[pid] = c
+            self.pipes[er] = c
+            self.poll.register(er, select.POLLIN)
+            _trace("forked", pid, "for token", token)
+            reports.append(HDR.pack(b"S", token, 4) + struct.pack(">I", pid))
+        if reports:
+            try:
+                self.ctl.sendall(b"".join(reports))
+            except OSError as e:
+                _trace("report failed:", e)
+
+    def fork(self, req, fds):
+        """(token, pid, stderr read end, relay) of the worker forked for a request, or
+        None (refused: reported)."""
         token = struct.unpack(">Q", req[8:16])[0]
         if req[:1] != b"F" or len(fds) != 2:
             for fd in fds:
                 os.close(fd)
             self.report(b"E", token, ("bad request %r with %d descriptors"
                                       % (req[:2], len(fds))).encode())
-            return
-        relay = bool(req[1] & 1)
+            return None
         inr, outw = fds
         try:
             er, ew = os.pipe()
@@ -258,7 +290,7 @@ class Server(object):
             os.close(inr)
             os.close(outw)
             self.report(b"E", token, ("no stderr pipe: %s" % e).encode())
-            return
+            return None
         try:
             pid = os.fork()
         except OSError as e:
@@ -272,14 +304,8 @@ class Server(object):
         if pid is None:
             os.close(er)
             self.report(b"E", token, ("fork failed: %s" % err).encode())
-            return
-        os.set_blocking(er, False)
-        c = Child(token, pid, er, relay)
-        self.children[pid] = c
-        self.pipes[er] = c
-        self.poll.register(er, select.POLLIN)
-        _trace("forked", pid, "for token", token)
-        self.report(b"S", token, struct.pack(">I", pid))
+            return None
+        return token, pid, er, bool(req[1] & 1)
 
     def child(self, inr, outw, ew):
         """In the forked child: become a worker process, never return."""

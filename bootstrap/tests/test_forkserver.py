@@ -239,6 +239,39 @@ class ForkServer(unittest.TestCase):
         host.terminate()
         s.expect(b"X", token)
 
+    def test_requests_sent_together_are_all_served(self):
+        # several requests waiting at once (the server reads them all, then forks),
+        # a bad one among them, the last one's bytes split over two sends
+        s = self.server
+        ends = []
+        for i, token in enumerate((101, 102, 103, 104)):
+            in_r, in_w = os.pipe()
+            out_r, out_w = os.pipe()
+            req = b"F\0" + b"\0" * 6 + struct.pack(">Q", token)
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", in_r, out_w))]
+            if i == 3:
+                s.ctl.sendmsg([req[:5]], rights)
+                time.sleep(0.05)
+                s.ctl.sendall(req[5:])
+            else:
+                s.ctl.sendmsg([req], rights)
+            os.close(in_r)
+            os.close(out_w)
+            ends.append((token, out_r, in_w))
+            if i == 1:
+                s.ctl.sendall(b"F\0" + b"\0" * 6 + struct.pack(">Q", 77))  # no descriptors
+        self.assertIn(b"descriptors", s.expect(b"E", 77))
+        pids = set()
+        for token, out_r, in_w in ends:
+            pid = struct.unpack(">I", s.expect(b"S", token))[0]
+            host = Host(stream=(os.fdopen(out_r, "rb", 0), os.fdopen(in_w, "wb", 0)))
+            self.assertEqual(host.hello()["pid"], pid)
+            self.assertEqual(run(host, "channel.send(21 * 2)"), 42)
+            host.terminate()
+            self.assertEqual(ended(s.expect(b"X", token))[:2], ("C", 0))
+            pids.add(pid)
+        self.assertEqual(len(pids), 4)
+
     def test_a_request_without_descriptors_is_refused(self):
         s = self.server
         s.ctl.sendall(b"F\0" + b"\0" * 6 + struct.pack(">Q", 77))
