@@ -261,16 +261,32 @@ class ForkServer(unittest.TestCase):
             if i == 1:
                 s.ctl.sendall(b"F\0" + b"\0" * 6 + struct.pack(">Q", 77))  # no descriptors
         self.assertIn(b"descriptors", s.expect(b"E", 77))
-        pids = set()
+        hosts = []
         for token, out_r, in_w in ends:
             pid = struct.unpack(">I", s.expect(b"S", token))[0]
             host = Host(stream=(os.fdopen(out_r, "rb", 0), os.fdopen(in_w, "wb", 0)))
             self.assertEqual(host.hello()["pid"], pid)
             self.assertEqual(run(host, "channel.send(21 * 2)"), 42)
+            hosts.append((token, pid, host))
+        self.assertEqual(len(set(pid for _, pid, _ in hosts)), 4)
+        # each has its own pipes only, though the others' were open in the server
+        # when it was forked
+        seen = set()
+        for token, pid, host in hosts:
+            fds = run(host, "import os; channel.send(sorted(os.listdir('/proc/self/fd')))")
+            pipes = set()
+            for fd in fds:
+                try:
+                    link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+                except OSError:
+                    continue  # listdir's own descriptor
+                if link.startswith("pipe:"):
+                    pipes.add(link)
+            self.assertFalse(pipes & seen, "a pipe of another worker is open here")
+            seen |= pipes
+        for token, pid, host in hosts:
             host.terminate()
             self.assertEqual(ended(s.expect(b"X", token))[:2], ("C", 0))
-            pids.add(pid)
-        self.assertEqual(len(pids), 4)
 
     def test_a_request_without_descriptors_is_refused(self):
         s = self.server
