@@ -548,6 +548,12 @@ impl PeerControl for Limited {
         self.inner.stderr_tail(timeout)
     }
 
+    fn readable_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        // The worker's stdout: its reader thread sleeps until input or a
+        // blocking receiver (driver/wake.rs), receives with a deadline lead.
+        self.inner.readable_fd()
+    }
+
     fn limit_exceeded(&self, status: ExitStatus) -> Option<String> {
         let _ = status;
         lock(&self.verdict).clone().flatten()
