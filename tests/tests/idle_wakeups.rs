@@ -7,7 +7,8 @@
 //! The hand-over that the periodic wake-ups used to serve is checked too:
 //! a blocking receive that starts while the reader thread waits for input
 //! takes over the reading (remote output is forwarded on the thread that
-//! reads), on every transport that polls (popen, fork, socket, ssh).
+//! reads), on every transport that polls (popen, fork, socket, ssh, and a
+//! gateway with a resource limit).
 //!
 //! The tests of this file run one at a time (`SERIAL`): they find a
 //! gateway's reader thread as the `execnet-reader` thread that was not
@@ -180,6 +181,12 @@ fn an_idle_fork_gateway_does_not_wake_its_reader() {
     bounded(LIMIT, || {
         check_transport("fork", "popen//fork//env:EXECNET_IDLE_WAKEUPS=1")
     });
+}
+
+/// A gateway with a resource limit (its control wraps the process's).
+#[test]
+fn an_idle_limited_gateway_does_not_wake_its_reader() {
+    bounded(LIMIT, || check_transport("limited", "popen//max_cpu=600"));
 }
 
 #[test]
