@@ -702,24 +702,29 @@ struct Resolved {
 }
 
 /// Where `python` lives, once per process: from the filesystem when that
-/// settles it ([`resolve_from_files`]: nothing of it is hidden), else by
-/// asking the interpreter (~10-50 ms, the first jailed start of that
-/// interpreter only). An interpreter that cannot answer is run as given
-/// (its start then fails with its own error).
+/// settles it ([`resolve_from_files`]), else by asking the interpreter
+/// ([`ask`], ~10-50 ms, the first jailed start of that interpreter only).
+/// An interpreter that cannot answer is run as given (its start then
+/// fails with its own error).
 fn resolve(python: &str) -> Resolved {
     static CACHE: OnceLock<Mutex<HashMap<String, Resolved>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(r) = lock(cache).get(python) {
         return r.clone();
     }
-    if let Some(r) = resolve_from_files(python) {
-        lock(cache).insert(python.to_string(), r.clone());
-        return r;
-    }
-    let fallback = Resolved {
-        executable: python.to_string(),
-        prefixes: Vec::new(),
-    };
+    let r = resolve_from_files(python)
+        .or_else(|| ask(python))
+        .unwrap_or_else(|| Resolved {
+            executable: python.to_string(),
+            prefixes: Vec::new(),
+        });
+    lock(cache).insert(python.to_string(), r.clone());
+    r
+}
+
+/// Runs `python` to learn its `sys.executable`, prefixes and base
+/// prefixes, and the directories of its executable.
+fn ask(python: &str) -> Option<Resolved> {
     let out = Command::new(python)
         .args([
             "-c",
@@ -728,78 +733,96 @@ fn resolve(python: &str) -> Resolved {
         ])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
-        .output();
-    let r = match out {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let lines: Vec<&str> = text.lines().collect();
-            match lines.split_first() {
-                Some((exe, prefixes)) if !exe.is_empty() => {
-                    let mut all: Vec<PathBuf> = prefixes.iter().map(PathBuf::from).collect();
-                    if let Some(dir) = std::fs::canonicalize(exe)
-                        .ok()
-                        .and_then(|p| p.parent().map(Path::to_path_buf))
-                    {
-                        all.push(dir);
-                    }
-                    if let Some(dir) = Path::new(exe).parent() {
-                        all.push(dir.to_path_buf());
-                    }
-                    Resolved {
-                        executable: (*exe).to_string(),
-                        prefixes: minimal(all),
-                    }
-                }
-                _ => fallback,
-            }
-        }
-        _ => fallback,
-    };
-    lock(cache).insert(python.to_string(), r.clone());
-    r
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let (exe, prefixes) = lines.split_first().filter(|(exe, _)| !exe.is_empty())?;
+    let mut all: Vec<PathBuf> = prefixes.iter().map(PathBuf::from).collect();
+    if let Some(dir) = std::fs::canonicalize(exe)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        all.push(dir);
+    }
+    if let Some(dir) = Path::new(exe).parent() {
+        all.push(dir.to_path_buf());
+    }
+    Some(Resolved {
+        executable: (*exe).to_string(),
+        prefixes: minimal(all),
+    })
 }
 
-/// `python` as it is, with nothing to bind back, when the filesystem
-/// shows that no part of its installation can lie under a hidden path:
-/// an absolute path that is not hidden, nor is the file it resolves to,
-/// named `pythonX.Y` (so that its version is known); no `pyvenv.cfg`
-/// beside it or one directory up (a virtual environment takes its base
-/// installation from there, which may be hidden); and its standard library
-/// (`lib/pythonX.Y/os.py`, or `lib64/…`) in a directory above the resolved
-/// file: the interpreter searches upwards from its executable for exactly
-/// that landmark to find its prefixes, which are then directories above
-/// paths that are not hidden, so not hidden either. `None` (ask the
-/// interpreter) in every other case.
+/// What [`ask`] would answer, found in the filesystem the way CPython's
+/// own start-up finds it (`Modules/getpath.py`), for the common layout
+/// only: `python` an absolute path resolving to a file named `pythonX.Y`
+/// (so the version is known), not a virtual environment (no `pyvenv.cfg`
+/// beside it or one up), no `._pth` file, build directory or stdlib zip;
+/// then `sys.prefix` is the nearest directory above the resolved file
+/// holding `lib/pythonX.Y/os.py` (or `lib64/…`, `os.pyc`), and
+/// `sys.exec_prefix` the nearest holding `lib/pythonX.Y/lib-dynload`.
+/// `None` (ask the interpreter) in every other case, which also covers
+/// names looked up on `PATH` (pyenv's shims are scripts) and PyPy.
 fn resolve_from_files(python: &str) -> Option<Resolved> {
     let given = Path::new(python);
-    if !given.is_absolute() || is_hidden(given) {
+    if !given.is_absolute() {
         return None;
     }
     let real = std::fs::canonicalize(given).ok()?;
-    if is_hidden(&real) || !real.is_file() {
+    if !real.is_file() {
         return None;
     }
     let version = python_version(&real)?;
-    let dirs = [given.parent()?, real.parent()?];
-    let venv = dirs
+    let (given_dir, real_dir) = (given.parent()?, real.parent()?);
+    let beside = |f: &Path, suffix: &str| {
+        let mut name = f.as_os_str().to_owned();
+        name.push(suffix);
+        Path::new(&name).exists()
+    };
+    let special = [given_dir, real_dir]
         .iter()
         .flat_map(|d| [Some(*d), d.parent()])
         .flatten()
-        .any(|d| d.join("pyvenv.cfg").exists());
-    let stdlib = |dir: &Path| {
-        ["lib", "lib64"].iter().any(|lib| {
-            dir.join(lib)
-                .join(format!("python{version}"))
-                .join("os.py")
-                .is_file()
-        })
-    };
-    if venv || !real.ancestors().skip(1).any(stdlib) {
+        .any(|d| d.join("pyvenv.cfg").exists())
+        || beside(given, "._pth")
+        || beside(&real, "._pth")
+        || real_dir.join("pybuilddir.txt").exists()
+        || real_dir.join("Modules/Setup.local").exists();
+    if special {
         return None;
     }
+    let in_lib = |dir: &Path, rest: &str| -> Vec<PathBuf> {
+        ["lib", "lib64"]
+            .iter()
+            .map(|l| dir.join(l).join(rest))
+            .collect()
+    };
+    let zip = format!("python{}.zip", version.replace('.', ""));
+    let stdlib = format!("python{version}");
+    let above = || real.ancestors().skip(1);
+    if above().any(|d| in_lib(d, &zip).iter().any(|p| p.exists())) {
+        return None;
+    }
+    let prefix = above().find(|d| {
+        in_lib(d, &stdlib)
+            .iter()
+            .any(|s| s.join("os.py").is_file() || s.join("os.pyc").is_file())
+    })?;
+    let exec_prefix = above().find(|d| {
+        in_lib(d, &stdlib)
+            .iter()
+            .any(|s| s.join("lib-dynload").is_dir())
+    })?;
     Some(Resolved {
         executable: python.to_string(),
-        prefixes: Vec::new(),
+        prefixes: minimal(vec![
+            prefix.to_path_buf(),
+            exec_prefix.to_path_buf(),
+            real_dir.to_path_buf(),
+            given_dir.to_path_buf(),
+        ]),
     })
 }
 
@@ -936,12 +959,11 @@ mod tests {
         assert!(!is_hidden(Path::new("/rootfs")));
     }
 
-    /// An installation outside the hidden paths is resolved from its files
-    /// (nothing to bind back); a virtual environment, one without a
-    /// standard library above it, or one under a hidden path is asked.
+    /// The common layout is resolved from its files as CPython resolves
+    /// it; a virtual environment, or one without its standard library
+    /// above it, is asked.
     #[test]
     fn interpreters_resolved_from_their_files() {
-        // Not under /tmp: that is hidden, and such a path is always asked.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target")
             .join(format!("jail-resolve-{}", std::process::id()));
@@ -953,16 +975,15 @@ mod tests {
         let exe = root.join("bin/python3").to_string_lossy().into_owned();
         // No standard library above it: ask.
         assert!(resolve_from_files(&exe).is_none());
-        std::fs::create_dir_all(root.join("lib/python3.99")).unwrap();
+        std::fs::create_dir_all(root.join("lib/python3.99/lib-dynload")).unwrap();
         std::fs::write(root.join("lib/python3.99/os.py"), "").unwrap();
         let r = resolve_from_files(&exe).expect("resolved from files");
         assert_eq!(r.executable, exe);
-        assert!(r.prefixes.is_empty());
-        // A virtual environment's base may be hidden: ask.
+        assert_eq!(r.prefixes, vec![root.clone()]);
+        // A virtual environment's base may be elsewhere: ask.
         std::fs::write(root.join("pyvenv.cfg"), "home = /root/x/bin\n").unwrap();
         assert!(resolve_from_files(&exe).is_none());
         std::fs::remove_dir_all(&root).unwrap();
-        // Relative, or under a hidden path: ask.
         assert!(resolve_from_files("python3").is_none());
         assert_eq!(
             python_version(Path::new("/x/python3.13t")).as_deref(),
@@ -970,7 +991,28 @@ mod tests {
         );
         assert_eq!(python_version(Path::new("/x/python3")), None);
         assert_eq!(python_version(Path::new("/x/pypy3.9")), None);
-        assert!(resolve_from_files("/root/.pyenv/versions/3.11.7/bin/python3").is_none());
+    }
+
+    /// Wherever the files settle it, they give what the interpreter itself
+    /// answers: every interpreter of this machine (Debian's, pyenv's under
+    /// the hidden /root) is checked both ways.
+    #[test]
+    fn the_files_agree_with_the_interpreter() {
+        let mut pythons = vec![PathBuf::from("/usr/bin/python3")];
+        if let Ok(versions) = std::fs::read_dir("/root/.pyenv/versions") {
+            pythons.extend(versions.flatten().map(|v| v.path().join("bin/python3")));
+        }
+        let mut compared = 0;
+        for py in pythons.iter().filter(|p| p.exists()) {
+            let py = py.to_string_lossy();
+            let (Some(files), Some(asked)) = (resolve_from_files(&py), ask(&py)) else {
+                continue;
+            };
+            assert_eq!(files.executable, asked.executable, "{py}");
+            assert_eq!(files.prefixes, asked.prefixes, "{py}");
+            compared += 1;
+        }
+        println!("{compared} interpreters resolved alike from files and by asking");
     }
 
     /// The remote line runs in a real shell: a local `sh -c` with bwrap
