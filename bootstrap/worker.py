@@ -7,16 +7,15 @@
 # execnet compatibility (the `execnet` module remote code imports). Thread mode:
 # executed with a __name__ other than "__main__" it only defines things; then
 # serve_thread(read_fd, write_fd) serves one gateway in the calling thread.
-# Size is start-up time: ~82 KB of source, ~22.2 KB compressed (zlib level 9).
+# Size is start-up time: ~97 KB of source, ~26.4 KB compressed (zlib level 9).
 # Env EXECNET_DEBUG=1 traces to stderr, EXECNET_DEBUG=/path appends to a file.
 import os
 import _struct as struct  # the C module: "struct" is a Python wrapper around it
 import sys
 import _thread
-import threading
 import time
-from collections import deque
-from _weakref import ref as _wref  # the C module: "weakref" costs an import
+from _collections import deque  # C modules only: "threading" and "collections" would
+from _weakref import ref as _wref  # cost ~2.5 ms of CPU per start (_Cond, _MainFinder)
 
 # ------------------------------------------------------------------ codec
 # CBOR (RFC 8949) restricted to the value model of protocol.md section 7.1.
@@ -425,6 +424,79 @@ class ProtocolError(Exception):
     pass
 
 
+class _Cond(object):
+    """threading.Condition on a _thread lock (waiter clean-up on exceptions included):
+    the worker does not import threading (see _MainFinder)."""
+
+    __slots__ = ("_lock", "_waiters")
+
+    def __init__(self, lock):
+        self._lock, self._waiters = lock, deque()
+
+    def wait(self, timeout=None):
+        if not self._lock.locked():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        self._lock.release()
+        got = False
+        try:  # the lock is taken back whatever happens (KeyboardInterrupt...)
+            if timeout is None:
+                waiter.acquire()
+                got = True
+            elif timeout > 0:
+                got = waiter.acquire(True, timeout)
+            else:
+                got = waiter.acquire(False)
+            return got
+        finally:
+            self._lock.acquire()
+            if not got:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+
+    def wait_for(self, pred, timeout=None):
+        end, left = None, timeout
+        ok = pred()
+        while not ok:
+            if left is not None:
+                if end is None:
+                    end = time.monotonic() + left
+                else:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+            self.wait(left)
+            ok = pred()
+        return ok
+
+    def notify(self, n=1):
+        if not self._lock.locked():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        waiters = self._waiters
+        while waiters and n > 0:
+            waiter = waiters[0]
+            try:
+                waiter.release()
+            except RuntimeError:
+                pass  # released by a notify interrupted before it removed it (gh-92530)
+            else:
+                n -= 1
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    def notify_all(self):
+        if self._waiters:
+            self.notify(len(self._waiters))
+        elif not self._lock.locked():
+            raise RuntimeError("cannot notify on un-acquired lock")
+
+
 def frame(kind, cid, payload=b""):
     return _hdr(kind, cid, len(payload)) + payload
 
@@ -623,7 +695,7 @@ class Channel(object):
     def __init__(self, gw, id):
         self.gateway = gw
         self.id = id
-        self._cv = threading.Condition(gw._lock) if gw else None
+        self._cv = _Cond(gw._lock) if gw else None
         self._items = deque()
         self._cb = None
         self._credit = self._rwin = gw.window if gw else 0
@@ -922,7 +994,7 @@ class ChannelFileRead(ChannelFile):
                 return self.read(len(self._buffer))
 
 
-_tl = threading.local()
+_tl = _thread._local()
 _ENC = {
     type(None): _e_none, bool: _e_bool, int: _e_int, float: _e_float, complex: _e_complex,
     str: _e_str, bytes: _e_bytes, bytearray: _e_bytes, memoryview: _e_view, list: _e_seq,
@@ -981,12 +1053,12 @@ class Gateway(object):
         if reader is not None:
             reader.sink = self._sink
         self._user = {}  # channel -> thread ident of executions in remote code (_run)
-        self._lock = threading.Lock()  # all channel/session state
-        self._wlock = threading.Lock()  # frame writes (taken before _lock, never after)
-        self._rlock = threading.RLock()  # item delivery to callbacks vs setcallback
-        self._olock = threading.Lock()  # output forwarding
-        self._execcv = threading.Condition(self._lock)
-        self._donecv = threading.Condition(self._lock)
+        self._lock = _thread.allocate_lock()  # all channel/session state
+        self._wlock = _thread.allocate_lock()  # frame writes (taken before _lock, never after)
+        self._rlock = _thread.RLock()  # item delivery to callbacks vs setcallback
+        self._olock = _thread.allocate_lock()  # output forwarding
+        self._execcv = _Cond(self._lock)
+        self._donecv = _Cond(self._lock)
         self._chans, self._closed, self._owing, self._running = {}, set(), set(), {}
         self._execq = deque()
         self._next, self._nexec, self._ofds = 2, 0, {}
@@ -994,7 +1066,7 @@ class Gateway(object):
         # leader/follower: a thread waiting in receive() reads the stream itself when
         # nobody else does, saving the thread hand-off; the reader thread steps back
         # for HOT seconds after such a hand-off could have been avoided.
-        self._bgcv = threading.Condition(self._lock)
+        self._bgcv = _Cond(self._lock)
         self._leader = self._bgread = self._need = False
         self._waiting, self._hot, self._stop = 0, 0.0, None
         # the host's stream ended without TERMINATE (the host died, or its pipe
@@ -1904,7 +1976,7 @@ class Gateway(object):
             try:
                 import _signal  # not "signal": that imports enum (~1.5 ms per start)
 
-                _signal.pthread_kill(threading.main_thread().ident, _signal.SIGINT)
+                _signal.pthread_kill(_MAIN[0], _signal.SIGINT)
             except Exception:
                 _thread.interrupt_main()
         end = time.monotonic() + 1.0
@@ -2006,6 +2078,8 @@ class Gateway(object):
             _trace("output forwarding ended:", e)
 
     def _drain_output(self):
+        if not self._ofds:
+            return  # output mode "inherit" or "discard": nothing forwarded
         import select
 
         with self._olock:
@@ -2040,8 +2114,9 @@ def _execnet():
             subprocess = property(lambda self: __import__("subprocess"))
             socket = property(lambda self: __import__("socket"))
             get_ident, sleep = staticmethod(_thread.get_ident), staticmethod(time.sleep)
-            Lock = RLock = lambda self: threading.RLock()  # execnet's Lock() is an RLock too
-            Event = lambda self: threading.Event()  # noqa: E731
+            # execnet's Lock() is an RLock too; _thread's is threading.RLock's class
+            Lock = RLock = lambda self: _thread.RLock()  # noqa: E731
+            Event = lambda self: __import__("threading").Event()  # noqa: E731
             __repr__ = lambda self: "<ExecModel %r>" % self.backend  # noqa: E731
 
             def start(self, func, args=()):
@@ -2093,6 +2168,115 @@ def _execnet():
         ex.gateway_base = gb
         _COMPAT.append(ex)
         return ex
+
+
+# ------------------------------------------------------------------ the main thread
+# The worker does not import threading (~2.5 ms of CPU per start). But the thread that
+# first imports it becomes its main thread (3.13: only its native_id): remote code
+# importing it first in an executor thread (or one it started with _thread) would get
+# a wrong main_thread(), a _DummyThread as current_thread() in the real main thread
+# (asyncio decides by that), and main_thread().is_alive() False once that thread ended.
+# So a worker process puts _MainFinder first on sys.meta_path until threading is
+# imported; imported outside the main thread, the module's _main_thread is made the
+# real one's as soon as the module has run (other importers wait for its import lock).
+_MAIN = [None, None, None]  # the worker process's main thread (_record, _main)
+
+
+class _MainFinder(object):
+    """sys.meta_path[0] in a worker process until threading is imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "threading":
+            return None
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+        # the import system's loop over sys.meta_path would now skip an entry: the
+        # spec is looked up here
+        for f in sys.meta_path:
+            find = getattr(f, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                if _thread.get_ident() != _MAIN[0] and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _MainFix(spec.loader)
+                return spec
+        return None
+
+
+class _MainFix(object):
+    """threading's loader for an import outside the main thread (_MainFinder)."""
+
+    loader = None  # (__getattr__ before __init__, e.g. copy.copy: AttributeError)
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        create = getattr(self.loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self.loader  # the module shows its own
+        self.loader.exec_module(module)
+        _fix_main(module)
+
+
+def _fix_main(th):
+    # threading just imported outside the main thread: its _main_thread becomes what an
+    # import in the main thread makes of it (_MainThread.__init__)
+    ident, nid, lock = _MAIN
+    mt = th._main_thread
+    with th._active_limbo_lock:
+        if mt._ident != ident:
+            if th._active.get(mt._ident) is mt:
+                del th._active[mt._ident]  # the importing thread: a _DummyThread from now on
+            mt._ident = ident
+            th._active[ident] = mt
+        if nid is not None and getattr(mt, "_native_id", None) is not None:
+            mt._native_id = nid
+    if lock is None or getattr(mt, "_tstate_lock", None) is None:
+        return  # 3.13+: a _ThreadHandle, made for the right ident
+    # the importing thread's lock, released when that thread ends (is_alive() False,
+    # threading._shutdown waits for it), makes way for the main thread's
+    old, mt._tstate_lock = mt._tstate_lock, lock
+    locks = getattr(th, "_shutdown_locks", None)
+    if locks is not None:
+        with th._shutdown_locks_lock:
+            locks.discard(old)
+            locks.add(lock)
+
+
+def _guard_main():
+    # process mode, in the main thread, before any other thread
+    if "threading" in sys.modules:
+        _MAIN[0] = _thread.get_ident()
+        return
+    _record()
+    sys.meta_path.insert(0, _MainFinder())
+    if hasattr(os, "register_at_fork"):  # 3.7+ (3.6: a child forked from another
+        os.register_at_fork(after_in_child=_forked)  # thread keeps the parent's _MAIN)
+
+
+def _record():
+    # _MAIN: this thread's ident, native id, and (<= 3.12) the lock its thread state
+    # releases when it goes, as threading's _set_tstate_lock makes it
+    nid = getattr(_thread, "get_native_id", None)
+    lock = None
+    if hasattr(_thread, "_set_sentinel"):
+        lock = _thread._set_sentinel()
+        lock.acquire()
+    _MAIN[:] = _thread.get_ident(), nid() if nid is not None else None, lock
+
+
+def _forked():
+    # os.fork() by remote code before threading was imported: the child's only thread,
+    # the one that forked, is its main thread (as threading's _after_fork decides)
+    if "threading" not in sys.modules:
+        _record()
 
 
 # ------------------------------------------------------------------ main
@@ -2192,7 +2376,8 @@ def _main():
     try:
         import _signal
 
-        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # main thread only
+        _guard_main()
         infd, outfd, pre = _detach()
         gw = _open(infd, outfd, pre)
         if gw is None:
