@@ -109,10 +109,12 @@ class WorkerStart(unittest.TestCase):
             self.assertNotIn("threading", mods)
             self.assertNotIn("collections", mods)
 
-    def check(self, import_in, ended=False):
+    def check(self, import_in, ended=False, h=None):
         """import_in "main": the main-thread exec imports threading first; "other":
-        the executor thread's exec does (in a thread of its own that ended if ended)."""
-        h = self.host()
+        the executor thread's exec does (in a thread of its own that ended if ended).
+        h: a started Host (default: a worker process of its own)."""
+        forked = h is not None
+        h = h or self.host()
         m = h.exec_(MAIN)  # the first exec runs on the main thread
         main_ident, had = h.item(m)
         if import_in == "main":
@@ -137,8 +139,9 @@ class WorkerStart(unittest.TestCase):
                                   "name": "MainThread", "native": True, "asyncio": True})
         h.send(m, "end")
         self.assertEqual(h.receive(m)[:2], ("close", None))
-        self.assertEqual(h.terminate(), 0)
-        self.assertEqual(h.stderr_text(), "")
+        if not forked:
+            self.assertEqual(h.terminate(), 0)
+            self.assertEqual(h.stderr_text(), "")
 
     def test_threading_first_imported_in_an_executor_thread(self):
         self.check("other")
@@ -148,6 +151,19 @@ class WorkerStart(unittest.TestCase):
 
     def test_threading_first_imported_in_the_main_thread(self):
         self.check("main")
+
+    def test_fork_server_worker(self):
+        # popen//fork: the worker's main thread is the fork server's, forked
+        from test_forkserver import Server, ended as status
+
+        server = Server()
+        self.addCleanup(server.close)
+        token, pid, h = server.fork()
+        self.addCleanup(h.kill)
+        self.assertEqual(h.hello()["pid"], pid)
+        self.check("other", h=h)
+        h.send_frame(W.TERMINATE, 0)
+        self.assertEqual(status(server.expect(b"X", token))[:2], ("C", 0))
 
     def test_threading_first_imported_in_a_forked_child(self):
         if not hasattr(os, "register_at_fork"):
