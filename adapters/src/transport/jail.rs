@@ -598,12 +598,17 @@ fn namespace_check() -> &'static NamespaceCheck {
 /// every jailed start the same way, and [`namespaces_permitted`] then
 /// turns that into an error that names the cause. The trial runs on a
 /// thread of its own, beside the first real jail (it used to run before
-/// it: 3-6 ms on the first jailed start of every process). Returns the
-/// refusal at once when an earlier trial has shown it.
+/// it: 3-6 ms on the first jailed start of every process), and not at all
+/// where nothing can refuse ([`root_may_unshare`]). Returns the refusal at
+/// once when an earlier trial has shown it.
 fn start_namespace_check(bwrap: &Path) -> Result<()> {
     static STARTED: std::sync::Once = std::sync::Once::new();
     let check = namespace_check();
     STARTED.call_once(|| {
+        if root_may_unshare() {
+            *lock(&check.outcome) = Some(Ok(()));
+            return;
+        }
         let bwrap = bwrap.to_path_buf();
         let trial = move || {
             let outcome = trial_jail(&bwrap);
@@ -650,6 +655,37 @@ pub(crate) fn namespaces_permitted(timeout: std::time::Duration) -> Result<()> {
             .wait_timeout(outcome, left)
             .map_or_else(|e| e.into_inner().0, |(g, _)| g);
     }
+}
+
+/// Whether this process is root as the machine's root is: in the initial
+/// user namespace (`/proc/self/uid_map` maps all ids to themselves), with
+/// `CAP_SYS_ADMIN` in effect and no seccomp filter. A root jail has no
+/// user namespace ([`base_args`]), and such a root may create every other
+/// namespace and mount what bwrap mounts: the trial jail could only
+/// confirm it (a Linux security module that forbids it anyway shows as
+/// the start's own failure, with bwrap's message in its stderr). Root in a
+/// container or a user namespace of its own, or any other user, runs the
+/// trial.
+fn root_may_unshare() -> bool {
+    if !as_root() {
+        return false;
+    }
+    let initial_userns = std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let words: Vec<&str> = m.split_whitespace().collect();
+        words == ["0", "0", "4294967295"]
+    });
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    const CAP_SYS_ADMIN: u32 = 21;
+    let sys_admin = field("CapEff:")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0);
+    initial_userns && sys_admin && field("Seccomp:") == Some("0")
 }
 
 /// Runs the trial jail (see [`start_namespace_check`]).
