@@ -260,6 +260,10 @@ impl Server {
         let cacheable = boot.loader == execnet_bootstrap::boot_loader();
         let (record, record_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(std::io::Error::from)?;
+        // The whole record fits in it (~21 KB on CPython 3.11; the report
+        // thread reads it only after we have written the start, which the
+        // loader stops reading while it writes the record).
+        process::widen_pipe(&record);
         let mut cmd = Command::new(program);
         cmd.args(pre_args)
             .args(setup.interpreter_args(&server_boot.loader))
