@@ -1072,7 +1072,7 @@ fn main() -> Res<()> {
         // warm-up pays the once-per-process checks (bwrap, namespaces) and
         // makes the spec's spare (jail::take_spare); each jailed start then
         // uses the spare and the next one is built in the background, which
-        // the pause after it leaves time for (not timed). The first-of-spec
+        // the pauses after it leave time for (not timed). The first-of-spec
         // row gives every start a spec of its own (an env: value), so none
         // has a spare. The fresh-process row pairs the first jailed start of
         // a new host process (its one-time checks timed) with the first
@@ -1094,10 +1094,14 @@ fn main() -> Res<()> {
                 pause();
                 plain.extend(ours_start(&spec).map_err(|e| eprintln!("ours: {e}")).ok());
                 pause();
-                warm.extend(ours_start(&jailed).map_err(|e| eprintln!("jail: {e}")).ok());
-                pause();
                 let once = format!("{jailed}//env:EXECNET_BENCH_COLD={i}");
                 cold.extend(ours_start(&once).map_err(|e| eprintln!("jail: {e}")).ok());
+                pause();
+                warm.extend(ours_start(&jailed).map_err(|e| eprintln!("jail: {e}")).ok());
+                // The next spare is built 100 ms after that start (bwrap and
+                // an interpreter start: slow under load): let it finish
+                // before the next timed start, which it would compete with.
+                pause();
                 pause();
                 plain_first.extend(
                     ours_first_start(&spec, &first_cache)
