@@ -556,6 +556,41 @@ fn check_cpu_limit(spec_head: &str) {
     other.exit().unwrap();
 }
 
+/// The CPU limit is set by the loader with `resource` from the
+/// interpreter's own installation: a `resource.py` that remote code of an
+/// earlier start left in the working directory (a reused `chdir=`, first on
+/// `sys.path` under `-c`) is not imported, so it can neither skip the limit
+/// nor, in a root host's jail, run before the worker gives up root.
+#[test]
+fn a_planted_module_does_not_run_before_the_limits() {
+    bounded(LIMIT, || {
+        let dir = TempDir::new("planted");
+        let planted = "import os, builtins\n\
+                       builtins._execnet_planted = os.getuid()\n\
+                       RLIMIT_CPU = 0\n\
+                       def setrlimit(*args):\n    pass\n";
+        std::fs::write(dir.path().join("resource.py"), planted).unwrap();
+        let check = "import builtins\n\
+                     cpu = [l.split()[3:5] for l in open('/proc/self/limits')\n\
+                            if l.startswith('Max cpu time')][0]\n\
+                     channel.send((getattr(builtins, '_execnet_planted', None), cpu))";
+        let mut heads = vec!["popen".to_string()];
+        if have_bwrap() {
+            // The jail binds chdir= writable; the planted file is the
+            // jail user's to read.
+            heads.push("popen//jail".to_string());
+        }
+        for head in heads {
+            let spec = format!("{head}//chdir={}//max_cpu=30", dir.path().display());
+            let gw = makegateway(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            let (planted, limit): (Option<i64>, Vec<String>) = eval(&gw, check);
+            assert_eq!(planted, None, "{spec}: the planted resource.py ran");
+            assert_eq!(limit, ["30", "31"], "{spec}");
+            gw.exit().unwrap();
+        }
+    })
+}
+
 #[test]
 fn max_cpu_ends_an_infinite_loop() {
     bounded(LIMIT, || {

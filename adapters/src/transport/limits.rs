@@ -450,8 +450,18 @@ pub(crate) fn prelude(limits: &Limits, cgroup: Option<&Cgroup>) -> String {
         p.push_str("del _f;");
     }
     if let Some(n) = limits.cpu {
+        // `resource` from the interpreter's own installation only: the
+        // working directory ('' first on sys.path under -c) and PYTHONPATH
+        // may hold what remote code of an earlier start wrote (a reused
+        // chdir= or jail_rw=), and a module planted there must neither skip
+        // the limit nor run before a root host's jail gives up root.
+        p.push_str(
+            "import sys;_p=sys.path;sys.path=[d for d in _p if \
+             d.startswith((sys.base_prefix,sys.base_exec_prefix))];\
+             import resource;sys.path=_p;del _p;",
+        );
         p.push_str(&format!(
-            "import resource;resource.setrlimit(resource.RLIMIT_CPU,({n},{}));",
+            "resource.setrlimit(resource.RLIMIT_CPU,({n},{}));",
             n + 1
         ));
     }
@@ -633,9 +643,17 @@ mod tests {
             cpu: Some(3),
             procs: None,
         };
-        assert_eq!(
-            prelude(&l, None),
-            "import resource;resource.setrlimit(resource.RLIMIT_CPU,(3,4));"
+        let p = prelude(&l, None);
+        // `resource` is imported with sys.path cut to the installation's.
+        assert!(
+            p.starts_with("import sys;_p=sys.path;sys.path=[d for d in _p if d.startswith("),
+            "{p}"
+        );
+        assert!(
+            p.ends_with(
+                "import resource;sys.path=_p;del _p;resource.setrlimit(resource.RLIMIT_CPU,(3,4));"
+            ),
+            "{p}"
         );
         assert_eq!(prelude(&Limits::default(), None), "");
         let cg = Cgroup {
