@@ -415,6 +415,7 @@ _WRITEV = getattr(os, "writev", None)
 _PYPY = sys.implementation.name == "pypy"
 IDLE = 10.0  # seconds an executor thread waits for another EXEC before it ends
 HOT = 0.002  # seconds the reader thread leaves the stream to a thread likely to receive again
+GRACE = 0.1  # seconds a busy main thread has after TERMINATE before it is interrupted
 BIG = 1 << 16  # DATA payloads from this size on are not copied out of the read buffers
 SPARE = 1 << 23  # bytes of an item-assembly buffer kept for the next item (Gateway._free)
 READ = 1 << 18  # bytes read at most beyond what a frame needs (Reader._fill)
@@ -1927,7 +1928,9 @@ class Gateway(object):
                     if self._drops:
                         self._reap()
                 finally:
-                    self._main_busy = False
+                    with self._lock:
+                        self._main_busy = False
+                        self._donecv.notify_all()  # _shutdown's grace
             except KeyboardInterrupt:
                 pass  # sent by _shutdown to interrupt an execution
         while self._threaded and not self._rfin:  # the reader's _shutdown closes the fds
@@ -1971,6 +1974,13 @@ class Gateway(object):
         for f in fires:
             if f:
                 self._safe(f)
+        end = time.monotonic() + 1.0
+        if busy and not self._threaded:
+            # TERMINATE often comes just after an execution's last reply, or it waits
+            # for its channel's end: given GRACE to end by itself, it is not interrupted
+            # (nor formats the KeyboardInterrupt's traceback: ~5 ms of CPU to import)
+            with self._lock:
+                busy = not self._donecv.wait_for(lambda: not self._main_busy, GRACE)
         if busy and not self._threaded:
             _trace("interrupting the main thread")
             try:
@@ -1979,7 +1989,6 @@ class Gateway(object):
                 _signal.pthread_kill(_MAIN[0], _signal.SIGINT)
             except Exception:
                 _thread.interrupt_main()
-        end = time.monotonic() + 1.0
         # thread mode: half of that for executions to end on their own (their channels
         # have ended), then the rest are interrupted
         for soft in ((end - 0.5, end) if self._threaded else (end,)):

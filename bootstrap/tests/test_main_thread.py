@@ -225,6 +225,22 @@ class WorkerStart(unittest.TestCase):
         self.assertEqual(h.terminate(), 0)
 
 
+class TerminateGrace(unittest.TestCase):
+    """TERMINATE while the main thread's execution is about to end by itself: it is not
+    interrupted (test_worker's Termination: one that does not end is)."""
+
+    def test_an_execution_waiting_for_its_channels_end_ends_cleanly(self):
+        h = Host()
+        self.addCleanup(h.kill)
+        self.assertIsNotNone(h.hello())
+        c = h.exec_("channel.send('ready')\ntry:\n    channel.receive()\n"
+                    "except EOFError:\n    pass\n")  # on the main thread
+        self.assertEqual(h.item(c), "ready")
+        self.assertEqual(h.terminate(), 0)
+        self.assertEqual(h.queues[c][0][:2], ("close", None))  # no KeyboardInterrupt
+        self.assertEqual(h.terminated, "")
+
+
 class ThreadModeLeavesImportsAlone(unittest.TestCase):
     def test_no_finder_in_thread_mode(self):
         from test_thread_mode import ThreadGateway, worker_namespace
