@@ -197,6 +197,42 @@ channel.send((os.getuid(), capeff, pids,
     })
 }
 
+/// Run as root, the interpreter starts as root and drops to 65534 in its
+/// loader: a spec that would let code from a jail-writable place run
+/// before that (env:PYTHONPATH, LD_PRELOAD; a jail_rw= over the
+/// interpreter's installation) is refused, saying why.
+#[test]
+fn a_root_jail_refuses_what_would_run_before_the_drop() {
+    bounded(LIMIT, || {
+        if !have_bwrap() {
+            return;
+        }
+        if !rustix::process::geteuid().is_root() {
+            skip("the tests do not run as root: a jail of theirs has no root to drop");
+            return;
+        }
+        let rw = TempDir::new("jail-pre-drop");
+        open_to_jail(rw.path());
+        let d = rw.path().display();
+        for spec in [
+            format!("popen//jail//jail_rw={d}//env:PYTHONPATH={d}"),
+            format!("popen//jail//env:LD_PRELOAD={d}/x.so"),
+            "popen//python=/usr/bin/python3//jail//jail_rw=/usr/local".to_string(),
+        ] {
+            match makegateway(&spec) {
+                Err(Error::Spec(why)) => assert!(why.contains("root"), "{spec}: {why}"),
+                Err(e) => panic!("{spec}: expected a spec error, got {e}"),
+                Ok(_) => panic!("{spec}: a root jail started with it"),
+            }
+        }
+        // What the issue allows stays allowed: env: of other names.
+        let gw = jail(&format!("//jail_rw={d}//env:MINE=1"));
+        let mine: String = eval(&gw, "import os\nchannel.send(os.environ['MINE'])");
+        assert_eq!(mine, "1");
+        gw.exit().unwrap();
+    })
+}
+
 #[test]
 fn a_remount_fails() {
     bounded(LIMIT, || {

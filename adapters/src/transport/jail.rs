@@ -184,6 +184,9 @@ pub(crate) fn command(jail: &JailOptions, w: &Wrap<'_>) -> Result<Command> {
         .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
         .chain(chdir.clone())
         .collect();
+    if as_root() {
+        before_the_drop(w.env, &prefixes, &rw)?;
+    }
     for p in &rw {
         way_to(&mut argv, &mut made, p);
         argv.extend(["--bind".into(), path_arg(p), path_arg(p)]);
@@ -316,6 +319,58 @@ pub(crate) fn drop_root() -> String {
         "import os;os.setgroups([]);os.setresgid({u},{u},{u});os.setresuid({u},{u},{u});",
         u = JAIL_UID
     )
+}
+
+/// Environment variables that make an interpreter (or the dynamic loader
+/// before it) run code from a path they name: glibc's list of variables it
+/// ignores for privileged programs, and Python's own.
+const CODE_VARS: &[&str] = &[
+    "PYTHON",
+    "LD_",
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TMPDIR",
+    "TZDIR",
+];
+
+/// Run as root, the interpreter starts as uid 0 and drops to [`JAIL_UID`]
+/// only in its loader ([`drop_root`]): what runs before — the interpreter's
+/// installation (`site`, `.pth` files, `sitecustomize`), the user site of
+/// `HOME=/tmp`, what the `env:` variables of [`CODE_VARS`] point at —
+/// must be out of the jail's reach, or code a jail left behind (in a
+/// `jail_rw=` path, a reused `chdir=`) would run as root in the next one.
+/// Refuses such a spec (`Error::Spec`, saying why).
+fn before_the_drop(env: &[(String, String)], prefixes: &[PathBuf], rw: &[PathBuf]) -> Result<()> {
+    if let Some((k, _)) = env
+        .iter()
+        .find(|(k, _)| CODE_VARS.iter().any(|v| k.starts_with(v)))
+    {
+        return Err(Error::Spec(format!(
+            "env:{k} in a jail run as root: the interpreter would honour it as root, before the \
+             jail drops to uid {JAIL_UID} (docs/jails.md); set it from remote code, or run the \
+             host as another user"
+        )));
+    }
+    let user_site = Path::new("/tmp/.local");
+    for p in prefixes.iter().map(PathBuf::as_path).chain([user_site]) {
+        if let Some(w) = rw.iter().find(|w| p.starts_with(w) || w.starts_with(p)) {
+            return Err(Error::Spec(format!(
+                "jail_rw/chdir {} overlaps {}, which the interpreter reads as root before the \
+                 jail drops to uid {JAIL_UID} (docs/jails.md)",
+                w.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Appends `--perms 0755 --dir` for each directory between the hidden
@@ -915,6 +970,25 @@ mod tests {
         assert!(a.contains("--cap-drop ALL --cap-add CAP_SETUID --cap-add CAP_SETGID"));
         let a = base_args(&net, true).join(" ");
         assert!(!a.contains("--unshare-net"), "{a}");
+    }
+
+    #[test]
+    fn what_runs_before_the_drop_is_out_of_reach() {
+        let env = |k: &str| vec![(k.to_string(), "/x".to_string())];
+        let pre = [
+            PathBuf::from("/usr"),
+            PathBuf::from("/root/.pyenv/versions/3.11.7"),
+        ];
+        let rw = [PathBuf::from("/srv/out")];
+        assert!(before_the_drop(&env("FOO"), &pre, &rw).is_ok());
+        for k in ["PYTHONPATH", "PYTHONHOME", "LD_PRELOAD", "GCONV_PATH"] {
+            let e = before_the_drop(&env(k), &pre, &rw).unwrap_err().to_string();
+            assert!(e.contains(k) && e.contains("root"), "{e}");
+        }
+        for w in ["/usr/local/lib", "/root/.pyenv", "/tmp/.local/lib", "/"] {
+            let e = before_the_drop(&[], &pre, &[PathBuf::from(w)]).unwrap_err();
+            assert!(e.to_string().contains("overlaps"), "{e}");
+        }
     }
 
     #[test]
