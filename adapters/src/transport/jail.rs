@@ -321,9 +321,10 @@ pub(crate) fn drop_root() -> String {
     )
 }
 
-/// Environment variables that make an interpreter (or the dynamic loader
-/// before it) run code from a path they name: glibc's list of variables it
-/// ignores for privileged programs, and Python's own.
+/// Environment variables that make an interpreter (or the C library
+/// before it) load code or parse files from a path they name: Python's
+/// own, and glibc's list of variables it ignores for privileged programs
+/// but `TMPDIR` (where files are created; nothing is loaded from it).
 const CODE_VARS: &[&str] = &[
     "PYTHON",
     "LD_",
@@ -337,7 +338,6 @@ const CODE_VARS: &[&str] = &[
     "NLSPATH",
     "RESOLV_HOST_CONF",
     "RES_OPTIONS",
-    "TMPDIR",
     "TZDIR",
 ];
 
@@ -981,6 +981,7 @@ mod tests {
         ];
         let rw = [PathBuf::from("/srv/out")];
         assert!(before_the_drop(&env("FOO"), &pre, &rw).is_ok());
+        assert!(before_the_drop(&env("TMPDIR"), &pre, &rw).is_ok());
         for k in ["PYTHONPATH", "PYTHONHOME", "LD_PRELOAD", "GCONV_PATH"] {
             let e = before_the_drop(&env(k), &pre, &rw).unwrap_err().to_string();
             assert!(e.contains(k) && e.contains("root"), "{e}");
