@@ -72,6 +72,10 @@ pub const JAIL_UID: u32 = 65534;
 /// the jail's private one.
 const HIDDEN_DIRS: &[&str] = &["/tmp", "/run", "/root", "/home", "/etc/ssh"];
 
+/// The jail's `HOME`: its private `/tmp` (the user site, `HOME/.local`, is
+/// empty in a fresh jail unless a writable bind reaches it).
+const JAIL_HOME: &str = "/tmp";
+
 /// Files the jail covers with `/dev/null` (if they exist): bound without
 /// device access (bwrap's binds are `nodev`), so opening them fails.
 const HIDDEN_FILES: &[&str] = &["/etc/shadow", "/etc/gshadow"];
@@ -249,7 +253,7 @@ pub(crate) fn remote_line(
     for k in ENV_ALLOWLIST.iter().filter(|k| **k != "PATH") {
         line.push_str(&format!(" ${{{k}:+--setenv {k} \"${k}\"}}"));
     }
-    line.push_str(" --setenv HOME /tmp");
+    line.push_str(&format!(" --setenv HOME {JAIL_HOME}"));
     for (k, v) in env {
         line.push_str(&format!(" --setenv {} {}", q(k), q(v)));
     }
@@ -359,8 +363,12 @@ fn before_the_drop(env: &[(String, String)], prefixes: &[PathBuf], rw: &[PathBuf
              host as another user"
         )));
     }
-    let user_site = Path::new("/tmp/.local");
-    for p in prefixes.iter().map(PathBuf::as_path).chain([user_site]) {
+    let user_site = Path::new(JAIL_HOME).join(".local");
+    for p in prefixes
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([user_site.as_path()])
+    {
         if let Some(w) = rw.iter().find(|w| p.starts_with(w) || w.starts_with(p)) {
             return Err(Error::Spec(format!(
                 "jail_rw/chdir {} overlaps {}, which the interpreter reads as root before the \
@@ -377,7 +385,7 @@ fn before_the_drop(env: &[(String, String)], prefixes: &[PathBuf], rw: &[PathBuf
 /// directory `p` lies under and `p` itself (bwrap would make them 0700,
 /// closed to the jail's user), once each.
 fn way_to(argv: &mut Vec<String>, made: &mut Vec<PathBuf>, p: &Path) {
-    let Some(top) = HIDDEN_DIRS.iter().map(Path::new).find(|d| p.starts_with(d)) else {
+    let Some(top) = hidden_under(p) else {
         return;
     };
     let mut dirs: Vec<&Path> = p
@@ -432,7 +440,7 @@ fn environment(
     for (k, v) in vars.filter(|(k, _)| k.starts_with("LC_")) {
         set(&k, &v);
     }
-    set("HOME", "/tmp");
+    set("HOME", JAIL_HOME);
     for (k, v) in env {
         set(k, v);
     }
@@ -440,7 +448,12 @@ fn environment(
 
 /// Whether the jail hides `p` (it lies under one of [`HIDDEN_DIRS`]).
 fn is_hidden(p: &Path) -> bool {
-    HIDDEN_DIRS.iter().any(|d| p.starts_with(d))
+    hidden_under(p).is_some()
+}
+
+/// The hidden directory (of [`HIDDEN_DIRS`]) that `p` lies under, if any.
+fn hidden_under(p: &Path) -> Option<&'static Path> {
+    HIDDEN_DIRS.iter().map(Path::new).find(|d| p.starts_with(d))
 }
 
 fn path_arg(p: &Path) -> String {
