@@ -463,6 +463,32 @@ fn a_server_that_cannot_start_fails_at_once_with_its_stderr() {
 }
 
 #[test]
+fn starts_queued_for_a_server_that_cannot_start_fail_with_its_reason() {
+    bounded(LIMIT, || {
+        // Starts made while a server starts queue their requests (sent as
+        // one burst at READY). When it never gets ready, each of them
+        // fails as well, within seconds, saying why.
+        let spec = format!(
+            "popen//fork//python=/bin/true//env:EXECNET_FORK_TEST=queued-{}",
+            std::process::id()
+        );
+        let t0 = Instant::now();
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| makegateway(&spec).map(|_| ())))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        for r in results {
+            let e = r.unwrap_err();
+            assert!(matches!(e, Error::BootstrapFailed { .. }), "{e:?}");
+            assert!(e.to_string().contains("fork server"), "{e}");
+        }
+    })
+}
+
+#[test]
 fn fork_specs_that_cannot_work_are_refused() {
     for spec in ["ssh=somehost//fork", "popen//fork//via=gw0"] {
         match makegateway(spec) {

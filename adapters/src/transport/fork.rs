@@ -40,7 +40,10 @@
 //! A start does not wait for the fork: it sends the request and hands the
 //! pipes to the driver, whose HELLO wait (the builder's start timeout)
 //! bounds it like any start; the pid arrives with the `S` report, and a
-//! kill asked for before that is carried out when it arrives.
+//! kill asked for before that is carried out when it arrives. Starts made
+//! while the server is still starting queue their requests; the start that
+//! spawned it sends them as one burst at READY (or, if it never gets
+//! ready, fails them with its reason).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -166,8 +169,8 @@ impl ServerKey {
     }
 }
 
-/// One registry slot per key; its lock is held while the key's server
-/// starts, so concurrent first starts wait for one server instead of
+/// One registry slot per key; its lock is held while the key's server is
+/// spawned, so concurrent first starts share one server instead of
 /// starting several.
 type Slot = Arc<Mutex<Weak<Server>>>;
 
@@ -198,11 +201,16 @@ fn server_for(key: ServerKey) -> Result<Arc<Server>> {
     let mut current = lock(&slot);
     if let Some(server) = current.upgrade() {
         if !server.reports.has_ended() && server.owner == std::process::id() {
+            // Possibly still starting: its requests wait in its queue.
             return Ok(server);
         }
     }
-    let server = Arc::new(Server::start(&key)?);
+    let server = Arc::new(Server::spawn(&key)?);
     *current = Arc::downgrade(&server);
+    // Concurrent starts take the server now and queue their requests,
+    // instead of waiting here one after the other.
+    drop(current);
+    server.until_ready()?;
     Ok(server)
 }
 
@@ -214,6 +222,18 @@ pub(crate) struct Server {
     ctl: UnixStream,
     /// Held while a request is written, so requests never interleave.
     sending: Mutex<()>,
+    /// Requests made before READY (`None` from then on). The server reads
+    /// its start through a buffered reader, which could take a request's
+    /// bytes without its descriptors, so nothing else may reach it first;
+    /// and the starts that came meanwhile are sent as one burst when it is
+    /// ready, which the server forks back to back. (When each start waited
+    /// for READY itself, they sent their requests one at a time as their
+    /// threads got a core among the first workers: with 16 at once on two
+    /// cores the last request came ~9 ms after READY.)
+    queue: Mutex<Option<Vec<Queued>>>,
+    /// When the server was spawned: READY is awaited until STARTUP_TIMEOUT
+    /// after.
+    started: Instant,
     reports: Arc<Reports>,
     process: Arc<ProcessControl>,
     reader: Mutex<Option<JoinHandle<()>>>,
@@ -228,9 +248,9 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts the fork server of `key` and waits until it is ready (bounded
-    /// by [`STARTUP_TIMEOUT`]).
-    fn start(key: &ServerKey) -> Result<Server> {
+    /// Starts the fork server of `key`; [`Server::until_ready`] waits
+    /// until it is ready.
+    fn spawn(key: &ServerKey) -> Result<Server> {
         let python = shell_words::join(&key.argv);
         let (program, pre_args) = key
             .argv
@@ -371,19 +391,28 @@ impl Server {
             Ok(h) => h,
             Err(e) => return Err(fail(format!("no report thread: {e}"))),
         };
-        let server = Server {
+        Ok(Server {
             ctl: ours,
             sending: Mutex::new(()),
+            queue: Mutex::new(Some(Vec::new())),
+            started,
             reports,
-            process: process.clone(),
+            process,
             reader: Mutex::new(Some(reader)),
             next_token: AtomicU64::new(1),
             owner: std::process::id(),
             label,
-        };
-        let ready = server
+        })
+    }
+
+    /// Waits until the server is ready (bounded by [`STARTUP_TIMEOUT`]
+    /// from its spawn), then sends the requests queued meanwhile. Errors:
+    /// [`Error::BootstrapFailed`] with why it did not come up (it is
+    /// killed; the queued starts fail as their pipes close).
+    fn until_ready(&self) -> Result<()> {
+        let ready = self
             .reports
-            .wait_until(started + STARTUP_TIMEOUT, |b| {
+            .wait_until(self.started + STARTUP_TIMEOUT, |b| {
                 if b.ready {
                     Some(Ok(()))
                 } else {
@@ -391,18 +420,86 @@ impl Server {
                 }
             })
             .unwrap_or_else(|| Err(format!("not ready within {STARTUP_TIMEOUT:?}")));
-        if let Err(why) = ready {
-            drop(server);
-            return Err(fail(why));
+        let pid = self.process.pid().unwrap_or(0);
+        let mut queue = lock(&self.queue);
+        // Held through the burst: a start that finds the queue gone sends
+        // after it.
+        let one_at_a_time = lock(&self.sending);
+        let queued = queue.take().unwrap_or_default();
+        drop(queue);
+        match ready {
+            Ok(()) => {
+                tracing::debug!(pid, elapsed = ?self.started.elapsed(), queued = queued.len(), "fork server ready");
+                for q in queued {
+                    if let Err(e) = self.send(&q) {
+                        // Its start fails as its pipes close (q goes), with
+                        // this reason.
+                        self.refuse(
+                            &[q],
+                            &format!("the fork server did not take the request: {e}"),
+                        );
+                    }
+                }
+                Ok(())
+            }
+            Err(why) => {
+                drop(one_at_a_time);
+                self.process.kill();
+                let status = self.process.wait(Duration::from_secs(2));
+                let how = status.map_or_else(String::new, |s| format!(" ({s})"));
+                let reason = format!("the fork server of {}{how}: {why}", self.python());
+                self.refuse(&queued, &reason);
+                Err(Error::BootstrapFailed {
+                    reason,
+                    stderr_tail: self.process.stderr_tail(Duration::from_millis(500)),
+                })
+            }
         }
-        tracing::debug!(pid, elapsed = ?started.elapsed(), "fork server ready");
-        Ok(server)
+    }
+
+    /// Records why queued requests were never sent, for their starts'
+    /// errors; they fail as their pipes close (when `queued` is dropped).
+    fn refuse(&self, queued: &[Queued], why: &str) {
+        self.reports.update(|b| {
+            for q in queued {
+                if let Some(w) = b.workers.get_mut(&q.token) {
+                    w.refused = Some(why.to_string());
+                }
+            }
+        });
+    }
+
+    /// The interpreter's command line, for errors.
+    fn python(&self) -> &str {
+        self.label.trim_start_matches("popen//fork ")
+    }
+
+    /// Writes one request with its two descriptors; the caller holds
+    /// `sending`.
+    fn send(&self, q: &Queued) -> std::io::Result<()> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let fds = [q.stdin.as_fd(), q.stdout.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut ancillary = SendAncillaryBuffer::new(&mut space);
+        // The buffer is sized for exactly these two descriptors.
+        let pushed = ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+        debug_assert!(pushed);
+        match sendmsg(
+            &self.ctl,
+            &[IoSlice::new(&q.request)],
+            &mut ancillary,
+            SendFlags::NOSIGNAL,
+        ) {
+            // The descriptors travel with the first byte; the rest of a
+            // short write follows as plain bytes.
+            Ok(n) => (&self.ctl).write_all(&q.request[n..]),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Asks the server for a worker and returns its byte stream. Does not
     /// wait for the fork (see the module docs).
     fn fork(self: &Arc<Self>, relay: bool) -> Result<Transport> {
-        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
         use rustix::pipe::{pipe_with, PipeFlags};
 
         // CLOEXEC: no other child we start inherits them (the server gets
@@ -416,28 +513,33 @@ impl Server {
             .register(token)
             .map_err(|why| self.ended_error(&why))?;
 
-        let mut req = [0u8; REQUEST];
-        req[0] = b'F';
-        req[1] = u8::from(relay);
-        req[8..].copy_from_slice(&token.to_be_bytes());
+        let mut request = [0u8; REQUEST];
+        request[0] = b'F';
+        request[1] = u8::from(relay);
+        request[8..].copy_from_slice(&token.to_be_bytes());
+        let q = Queued {
+            token,
+            request,
+            stdin: in_r,
+            stdout: out_w,
+        };
         let sent = {
-            let _one_at_a_time = lock(&self.sending);
-            let fds = [in_r.as_fd(), out_w.as_fd()];
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-            let mut ancillary = SendAncillaryBuffer::new(&mut space);
-            // The buffer is sized for exactly these two descriptors.
-            let pushed = ancillary.push(SendAncillaryMessage::ScmRights(&fds));
-            debug_assert!(pushed);
-            match sendmsg(
-                &self.ctl,
-                &[IoSlice::new(&req)],
-                &mut ancillary,
-                SendFlags::NOSIGNAL,
-            ) {
-                // The descriptors travel with the first byte; the rest of a
-                // short write follows as plain bytes.
-                Ok(n) => (&self.ctl).write_all(&req[n..]),
-                Err(e) => Err(e.into()),
+            let mut queue = lock(&self.queue);
+            match queue.as_mut() {
+                Some(waiting) => {
+                    // Not ready yet: until_ready sends it (or drops it, and
+                    // the start fails as the pipes close).
+                    waiting.push(q);
+                    Ok(())
+                }
+                None => {
+                    let _one_at_a_time = lock(&self.sending);
+                    drop(queue);
+                    // The server holds the far ends now; ours would keep
+                    // the worker's stdin open after we are gone, and its
+                    // stdout after it is gone.
+                    self.send(&q)
+                }
             }
         };
         if let Err(e) = sent {
@@ -453,9 +555,6 @@ impl Server {
             // best effort: without it, receives with a deadline do not lead.
             stdout: out_r.try_clone().ok(),
         };
-        // The server holds the far ends now; ours would keep the worker's
-        // stdin open after we are gone, and its stdout after it is gone.
-        drop((in_r, out_w));
         Ok(Transport {
             reader: Box::new(File::from(out_r)),
             writer: Box::new(File::from(in_w)),
@@ -501,6 +600,15 @@ impl Drop for Server {
             let _ = reader.join();
         }
     }
+}
+
+/// A request for a worker: its bytes and the far ends of its pipes (closed
+/// here once sent: the server has its copies).
+struct Queued {
+    token: u64,
+    request: [u8; REQUEST],
+    stdin: OwnedFd,
+    stdout: OwnedFd,
 }
 
 /// What the server reported, shared by its report thread and the gateways.
