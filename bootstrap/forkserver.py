@@ -38,7 +38,8 @@
 # A worker is a child of this server: its own session and process group (setsid),
 # stdin/stdout the host's pipes, stderr a fresh pipe read here, every other
 # descriptor closed (nothing of another gateway or of the server is left in it);
-# then the worker's process-mode main runs as in a fresh interpreter. The server
+# then the worker's process-mode main runs as in a fresh interpreter, less what the
+# server did once for all of them (the worker's _prepare_fork). The server
 # reaps its children and reports how each ended, with the tail of its stderr. At the
 # end of the control connection (the host closed it or died) it kills every worker's
 # process group it still has, reaps them and exits.
@@ -115,6 +116,7 @@ def load_worker(inp, ctl):
     compat = ns.get("_execnet")
     if compat is not None:
         compat()
+    ns["_prepare_fork"]()
     return ns
 
 
@@ -322,7 +324,7 @@ class Server(object):
                 os.closerange(3, 65536)
             else:
                 os.closerange(3, self.top + 1)
-            self.worker["_main"]()
+            self.worker["_main"](True)
         except BaseException as e:
             try:
                 os.write(2, ("execnet-worker: bootstrap failed: fork server child: %r\n"

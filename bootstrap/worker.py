@@ -513,10 +513,13 @@ class Reader(object):
 
     sink = None
 
-    def __init__(self, fd, pre=b"", size=1 << 16):
+    def __init__(self, fd, pre=b"", size=1 << 12):
         import io
 
         self.f = io.FileIO(fd, "rb", closefd=False)
+        # small at first: a bytearray is zeroed, and each page of it is a page fault
+        # in every worker start (16 for 64 KiB: ~4 % of a forked worker's); _fill
+        # grows it when the stream outgrows it
         self.buf = bytearray(max(size, len(pre)))
         self.buf[: len(pre)] = pre
         self.mv = memoryview(self.buf)
@@ -526,9 +529,12 @@ class Reader(object):
         while self.e - self.s < need:
             if len(self.buf) - self.s < need:
                 data = bytes(self.mv[self.s : self.e])
-                if len(self.buf) < need:
+                # a frame larger than the buffer, or the first time the stream
+                # filled the small first one: a busy stream gets 64 KiB reads
+                size = need + (1 << 16) if len(self.buf) < need else max(len(self.buf), 1 << 16)
+                if size != len(self.buf):
                     self.mv.release()
-                    self.buf = bytearray(need + (1 << 16))
+                    self.buf = bytearray(size)
                     self.mv = memoryview(self.buf)
                 self.buf[: len(data)] = data
                 self.s, self.e = 0, len(data)
@@ -2289,8 +2295,9 @@ def _forked():
 
 
 # ------------------------------------------------------------------ main
-def _detach():
-    """Move the protocol off fds 0/1; returns (infd, outfd, bytes already buffered)."""
+def _detach(widen=True):
+    """Move the protocol off fds 0/1; returns (infd, outfd, bytes already buffered).
+    widen: give pipes 1 MiB (a forked worker's pipes come widened by the host)."""
     inp = sys.stdin.buffer
     infd, outfd = os.dup(0), os.dup(1)
     # The loader read the source through sys.stdin.buffer, which may hold
@@ -2306,7 +2313,7 @@ def _detach():
     os.dup2(dn, 0)
     os.dup2(2, 1)  # until the host's output option is known
     os.close(dn)
-    if sys.platform.startswith("linux"):
+    if widen and sys.platform.startswith("linux"):
         import fcntl
         import stat
 
@@ -2372,10 +2379,12 @@ def _fatal(msg, outfd=None):
     os._exit(1)
 
 
-def _main():
+def _main(forked=False):
+    """A worker process's start. forked: in a child of the fork server, which has
+    done the process-wide part that children inherit (_prepare_fork)."""
     global _errfd, _tfd
     _errfd = os.dup(2)
-    dbg = os.environ.get("EXECNET_DEBUG")
+    dbg = _DEBUG if forked else os.environ.get("EXECNET_DEBUG")
     if dbg:
         if dbg in ("1", "true", "yes", "stderr"):
             _tfd = _errfd
@@ -2386,8 +2395,11 @@ def _main():
         import _signal
 
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # main thread only
-        _guard_main()
-        infd, outfd, pre = _detach()
+        if not forked:
+            _guard_main()
+        elif not hasattr(os, "register_at_fork"):
+            _record()  # 3.6: no at-fork handler did it
+        infd, outfd, pre = _detach(widen=not forked)
         gw = _open(infd, outfd, pre)
         if gw is None:
             _fatal("input ended before the host HELLO")
@@ -2397,10 +2409,21 @@ def _main():
     gw.serve()
 
 
+_DEBUG = None  # EXECNET_DEBUG as the fork server found it (_prepare_fork)
+
+
+def _prepare_fork():
+    """In the fork server, once before its first fork: what every forked worker
+    would do first and can inherit instead. The main-thread guard: its at-fork
+    handler (_forked) records each child's own main thread as the fork returns."""
+    global _DEBUG
+    _DEBUG = os.environ.get("EXECNET_DEBUG")
+    _guard_main()
+
+
 def _open(infd, outfd, pre=b"", threaded=False):
     """Read the host HELLO and answer it: the Gateway, or None if input ended first."""
-    reader = Reader(infd, pre)  # grows on the first large frame: a 1 MiB buffer
-    # now would cost ~0.5 ms of page faults before HELLO
+    reader = Reader(infd, pre)  # small; grows with the stream (Reader.__init__)
     f = reader.read(1 << 20)
     if f is None:
         return None

@@ -110,6 +110,25 @@ class InProcessGateway(unittest.TestCase):
         self.assertEqual(seen, ["would wait forever"])
 
 
+class ReaderBuffer(unittest.TestCase):
+    def test_the_small_first_buffer_grows_with_the_stream(self):
+        # a worker starts with a small read buffer (each page of a zeroed 64 KiB one
+        # was a page fault in every start); frames keep arriving whole as the stream
+        # outgrows it, and a busy stream gets the 64 KiB buffer
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        rd = W.Reader(r)
+        self.assertLess(len(rd.buf), 1 << 16)
+        frames = [(W.DATA, 2 * i + 1, ("item %d " % i).encode() * (i % 7 + 1)) for i in range(500)]
+        frames.append((W.DATA, 3, b"z" * 10000))  # larger than the first buffer
+        frames.append((W.CLOSE, 5, b""))
+        os.write(w, b"".join(W.frame(k, c, p) for k, c, p in frames))
+        for want in frames:
+            self.assertEqual(rd.read(1 << 20), want)
+        self.assertGreaterEqual(len(rd.buf), 1 << 16)
+
+
 class Handshake(WorkerTestCase):
     def test_hello_info(self):
         h = self.host()
