@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn sources_are_embedded() {
-        assert!(WORKER_SOURCE.contains("def _main()"));
+        assert!(WORKER_SOURCE.contains("def _main("));
         assert!(WORKER_SOURCE.trim_end().ends_with("_main()"));
         assert!(SOCKETSERVER_SOURCE.contains("HMAC"));
     }
