@@ -460,8 +460,48 @@ fn ours_first_start(spec: &str, cache: &Path) -> Res<f64> {
 /// The child process of the many-at-once rows: `n` gateways of `spec`
 /// started at once, as the first starts of a fresh host process.
 fn many_child(spec: &str, n: usize) -> Res<()> {
-    println!("{}", ours_start_many(spec, n)?);
+    let dt = ours_start_many(spec, n)?;
+    // Every gateway has ended and been reaped by now (a fork server too,
+    // which reaped its workers): the page faults of the whole run.
+    println!("{dt} {}", faults_of_all()?);
     Ok(())
+}
+
+/// Minor page faults of this process and of every descendant reaped so far
+/// (`/proc/self/stat` minflt + cminflt): exact counts, unlike CPU times.
+fn faults_of_all() -> Res<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let rest = stat.rsplit_once(')').ok_or("stat")?.1;
+    let field = |i: usize| -> Res<f64> {
+        Ok(rest
+            .split_whitespace()
+            .nth(i)
+            .ok_or("stat")?
+            .parse::<u64>()? as f64)
+    };
+    Ok(field(7)? + field(8)?)
+}
+
+/// Page faults per gateway of `spec`, all processes counted (host,
+/// workers, a fork server): fresh host processes starting 16 gateways at
+/// once against ones starting 1, medians of `reps`, the difference / 15.
+fn faults_per_gateway(spec: &str, cache: &Path, reps: usize) -> Option<f64> {
+    let run = |n: usize| {
+        let figures: Vec<f64> = (0..reps)
+            .filter_map(|_| {
+                in_fresh_process_env(
+                    "--many-child",
+                    &[spec.as_ref(), n.to_string().as_ref()],
+                    &[("EXECNET_CACHE_DIR", cache)],
+                )
+                .map_err(|e| eprintln!("faults: {e}"))
+                .ok()
+                .and_then(|v| v.get(1).copied())
+            })
+            .collect();
+        median(figures)
+    };
+    Some((run(16)? - run(1)?) / 15.0)
 }
 
 fn ours_many_fresh(spec: &str, n: usize, cache: &Path) -> Res<f64> {
@@ -1277,6 +1317,23 @@ fn main() -> Res<()> {
                         peer,
                         target: Target::TimesLimit(1.3, "bare", bare),
                     });
+                }
+                if g == 16 {
+                    // What each further gateway costs in page faults, the
+                    // bulk of a forked worker's CPU (copy-on-write and
+                    // file-backed faults): exact counts, where the times
+                    // above move with the machine.
+                    for (mode, mode_spec) in START_MODES {
+                        rows.push(Row {
+                            metric: format!(
+                                "{l}: page faults per {mode} gateway, all processes (16 at once against 1)"
+                            ),
+                            unit: Unit::Count,
+                            ours: faults_per_gateway(&mode_spec(py), &pop, reps.min(5)),
+                            peer: None,
+                            target: Target::None,
+                        });
+                    }
                 }
                 rows.push(Row {
                     metric: format!("{l}: limit: {g} bare `python -c pass` at once"),
