@@ -570,7 +570,16 @@ class Execution(WorkerTestCase):
             idents.append(set(g[1] for g in got))
             h.wait_for(lambda: all(c in h.closed_by_worker for c in chans))
             h.wait_for(lambda: h.request_status(burst)["numexecuting"] == 0)
-            time.sleep(0.2)  # the executors park after closing their channels
+            # the executors park after closing their channels: wait until all have (a
+            # fixed sleep was too short for 200 threads on a loaded machine)
+            deadline = time.monotonic() + 20
+            while True:
+                c = h.exec_("import _thread\n"
+                            "channel.send((_thread.get_ident(), len(channel.gateway._idle)))\n")
+                probe, parked = h.item(c)
+                if parked >= len(idents[-1] - {probe}) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
         self.assertLess(len(idents[1] - idents[0]), 100)
 
     def test_callback_runs_while_exec_reads(self):
