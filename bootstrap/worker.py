@@ -1111,6 +1111,9 @@ class Gateway(object):
         opts = hello.get("options") or {}
         self._model = opts.get("execmodel") or "thread"
         self.output = opts.get("output") or "inherit"
+        # "host": the host reads our stderr pipe itself and forwards it (a local
+        # process): fd 2 stays on it, so nothing written there is lost if we die
+        self._stderr_host = opts.get("stderr") == "host"
         if self._model not in ("thread", "main_thread_only"):
             raise ProtocolError("unsupported execmodel %r" % (self._model,))
         if self.output not in ("forward", "inherit", "discard"):
@@ -2058,7 +2061,7 @@ class Gateway(object):
     def _setup_output(self):
         mode = self.output
         if mode == "forward":
-            for fd in (1, 2):
+            for fd in (1,) if self._stderr_host else (1, 2):
                 r, w = os.pipe()
                 os.dup2(w, fd)
                 os.close(w)

@@ -7,8 +7,8 @@
 //! timeout ([`DROP_TIMEOUT`]) and reaps the process.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -18,6 +18,7 @@ use execnet_core::{to_value, ChannelRef, Config, ExecRequest, Value, WorkerInfo}
 use crate::channel::{with_gateway, Channel};
 use crate::driver::{Driver, OutputSink};
 use crate::error::{Error, Result};
+use crate::sync::lock;
 use crate::transport::{self, Transport};
 use crate::xspec::{OutputMode, XSpec};
 
@@ -212,7 +213,8 @@ impl GatewayBuilder {
 
     /// Forwards remote output (`fd` 1 or 2, bytes) to `f` instead of our
     /// stderr. Implies [`OutputMode::Forward`]. Runs on the gateway's reader
-    /// thread.
+    /// thread, or (a local worker's stderr, read from its pipe) on the
+    /// thread that reads it.
     pub fn on_output(mut self, f: impl FnMut(u8, &[u8]) + Send + 'static) -> Self {
         self.output_mode = OutputMode::Forward;
         self.output = Some(Box::new(f));
@@ -274,18 +276,40 @@ impl GatewayBuilder {
             spec.set_id(&id);
         }
         let debug = std::env::var_os("EXECNET_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
-        let options = Value::Dict(vec![
+        let sink = Arc::new(Mutex::new(match self.output {
+            Some(f) => OutputSink::Callback(f),
+            None => OutputSink::Stderr,
+        }));
+        let mut options = vec![
             (
                 Value::str("execmodel"),
                 Value::str(spec.execmodel().as_str()),
             ),
             (Value::str("output"), Value::str(self.output_mode.as_str())),
             (Value::str("debug"), Value::Bool(debug)),
-        ]);
-        let sink = match self.output {
-            Some(f) => OutputSink::Callback(f),
-            None => OutputSink::Stderr,
-        };
+        ];
+        // A local worker's stderr is a pipe we read anyway (its tail for
+        // errors): forwarded from there, what the worker writes to it just
+        // before it dies reaches the sink; through the worker's own output
+        // thread it could die with it. Forwarded from the worker's HELLO
+        // on: what the interpreter wrote before (a failed start's error)
+        // stays the start error's stderr tail, as through the worker.
+        let forwarding = Arc::new(AtomicBool::new(false));
+        if self.output_mode == OutputMode::Forward {
+            let to = sink.clone();
+            let on = forwarding.clone();
+            let host_reads = transport.control.as_ref().is_some_and(|c| {
+                c.forward_stderr(Box::new(move |bytes: &[u8]| {
+                    if on.load(Ordering::Acquire) {
+                        lock(&to).deliver(2, bytes);
+                    }
+                }))
+            });
+            if host_reads {
+                options.push((Value::str("stderr"), Value::str("host")));
+            }
+        }
+        let options = Value::Dict(options);
         let span = tracing::debug_span!("gateway", id = %id);
         let started = Instant::now();
         // Driver::start spawns threads and writes the HELLO: off this thread.
@@ -306,6 +330,8 @@ impl GatewayBuilder {
                 return Err(e);
             }
         };
+        // Before any remote code can run (the first EXEC is sent after this).
+        forwarding.store(true, Ordering::Release);
         tracing::debug!(parent: &span, elapsed = ?started.elapsed(), pid = info.pid, "gateway up");
         let inner = Arc::new(GatewayInner {
             driver,

@@ -718,6 +718,17 @@ class OutputForwarding(WorkerTestCase):
         self.assertEqual(out, b"printed\nfd one\n")
         self.assertEqual(err, b"to stderr\nfd two\n")
 
+    def test_forward_with_the_host_reading_stderr(self):
+        # options "stderr": "host" (a local worker's host reads its stderr pipe): fd 1
+        # is forwarded in OUTPUT frames, fd 2 stays on the original stderr, so what is
+        # written there just before the worker dies is in the pipe, not lost with it
+        h = self.host(options={"output": "forward", "stderr": "host"})
+        c = h.exec_("import os, sys\nprint('printed')\nsys.stdout.flush()\n"
+                    "sys.stderr.write('last words\\n')\nsys.stderr.flush()\nos._exit(3)\n")
+        self.assertEqual(h.finish(10), 3)
+        self.assertIn("last words\n", h.stderr_text())
+        self.assertEqual([b for fd, b in h.output if fd == 2], [])
+
     def test_inherit_is_default_and_fd1_cannot_corrupt_the_stream(self):
         h = self.host()
         c = h.exec_("import os\nprint('printed')\nos.write(1, b'\\x03\\x00\\x00\\x00\\x01garbage\\n')\n"

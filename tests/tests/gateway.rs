@@ -289,6 +289,46 @@ fn fd_writes_do_not_corrupt_the_stream() {
 }
 
 #[test]
+fn stderr_written_just_before_a_local_worker_dies_is_forwarded() {
+    bounded(LIMIT, || {
+        // Output `forward` on a local worker: the host reads the worker's
+        // stderr pipe itself, so the last words of a worker that ends at
+        // once (os._exit, a crash) arrive; through the worker's own output
+        // thread they were lost in about half of such ends. Also with a
+        // limit (its control wraps the process's).
+        for spec in ["popen", "popen//max_cpu=600"] {
+            for i in 0..5 {
+                let out = Arc::new(Mutex::new(Vec::<(u8, Vec<u8>)>::new()));
+                let o2 = out.clone();
+                let gw = Gateway::builder(spec)
+                    .unwrap()
+                    .on_output(move |fd, b| o2.lock().unwrap().push((fd, b.to_vec())))
+                    .start()
+                    .unwrap();
+                let ch = gw
+                    .remote_exec(&format!(
+                        "import os, sys\nsys.stderr.write('last words {i}\\n')\nsys.stderr.flush()\nos._exit(3)\n"
+                    ))
+                    .unwrap();
+                assert!(ch.receive::<i64>().is_err(), "the worker died");
+                let want = format!("last words {i}");
+                assert!(
+                    execnet_tests::wait_until(T, || {
+                        out.lock()
+                            .unwrap()
+                            .iter()
+                            .any(|(fd, b)| *fd == 2 && String::from_utf8_lossy(b).contains(&want))
+                    }),
+                    "{spec}, run {i}: {:?}",
+                    out.lock().unwrap()
+                );
+                gw.terminate(Some(T));
+            }
+        }
+    })
+}
+
+#[test]
 fn output_discard_and_inherit_keep_the_stream_intact() {
     bounded(LIMIT, || {
         for mode in ["discard", "inherit"] {

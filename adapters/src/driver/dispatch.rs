@@ -1,11 +1,9 @@
 //! Dispatch: session events into channel states, and the user code they
 //! call (callbacks, the output sink), run outside the lock.
 
-use std::io::Write;
-
 use execnet_core::{ChannelEnd, ChannelId, Event as SessionEvent, Value};
 
-use super::{connection_error, Callback, Driver, End, OutputSink, State, Work};
+use super::{connection_error, Callback, Driver, End, State, Work};
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
@@ -81,15 +79,7 @@ impl Driver {
     pub(super) fn do_work(&self, work: Vec<Work>) {
         for w in work {
             match w {
-                Work::Output(fd, bytes) => {
-                    let mut sink = lock(&self.output);
-                    match &mut *sink {
-                        OutputSink::Stderr => {
-                            let _ = std::io::stderr().write_all(&bytes);
-                        }
-                        OutputSink::Callback(f) => f(fd, &bytes),
-                    }
-                }
+                Work::Output(fd, bytes) => lock(&self.output).deliver(fd, &bytes),
                 Work::Callbacks(id) => self.run_callbacks(id, false),
             }
         }

@@ -201,6 +201,18 @@ pub(crate) enum OutputSink {
     Callback(OutputCallback),
 }
 
+impl OutputSink {
+    /// Hands `bytes` the worker wrote to its `fd` (1 or 2) on.
+    pub(crate) fn deliver(&mut self, fd: u8, bytes: &[u8]) {
+        match self {
+            OutputSink::Stderr => {
+                let _ = std::io::stderr().write_all(bytes);
+            }
+            OutputSink::Callback(f) => f(fd, bytes),
+        }
+    }
+}
+
 /// One gateway's shared state and threads.
 pub(crate) struct Driver {
     state: Mutex<State>,
@@ -218,7 +230,9 @@ pub(crate) struct Driver {
     /// The reader thread's wake-up descriptor (`wake.rs`), when the
     /// transport has a descriptor to poll (`PeerControl::readable_fd`).
     wake: Option<Wake>,
-    output: Mutex<OutputSink>,
+    /// Shared with the transport's stderr reader when it forwards the
+    /// worker's stderr itself (`PeerControl::forward_stderr`).
+    output: Arc<Mutex<OutputSink>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     reader_id: OnceLock<std::thread::ThreadId>,
     callback_context: OnceLock<CallbackContext>,
@@ -339,7 +353,7 @@ impl Driver {
         transport: Transport,
         config: Config,
         options: Value,
-        output: OutputSink,
+        output: Arc<Mutex<OutputSink>>,
         span: tracing::Span,
         label: String,
     ) -> Result<Arc<Driver>> {
@@ -397,7 +411,7 @@ impl Driver {
             control,
             lead_with_deadline,
             wake,
-            output: Mutex::new(output),
+            output,
             threads: Mutex::new(Vec::new()),
             reader_id: OnceLock::new(),
             callback_context: OnceLock::new(),

@@ -564,6 +564,10 @@ impl PeerControl for Limited {
         self.inner.readable_fd()
     }
 
+    fn forward_stderr(&self, sink: super::StderrSink) -> bool {
+        self.inner.forward_stderr(sink)
+    }
+
     fn limit_exceeded(&self, status: ExitStatus) -> Option<String> {
         let _ = status;
         lock(&self.verdict).clone().flatten()

@@ -292,7 +292,19 @@ pub trait PeerControl: Send + Sync {
         let fd = self.readable_fd()?;
         Some(poll_input(fd, None, Some(timeout)).input)
     }
+    /// Output `forward`: hands every chunk of the worker's stderr to `sink`
+    /// from now on, as this transport reads it (a local process's stderr
+    /// pipe), so that what a worker writes there just before it dies is not
+    /// lost with it. `false` when this transport does not read the worker's
+    /// stderr: the worker then forwards its fd 2 itself, like its fd 1.
+    fn forward_stderr(&self, sink: StderrSink) -> bool {
+        let _ = sink;
+        false
+    }
 }
+
+/// Where [`PeerControl::forward_stderr`] delivers a worker's stderr.
+pub type StderrSink = Box<dyn FnMut(&[u8]) + Send>;
 
 /// What [`poll_input`] saw. Neither: the time ran out, or a signal
 /// interrupted the wait.

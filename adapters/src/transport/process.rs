@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use crate::sync::lock;
 use std::time::{Duration, Instant};
 
-use super::PeerControl;
+use super::{PeerControl, StderrSink};
 use crate::error::{Error, ExitStatus, Result};
 
 /// How many bytes of stderr are kept for error reports.
@@ -215,6 +215,9 @@ impl<T: PeerControl> PeerControl for Shared<T> {
     fn readable_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.0.readable_fd()
     }
+    fn forward_stderr(&self, sink: StderrSink) -> bool {
+        self.0.forward_stderr(sink)
+    }
 }
 
 /// The child process: reaping, killing its group, its stderr tail.
@@ -311,6 +314,9 @@ impl PeerControl for ProcessControl {
         use std::os::fd::AsFd;
         self.stdout.as_ref().map(AsFd::as_fd)
     }
+    fn forward_stderr(&self, sink: StderrSink) -> bool {
+        self.stderr.forward(sink)
+    }
 }
 
 impl Drop for ProcessControl {
@@ -324,11 +330,13 @@ impl Drop for ProcessControl {
     }
 }
 
-/// The last bytes of the child's stderr.
+/// The last bytes of the child's stderr, and where it goes as it comes.
 #[derive(Default)]
 struct StderrTail {
     buf: Mutex<(VecDeque<u8>, bool)>,
     done: Condvar,
+    /// Output `forward`: the gateway's output (`forward_stderr`).
+    sink: Mutex<Option<StderrSink>>,
 }
 
 impl StderrTail {
@@ -338,8 +346,12 @@ impl StderrTail {
             match stderr.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if passthrough {
-                        let _ = std::io::stderr().write_all(&chunk[..n]);
+                    match lock(&self.sink).as_mut() {
+                        Some(sink) => sink(&chunk[..n]),
+                        None if passthrough => {
+                            let _ = std::io::stderr().write_all(&chunk[..n]);
+                        }
+                        None => {}
                     }
                     let mut g = lock(&self.buf);
                     g.0.extend(&chunk[..n]);
@@ -356,6 +368,19 @@ impl StderrTail {
     fn finish(&self) {
         lock(&self.buf).1 = true;
         self.done.notify_all();
+    }
+
+    /// Sends what comes from now on to `sink` too; `false` if nothing
+    /// more comes (no stderr pipe, or it has ended).
+    fn forward(&self, sink: StderrSink) -> bool {
+        let mut slot = lock(&self.sink);
+        // Under the sink's lock: the reader takes it before each chunk, so
+        // no chunk read after this check is missed.
+        if lock(&self.buf).1 {
+            return false;
+        }
+        *slot = Some(sink);
+        true
     }
 
     fn wait_done(&self, timeout: Duration) {
