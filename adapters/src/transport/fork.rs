@@ -243,8 +243,8 @@ pub(crate) struct Server {
     /// not the thread that reads it: there the server is not used, and
     /// dropping it touches nothing of the parent's.
     owner: u32,
-    /// `popen//fork PYTHON`, for descriptions.
-    label: String,
+    /// The interpreter's command line, for descriptions and errors.
+    python: String,
 }
 
 impl Server {
@@ -309,18 +309,9 @@ impl Server {
         let debug = std::env::var_os("EXECNET_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
         let process = Arc::new(ProcessControl::new(child, stderr, debug));
         let pid = process.pid().unwrap_or(0);
-        let label = format!("popen//fork {python}");
-        tracing::debug!(pid, %label, "spawned fork server");
+        tracing::debug!(pid, %python, "spawned fork server");
 
-        let fail = |reason: String| {
-            process.kill();
-            let status = process.wait(Duration::from_secs(2));
-            let how = status.map_or_else(String::new, |s| format!(" ({s})"));
-            Error::BootstrapFailed {
-                reason: format!("the fork server of {python}{how}: {reason}"),
-                stderr_tail: process.stderr_tail(Duration::from_millis(500)),
-            }
-        };
+        let fail = |reason: String| start_failed(&process, &python, &reason);
         let started = Instant::now();
         // May wait (bounded) for another start of this interpreter that is
         // compiling; the server starts meanwhile.
@@ -401,7 +392,7 @@ impl Server {
             reader: Mutex::new(Some(reader)),
             next_token: AtomicU64::new(1),
             owner: std::process::id(),
-            label,
+            python,
         })
     }
 
@@ -444,15 +435,11 @@ impl Server {
             }
             Err(why) => {
                 drop(one_at_a_time);
-                self.process.kill();
-                let status = self.process.wait(Duration::from_secs(2));
-                let how = status.map_or_else(String::new, |s| format!(" ({s})"));
-                let reason = format!("the fork server of {}{how}: {why}", self.python());
-                self.refuse(&queued, &reason);
-                Err(Error::BootstrapFailed {
-                    reason,
-                    stderr_tail: self.process.stderr_tail(Duration::from_millis(500)),
-                })
+                let e = start_failed(&self.process, &self.python, &why);
+                if let Error::BootstrapFailed { reason, .. } = &e {
+                    self.refuse(&queued, reason);
+                }
+                Err(e)
             }
         }
     }
@@ -467,11 +454,6 @@ impl Server {
                 }
             }
         });
-    }
-
-    /// The interpreter's command line, for errors.
-    fn python(&self) -> &str {
-        self.label.trim_start_matches("popen//fork ")
     }
 
     /// Writes one request with its two descriptors; the caller holds
@@ -559,8 +541,8 @@ impl Server {
             reader: Box::new(File::from(out_r)),
             writer: Box::new(File::from(in_w)),
             description: format!(
-                "{} (fork server pid {})",
-                self.label,
+                "popen//fork {} (fork server pid {})",
+                self.python,
                 self.process.pid().unwrap_or(0)
             ),
             control: Some(Box::new(control)),
@@ -572,8 +554,8 @@ impl Server {
         let how = status.map_or_else(String::new, |s| format!(" ({s})"));
         Error::BootstrapFailed {
             reason: format!(
-                "the fork server of {} (pid {}) has ended{how}: {why}",
-                self.label,
+                "the fork server of popen//fork {} (pid {}) has ended{how}: {why}",
+                self.python,
                 self.process.pid().unwrap_or(0)
             ),
             stderr_tail: self.process.stderr_tail(Duration::from_millis(200)),
@@ -599,6 +581,18 @@ impl Drop for Server {
             // It has seen the end of the connection (shut down above).
             let _ = reader.join();
         }
+    }
+}
+
+/// The error of a server that did not come up: it is killed and reaped
+/// (bounded), and the error says how it ended, why, and its stderr tail.
+fn start_failed(process: &ProcessControl, python: &str, why: &str) -> Error {
+    process.kill();
+    let status = process.wait(Duration::from_secs(2));
+    let how = status.map_or_else(String::new, |s| format!(" ({s})"));
+    Error::BootstrapFailed {
+        reason: format!("the fork server of {python}{how}: {why}"),
+        stderr_tail: process.stderr_tail(Duration::from_millis(500)),
     }
 }
 
