@@ -2387,7 +2387,7 @@ def _main(forked=False):
     done the process-wide part that children inherit (_prepare_fork)."""
     global _errfd, _tfd
     _errfd = os.dup(2)
-    dbg = _DEBUG if forked else os.environ.get("EXECNET_DEBUG")
+    dbg = os.environ.get("EXECNET_DEBUG")
     if dbg:
         if dbg in ("1", "true", "yes", "stderr"):
             _tfd = _errfd
@@ -2412,15 +2412,10 @@ def _main(forked=False):
     gw.serve()
 
 
-_DEBUG = None  # EXECNET_DEBUG as the fork server found it (_prepare_fork)
-
-
 def _prepare_fork():
     """In the fork server, once before its first fork: what every forked worker
     would do first and can inherit instead. The main-thread guard: its at-fork
     handler (_forked) records each child's own main thread as the fork returns."""
-    global _DEBUG
-    _DEBUG = os.environ.get("EXECNET_DEBUG")
     _guard_main()
 
 
