@@ -470,16 +470,8 @@ fn many_child(spec: &str, n: usize) -> Res<()> {
 /// Minor page faults of this process and of every descendant reaped so far
 /// (`/proc/self/stat` minflt + cminflt): exact counts, unlike CPU times.
 fn faults_of_all() -> Res<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let rest = stat.rsplit_once(')').ok_or("stat")?.1;
-    let field = |i: usize| -> Res<f64> {
-        Ok(rest
-            .split_whitespace()
-            .nth(i)
-            .ok_or("stat")?
-            .parse::<u64>()? as f64)
-    };
-    Ok(field(7)? + field(8)?)
+    let [own, reaped] = fault_counts("self")?;
+    Ok(own + reaped)
 }
 
 /// Page faults per gateway of `spec`, all processes counted (host,
@@ -517,13 +509,23 @@ fn ours_many_fresh(spec: &str, n: usize, cache: &Path) -> Res<f64> {
 
 /// Minor page faults of process `pid` so far (`/proc/PID/stat` field 10).
 fn minflt(pid: i64) -> Res<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').ok_or("stat")?.1;
-    Ok(rest
-        .split_whitespace()
-        .nth(7)
+    Ok(fault_counts(&pid.to_string())?[0])
+}
+
+/// `/proc/PROC/stat` fields 10 and 11 (`PROC` a pid or `self`): the
+/// process's minor page faults, and those of its reaped descendants.
+fn fault_counts(proc: &str) -> Res<[f64; 2]> {
+    let stat = std::fs::read_to_string(format!("/proc/{proc}/stat"))?;
+    // The fields after the command name (which may hold spaces) start at
+    // field 3, the state.
+    let mut after = stat
+        .rsplit_once(')')
         .ok_or("stat")?
-        .parse::<u64>()? as f64)
+        .1
+        .split_whitespace()
+        .skip(7);
+    let mut next = || -> Res<f64> { Ok(after.next().ok_or("stat")?.parse::<u64>()? as f64) };
+    Ok([next()?, next()?])
 }
 
 /// Bulk each way on one gateway: (host→worker MiB/s, worker→host MiB/s,
