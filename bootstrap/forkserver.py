@@ -24,20 +24,26 @@
 # Requests (host -> server), 16 bytes each:  b"F", flags, 6 zero bytes, token (8,
 # big-endian), with two descriptors attached (SCM_RIGHTS): the worker's stdin (read
 # end of a pipe) and stdout (write end). Flags bit 0: relay the worker's stderr to
-# the host as it comes (output mode "inherit"). The token names the gateway in
-# every report about it.
+# the host as it comes (output mode "inherit"). Bit 1 (output mode "forward"): the
+# worker's fd 1 gets a pipe of its own too, read here, and both its fds are relayed
+# as they come, so that what it writes just before it dies is not lost with it (its
+# own output thread could die first). The token names the gateway in every report
+# about it.
 #
 # Reports (server -> host):  kind (1 byte), token (8), payload length (4), payload.
 #   R  ready (token 0)
 #   S  started: the worker's pid (4 bytes)
 #   E  not started: why (UTF-8)
-#   O  stderr bytes of the worker (relay requested)
+#   O  output of the worker (relay requested): the fd (1 byte: 1 or 2), its bytes
 #   X  ended: b"C" exit code or b"S" signal, the number (4 bytes, signed), then the
 #      last bytes of the worker's stderr
 #
 # A worker is a child of this server: its own session and process group (setsid),
-# stdin/stdout the host's pipes, stderr a fresh pipe read here, every other
-# descriptor closed (nothing of another gateway or of the server is left in it);
+# the host's pipes above the server's highest descriptor (its input and output: the
+# worker's main reads and writes them as they are), fd 0 /dev/null, fd 2 a fresh
+# pipe read here, fd 1 a dup of it or (bit 1) a pipe of its own read here too, every
+# other descriptor closed (nothing of another gateway or of the server is left in
+# it);
 # then the worker's process-mode main runs as in a fresh interpreter, less what the
 # server did once for all of them (the worker's _prepare_fork). The server
 # reaps its children and reports how each ended, with the tail of its stderr. At the
@@ -101,13 +107,6 @@ def load_worker(inp, ctl):
     del compiled, source
     ns = {"__name__": "execnet_fork_worker", "__builtins__": __builtins__}
     exec(code, ns)
-    # what every worker imports at its start (_detach, its output thread): loaded
-    # once here instead of in each child (fcntl is a shared library on some builds)
-    for name in ("fcntl", "stat", "io"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
     # the first compile() of a process sets up the compiler's AST types (~0.4 ms and
     # their pages); done here, every child's first remote_exec starts warm
     compile("pass", "<warm-up>", "exec")
@@ -138,10 +137,11 @@ def _highest_fd():
 
 
 class Child(object):
-    __slots__ = ("token", "pid", "errfd", "tail", "relay", "alive")
+    __slots__ = ("token", "pid", "fds", "tail", "relay", "alive")
 
-    def __init__(self, token, pid, errfd, relay):
-        self.token, self.pid, self.errfd, self.relay = token, pid, errfd, relay
+    def __init__(self, token, pid, fds, relay):
+        self.token, self.pid, self.relay = token, pid, relay
+        self.fds = fds  # {read end: the worker's fd (2: stderr, 1: stdout)}, until their ends
         self.tail = bytearray()
         self.alive = True
 
@@ -153,7 +153,7 @@ class Server(object):
         self.children = {}  # pid -> Child, until reaped
         # reaped workers: their process groups (what they started) may outlive them
         self.reaped = deque(maxlen=4096)
-        self.pipes = {}  # stderr read end -> Child, until its end of file
+        self.pipes = {}  # output pipe read end -> Child, until its end of file
         self.buf, self.fds = b"", []
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -201,7 +201,7 @@ class Server(object):
                     except OSError:
                         pass
                 elif fd in self.pipes:
-                    self.read_stderr(fd)
+                    self.read_output(fd)
             self.reap()
             for fd, ev in ready:
                 if fd == self.ctl.fileno() and not self.control():
@@ -255,17 +255,37 @@ class Server(object):
         self.fds = []
 
     def requests(self, batch):
-        """Fork a worker per request, back to back, then do the bookkeeping and send
-        the reports: what the server writes between two forks is copied (copy on
-        write) once per fork, what it writes after them once."""
-        started = [w for w in (self.fork(req, fds) for req, fds in batch) if w]
+        """Fork a worker per request: everything a fork needs is made first, the
+        forks run back to back, the bookkeeping and reports come after them. After
+        each fork every page this process writes is copied (copy on write) once
+        more, so what runs between two forks costs once per fork, the rest once."""
+        jobs = [j for j in (self.prepare(req, fds) for req, fds in batch) if j]
+        fork, pids = os.fork, []
+        for job in jobs:
+            try:
+                pid = fork()
+            except OSError as e:
+                pid = e
+            if pid == 0:
+                self.child(job[2], job[3], job[4])  # never returns
+            pids.append(pid)
         reports = []
-        for token, pid, er, relay in started:
-            os.set_blocking(er, False)
-            c = Child(token, pid, er, relay)
+        for (token, relay, inr, outw, ends), pid in zip(jobs, pids):
+            os.close(inr)
+            os.close(outw)
+            for r, w, _ in ends:
+                os.close(w)
+            if not isinstance(pid, int):
+                for r, w, _ in ends:
+                    os.close(r)
+                self.report(b"E", token, ("fork failed: %s" % pid).encode())
+                continue
+            c = Child(token, pid, dict((r, wfd) for r, w, wfd in ends), relay)
             self.children[pid] = c
-            self.pipes[er] = c
-            self.poll.register(er, select.POLLIN)
+            for r in c.fds:
+                os.set_blocking(r, False)
+                self.pipes[r] = c
+                self.poll.register(r, select.POLLIN)
             _trace("forked", pid, "for token", token)
             reports.append(HDR.pack(b"S", token, 4) + struct.pack(">I", pid))
         if reports:
@@ -274,9 +294,11 @@ class Server(object):
             except OSError as e:
                 _trace("report failed:", e)
 
-    def fork(self, req, fds):
-        """(token, pid, stderr read end, relay) of the worker forked for a request, or
-        None (refused: reported)."""
+    def prepare(self, req, fds):
+        """(token, relay, stdin, stdout, [(read end, write end, the worker's fd)] of
+        its output pipes) for a request, or None (refused: reported). relay: the
+        worker fds whose output is relayed, as bits (fd 1: 1, fd 2: 2): 0 none, 2
+        stderr (inherit), 3 both (forward)."""
         token = struct.unpack(">Q", req[8:16])[0]
         if req[:1] != b"F" or len(fds) != 2:
             for fd in fds:
@@ -285,46 +307,48 @@ class Server(object):
                                       % (req[:2], len(fds))).encode())
             return None
         inr, outw = fds
+        relay = 3 if req[1] & 2 else 2 * (req[1] & 1)
+        ends = []
         try:
-            er, ew = os.pipe()
-            self.seen((er, ew))
+            for wfd in (2, 1) if relay == 3 else (2,):
+                r, w = os.pipe()
+                ends.append((r, w, wfd))
+                self.seen((r, w))
         except OSError as e:
+            for r, w, _ in ends:
+                os.close(r)
+                os.close(w)
             os.close(inr)
             os.close(outw)
-            self.report(b"E", token, ("no stderr pipe: %s" % e).encode())
+            self.report(b"E", token, ("no output pipe: %s" % e).encode())
             return None
-        try:
-            pid = os.fork()
-        except OSError as e:
-            pid = None
-            err = e
-        if pid == 0:
-            self.child(inr, outw, ew)  # never returns
-        os.close(inr)
-        os.close(outw)
-        os.close(ew)
-        if pid is None:
-            os.close(er)
-            self.report(b"E", token, ("fork failed: %s" % err).encode())
-            return None
-        return token, pid, er, bool(req[1] & 1)
+        return token, relay, inr, outw, ends
 
-    def child(self, inr, outw, ew):
+    def child(self, inr, outw, ends):
         """In the forked child: become a worker process, never return."""
         try:
             _signal.set_wakeup_fd(-1)
             _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
             os.setsid()  # own session and process group: the host kills the group
-            os.dup2(inr, 0)
-            os.dup2(outw, 1)
-            os.dup2(ew, 2)
+            # fd 0 is /dev/null as ours; the protocol's pipes go above every
+            # descriptor we have (no dup2 overwrites one still to be placed), off
+            # 0 and 1 as a popen worker's main moves them; the output pipes go to
+            # 2 and 1 (fd 1 a dup of stderr's unless it has its own)
+            top = self.top
+            if top is None:
+                top = max([inr, outw] + [w for r, w, _ in ends])
+            os.dup2(inr, top + 1)
+            os.dup2(outw, top + 2)
+            for r, w, wfd in ends:
+                os.dup2(w, wfd)
+            if len(ends) == 1:
+                os.dup2(2, 1)
             # the control socket object must not close a reused descriptor later
             self.ctl.detach()
+            os.closerange(3, top + 1)
             if self.top is None:
-                os.closerange(3, 65536)
-            else:
-                os.closerange(3, self.top + 1)
-            self.worker["_main"](True)
+                os.closerange(top + 3, 65536)
+            self.worker["_main"]((top + 1, top + 2), len(ends) > 1)
         except BaseException as e:
             try:
                 os.write(2, ("execnet-worker: bootstrap failed: fork server child: %r\n"
@@ -334,29 +358,32 @@ class Server(object):
         finally:
             os._exit(1)
 
-    def read_stderr(self, fd):
+    def read_output(self, fd):
+        """Read what has come on one of a worker's output pipes: True if something
+        had, None if nothing had, False at its end (then it is closed)."""
         c = self.pipes[fd]
         try:
             b = os.read(fd, 65536)
         except BlockingIOError:
-            return
+            return None
         except OSError:
             b = b""
         if not b:
             self.poll.unregister(fd)
             os.close(fd)
             del self.pipes[fd]
-            c.errfd = None
-            return
-        self.keep(c, b)
+            del c.fds[fd]
+            return False
+        self.keep(c, c.fds[fd], b)
+        return True
 
-    def keep(self, c, b):
-        if c.alive:
+    def keep(self, c, wfd, b):
+        if wfd == 2 and c.alive:
             c.tail += b
             if len(c.tail) > TAIL:
                 del c.tail[:-TAIL]
-        if c.relay:
-            self.report(b"O", c.token, b)
+        if c.relay & wfd:
+            self.report(b"O", c.token, (b"\x02" if wfd == 2 else b"\x01") + b)
 
     def reap(self):
         while self.children:
@@ -371,29 +398,16 @@ class Server(object):
             c = self.children.pop(pid, None)
             if c is None:
                 continue
-            # what the worker wrote before it ended is in the pipe now
-            for _ in range(16):
-                if c.errfd is None:
-                    break
-                try:
-                    b = os.read(c.errfd, 65536)
-                except OSError:
-                    break
-                if not b:
-                    self.read_stderr_eof(c)
-                    break
-                self.keep(c, b)
+            # what the worker wrote before it ended is in its pipes now (unless
+            # what it started holds them open: then up to 1 MiB each, not to block)
+            for fd in list(c.fds):
+                for _ in range(16):
+                    if not self.read_output(fd):
+                        break
             c.alive = False
             self.reaped.append(pid)
             _trace("reaped", pid, st)
             self.report(b"X", c.token, _status(st) + bytes(c.tail))
-
-    def read_stderr_eof(self, c):
-        fd = c.errfd
-        self.poll.unregister(fd)
-        os.close(fd)
-        del self.pipes[fd]
-        c.errfd = None
 
     def shutdown(self):
         """The host has gone: no worker of ours outlives it."""

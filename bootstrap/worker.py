@@ -1112,8 +1112,11 @@ class Gateway(object):
         self._model = opts.get("execmodel") or "thread"
         self.output = opts.get("output") or "inherit"
         # "host": the host reads our stderr pipe itself and forwards it (a local
-        # process): fd 2 stays on it, so nothing written there is lost if we die
+        # process): fd 2 stays on it, so nothing written there is lost if we die;
+        # stdout "host": so does our fd 1 (a fork server's child: _main's stdout)
         self._stderr_host = opts.get("stderr") == "host"
+        self._stdout_host = opts.get("stdout") == "host"
+        self._stdout_piped = False  # fd 1 is a pipe the host reads (_main's stdout)
         if self._model not in ("thread", "main_thread_only"):
             raise ProtocolError("unsupported execmodel %r" % (self._model,))
         if self.output not in ("forward", "inherit", "discard"):
@@ -2060,13 +2063,20 @@ class Gateway(object):
     # -- output forwarding
     def _setup_output(self):
         mode = self.output
+        if self._stdout_host and (not self._stdout_piped or mode != "forward"):
+            raise ProtocolError("HELLO option stdout 'host' without a pipe the host reads")
+        if self._stdout_piped and mode == "inherit":
+            os.dup2(2, 1)  # as a popen worker's: what the host reads is fd 2
         if mode == "forward":
-            for fd in (1,) if self._stderr_host else (1, 2):
+            for fd in (1, 2):
+                if (self._stdout_host, self._stderr_host)[fd - 1]:
+                    continue  # the host reads that pipe itself
                 r, w = os.pipe()
                 os.dup2(w, fd)
                 os.close(w)
                 self._ofds[r] = fd
-            _thread.start_new_thread(self._output_loop, ())  # no start-up hand-off
+            if self._ofds:
+                _thread.start_new_thread(self._output_loop, ())  # no start-up hand-off
         elif mode == "discard":
             dn = os.open(os.devnull, os.O_WRONLY)
             os.dup2(dn, 1)
@@ -2298,9 +2308,8 @@ def _forked():
 
 
 # ------------------------------------------------------------------ main
-def _detach(widen=True):
-    """Move the protocol off fds 0/1; returns (infd, outfd, bytes already buffered).
-    widen: give pipes 1 MiB (a forked worker's pipes come widened by the host)."""
+def _detach():
+    """Move the protocol off fds 0/1; returns (infd, outfd, bytes already buffered)."""
     inp = sys.stdin.buffer
     infd, outfd = os.dup(0), os.dup(1)
     # The loader read the source through sys.stdin.buffer, which may hold
@@ -2316,7 +2325,7 @@ def _detach(widen=True):
     os.dup2(dn, 0)
     os.dup2(2, 1)  # until the host's output option is known
     os.close(dn)
-    if widen and sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux"):
         import fcntl
         import stat
 
@@ -2382,9 +2391,12 @@ def _fatal(msg, outfd=None):
     os._exit(1)
 
 
-def _main(forked=False):
+def _main(forked=None, stdout_piped=False):
     """A worker process's start. forked: in a child of the fork server, which has
-    done the process-wide part that children inherit (_prepare_fork)."""
+    done the process-wide part that children inherit (_prepare_fork), the fds of
+    the protocol (input, output); fds 0-2 are set up already (0 /dev/null, 2 the
+    stderr pipe the server reads, 1 a dup of it or, stdout_piped, a pipe of its own
+    the server reads too, for the host HELLO's "stdout": "host")."""
     global _errfd, _tfd
     _errfd = os.dup(2)
     dbg = os.environ.get("EXECNET_DEBUG")
@@ -2402,10 +2414,14 @@ def _main(forked=False):
             _guard_main()
         elif not hasattr(os, "register_at_fork"):
             _record()  # 3.6: no at-fork handler did it
-        infd, outfd, pre = _detach(widen=not forked)
+        if forked:
+            (infd, outfd), pre = forked, b""
+        else:
+            infd, outfd, pre = _detach()
         gw = _open(infd, outfd, pre)
         if gw is None:
             _fatal("input ended before the host HELLO")
+        gw._stdout_piped = stdout_piped
         gw._setup_output()  # after HELLO: OUTPUT frames may follow it, never precede it
     except Exception as e:
         _fatal(e, outfd)

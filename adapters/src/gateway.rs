@@ -289,24 +289,30 @@ impl GatewayBuilder {
             (Value::str("debug"), Value::Bool(debug)),
         ];
         // A local worker's stderr is a pipe we read anyway (its tail for
-        // errors): forwarded from there, what the worker writes to it just
-        // before it dies reaches the sink; through the worker's own output
-        // thread it could die with it. Forwarded from the worker's HELLO
-        // on: what the interpreter wrote before (a failed start's error)
-        // stays the start error's stderr tail, as through the worker.
+        // errors), a forked worker's stdout and stderr are pipes its fork
+        // server reads: forwarded from there, what the worker writes to them
+        // just before it dies reaches the sink; through the worker's own
+        // output thread it could die with it. Forwarded from the worker's
+        // HELLO on: what the interpreter wrote before (a failed start's
+        // error) stays the start error's stderr tail, as through the worker.
         let forwarding = Arc::new(AtomicBool::new(false));
         if self.output_mode == OutputMode::Forward {
-            let to = sink.clone();
-            let on = forwarding.clone();
-            let host_reads = transport.control.as_ref().is_some_and(|c| {
-                c.forward_stderr(Box::new(move |bytes: &[u8]| {
-                    if on.load(Ordering::Acquire) {
-                        lock(&to).deliver(2, bytes);
+            if let Some(c) = transport.control.as_ref() {
+                for (fd, name) in [(2u8, "stderr"), (1u8, "stdout")] {
+                    let to = sink.clone();
+                    let on = forwarding.clone();
+                    let host_reads = c.forward_output(
+                        fd,
+                        Box::new(move |bytes: &[u8]| {
+                            if on.load(Ordering::Acquire) {
+                                lock(&to).deliver(fd, bytes);
+                            }
+                        }),
+                    );
+                    if host_reads {
+                        options.push((Value::str(name), Value::str("host")));
                     }
-                }))
-            });
-            if host_reads {
-                options.push((Value::str("stderr"), Value::str("host")));
+                }
             }
         }
         let options = Value::Dict(options);

@@ -116,18 +116,22 @@ class Server(object):
                 return r[2]
             self.pending.append(r)
 
-    def fork(self, relay=False):
-        """(token, pid, Host) for a new forked worker."""
+    def fork(self, relay=False, flags=None, options=None):
+        """(token, pid, Host) for a new forked worker. flags: the request's (default:
+        bit 0 if relay); options: the Host HELLO's."""
         self.token += 1
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
-        req = b"F" + bytes([1 if relay else 0]) + b"\0" * 6 + struct.pack(">Q", self.token)
+        if flags is None:
+            flags = 1 if relay else 0
+        req = b"F" + bytes([flags]) + b"\0" * 6 + struct.pack(">Q", self.token)
         self.ctl.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                   struct.pack("2i", in_r, out_w))])
         os.close(in_r)
         os.close(out_w)
         pid = struct.unpack(">I", self.expect(b"S", self.token))[0]
-        host = Host(stream=(os.fdopen(out_r, "rb", 0), os.fdopen(in_w, "wb", 0)))
+        host = Host(stream=(os.fdopen(out_r, "rb", 0), os.fdopen(in_w, "wb", 0)),
+                    options=options)
         return self.token, pid, host
 
     def close(self):
@@ -235,9 +239,47 @@ class ForkServer(unittest.TestCase):
         host.hello()
         run(host, "import sys; sys.stderr.write('relayed text\\n'); sys.stderr.flush(); "
                   "channel.send(1)")
-        self.assertIn(b"relayed text", s.expect(b"O", token))
+        out = s.expect(b"O", token)
+        self.assertEqual(out[:1], b"\x02")  # the worker's fd, then its bytes
+        self.assertIn(b"relayed text", out[1:])
         host.terminate()
         s.expect(b"X", token)
+
+    def test_forward_relays_stdout_and_stderr_to_the_last_byte(self):
+        # flag bit 1 (output "forward"): a stdout pipe of its own too; with the
+        # HELLO's "stdout"/"stderr": "host" the worker forwards nothing itself (no
+        # OUTPUT frames, no output thread) and what it writes just before os._exit
+        # is relayed, each on its fd, before the exit report
+        s = self.server
+        opts = {"output": "forward", "stdout": "host", "stderr": "host"}
+        token, pid, host = s.fork(flags=2, options=opts)
+        host.hello()
+        cid = host.exec_("import os, sys, _thread\n"
+                         "channel.send(sys.modules['_thread']._count())\n"
+                         "print('printed')\nsys.stderr.write('written\\n')\n"
+                         "os.write(1, b'x' * 200000)\nos._exit(5)")
+        self.assertEqual(host.item(cid), 1)  # the reader thread only
+        got = {1: b"", 2: b""}
+        while True:
+            kind, t, payload = s.report()
+            self.assertEqual(t, token)
+            if kind == b"X":
+                break
+            self.assertEqual(kind, b"O")
+            got[payload[0]] += payload[1:]
+        self.assertEqual(ended(payload)[:2], ("C", 5))
+        self.assertEqual(got[1], b"printed\n" + b"x" * 200000)
+        self.assertEqual(got[2], b"written\n")
+        self.assertEqual(host.output, [])
+
+    def test_stdout_host_without_a_pipe_is_refused(self):
+        # "stdout": "host" names a pipe only a forward request gives the worker
+        s = self.server
+        token, pid, host = s.fork(options={"output": "forward", "stdout": "host"})
+        host.hello()
+        host.wait_for(lambda: host.eof)
+        self.assertIn("without a pipe", host.terminated or "")
+        self.assertEqual(ended(s.expect(b"X", token))[:2], ("C", 1))
 
     def test_requests_sent_together_are_all_served(self):
         # several requests waiting at once (the server reads them all, then forks),

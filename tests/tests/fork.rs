@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use execnet::blocking::{makegateway, Gateway, Group};
@@ -191,6 +192,96 @@ fn a_killed_fork_worker_is_worker_died_with_status_and_stderr_tail() {
         }
         assert!(gw.is_terminated());
         assert_reaped(gw.info().pid, T);
+    })
+}
+
+#[test]
+fn output_written_just_before_a_fork_worker_dies_is_forwarded() {
+    bounded(LIMIT, || {
+        // Output `forward`: the fork server reads the worker's stdout and
+        // stderr pipes and relays them, so what a worker writes just before
+        // it ends at once (os._exit) arrives, each on its own fd, and its
+        // stderr is in WorkerDied's tail; through the worker's own output
+        // thread the last words were lost in about half of such ends.
+        for i in 0..5 {
+            let out = Arc::new(Mutex::new(Vec::<(u8, Vec<u8>)>::new()));
+            let o2 = out.clone();
+            let gw = Gateway::builder("popen//fork")
+                .unwrap()
+                .on_output(move |fd, b| o2.lock().unwrap().push((fd, b.to_vec())))
+                .start()
+                .unwrap();
+            let e = gw
+                .remote_exec(&format!(
+                    "import os, sys\nprint('printed {i}')\nsys.stderr.write('last words {i}\\n')\n\
+                     sys.stderr.flush()\nos.write(1, b'raw {i}\\n')\nos._exit(3)\n"
+                ))
+                .unwrap()
+                .receive::<i64>()
+                .unwrap_err();
+            match &e {
+                Error::WorkerDied {
+                    status,
+                    stderr_tail,
+                    ..
+                } => {
+                    assert_eq!(*status, ExitStatus::Code(3), "{e}");
+                    assert!(stderr_tail.contains(&format!("last words {i}")), "{e}");
+                }
+                other => panic!("expected WorkerDied, got {other:?}"),
+            }
+            let text = |fd: u8| -> String {
+                out.lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(f, _)| *f == fd)
+                    .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+                    .collect()
+            };
+            let want_out = format!("printed {i}\nraw {i}\n");
+            let want_err = format!("last words {i}\n");
+            assert!(
+                wait_until(T, || text(1) == want_out && text(2) == want_err),
+                "run {i}: stdout {:?}, stderr {:?}",
+                text(1),
+                text(2)
+            );
+            gw.terminate(Some(T));
+        }
+        // Much of it, on a worker that goes on: whole and in order, and the
+        // session is not disturbed.
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let o2 = out.clone();
+        let gw = Gateway::builder("popen//fork")
+            .unwrap()
+            .on_output(move |fd, b| {
+                if fd == 1 {
+                    o2.lock().unwrap().extend_from_slice(b)
+                }
+            })
+            .start()
+            .unwrap();
+        let ch = gw
+            .remote_exec(
+                "import os\nfor i in range(3000): os.write(1, b'%07d' % i + b'.' * 92)\nchannel.send(7)",
+            )
+            .unwrap();
+        assert_eq!(ch.receive::<i64>().unwrap(), 7);
+        let want: Vec<u8> = (0..3000)
+            .flat_map(|i| {
+                let mut v = format!("{i:07}").into_bytes();
+                v.extend([b'.'; 92]);
+                v
+            })
+            .collect();
+        assert!(
+            wait_until(T, || out.lock().unwrap().len() >= want.len()),
+            "{} of {} bytes",
+            out.lock().unwrap().len(),
+            want.len()
+        );
+        assert!(*out.lock().unwrap() == want, "stdout arrived changed");
+        gw.exit().unwrap();
     })
 }
 

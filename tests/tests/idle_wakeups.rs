@@ -6,9 +6,9 @@
 //!
 //! The hand-over that the periodic wake-ups used to serve is checked too:
 //! a blocking receive that starts while the reader thread waits for input
-//! takes over the reading (remote output is forwarded on the thread that
-//! reads), on every transport that polls (popen, fork, socket, ssh, and a
-//! gateway with a resource limit).
+//! takes over the reading (a channel's callback runs on the thread that
+//! reads its item), on every transport that polls (popen, fork, socket,
+//! ssh, and a gateway with a resource limit).
 //!
 //! The tests of this file run one at a time (`SERIAL`): they find a
 //! gateway's reader thread as the `execnet-reader` thread that was not
@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use execnet::blocking::{makegateway, Gateway};
+use execnet::Value;
 use execnet_tests::sshd::Sshd;
 use execnet_tests::{bounded, skip, LIMIT};
 
@@ -98,24 +99,42 @@ fn assert_idle_reader_sleeps(what: &str, gw: &Gateway, reader: u32) {
 }
 
 /// A blocking receive started on `gw` while its reader thread waits for
-/// input takes over the reading: the worker's output, printed a while
-/// after the receive began, is forwarded on the receiving thread. Both a
+/// input takes over the reading: an item the worker sends a while after
+/// the receive began, on another channel, reaches that channel's callback
+/// on the receiving thread. (Remote output is no probe: a fork worker's
+/// comes through its fork server, not the gateway's stream.) Both a
 /// receive without and one with a deadline (the latter reads through a
-/// poll bounded by its deadline). `output` collects `(thread name, text)`.
-fn assert_receiver_takes_over(what: &str, gw: &Gateway, output: &Output) {
+/// poll bounded by its deadline).
+fn assert_receiver_takes_over(what: &str, gw: &Gateway) {
     for deadline in [None, Some(Duration::from_secs(60))] {
-        output.lock().unwrap().clear();
-        // Idle first: the reader thread holds the read token again.
-        std::thread::sleep(Duration::from_millis(50));
         let ch = gw
             .remote_exec(
                 "import time\n\
+                 probe = channel.gateway.newchannel()\n\
+                 channel.send(probe)\n\
                  time.sleep(0.5)\n\
-                 print('while the receiver waits', flush=True)\n\
+                 probe.send('while the receiver waits')\n\
                  time.sleep(0.3)\n\
                  channel.send(1)\n",
             )
             .unwrap();
+        let probe = match ch.receive::<Value>().unwrap() {
+            Value::Channel(r) => gw.channel_from_ref(r),
+            other => panic!("{what}: expected a channel, got {other:?}"),
+        };
+        let read_by = Arc::new(Mutex::new(Vec::<String>::new()));
+        let r2 = read_by.clone();
+        probe
+            .set_callback(
+                move |_| {
+                    let name = std::thread::current().name().unwrap_or("").to_string();
+                    r2.lock().unwrap().push(name);
+                },
+                None,
+            )
+            .unwrap();
+        // Idle first: the reader thread holds the read token again.
+        std::thread::sleep(Duration::from_millis(50));
         let name = format!("receiver-{what}-{deadline:?}");
         let got: i64 = std::thread::Builder::new()
             .name(name.clone())
@@ -127,46 +146,21 @@ fn assert_receiver_takes_over(what: &str, gw: &Gateway, output: &Output) {
             .join()
             .unwrap();
         assert_eq!(got, 1);
-        let out = output.lock().unwrap().clone();
-        let line = out
-            .iter()
-            .find(|(_, text)| text.contains("while the receiver waits"))
-            .unwrap_or_else(|| panic!("{what}: output not forwarded: {out:?}"));
+        let read_by = read_by.lock().unwrap().clone();
         assert_eq!(
-            line.0, name,
-            "{what} (deadline {deadline:?}): the output was read by {:?}, not by the waiting \
-             receiver: it did not take the reading over",
-            line.0
+            read_by,
+            vec![name],
+            "{what} (deadline {deadline:?}): the probe item was read by {read_by:?}, not by \
+             the waiting receiver: it did not take the reading over"
         );
-    }
-}
-
-/// Forwarded remote output: `(name of the thread that forwarded it, text)`.
-type Output = Arc<Mutex<Vec<(String, String)>>>;
-
-/// An output sink that records into `out`.
-fn recorder(out: &Output) -> impl FnMut(u8, &[u8]) + Send + 'static {
-    let out = out.clone();
-    move |_fd, bytes| {
-        let name = std::thread::current().name().unwrap_or("").to_string();
-        out.lock()
-            .unwrap()
-            .push((name, String::from_utf8_lossy(bytes).into_owned()));
     }
 }
 
 fn check_transport(what: &str, spec: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Output::default();
-    let (gw, reader) = started_with_reader(|| {
-        Gateway::builder(spec)
-            .unwrap()
-            .on_output(recorder(&out))
-            .start()
-            .unwrap()
-    });
+    let (gw, reader) = started_with_reader(|| makegateway(spec).unwrap());
     assert_idle_reader_sleeps(what, &gw, reader);
-    assert_receiver_takes_over(what, &gw, &out);
+    assert_receiver_takes_over(what, &gw);
     assert_idle_reader_sleeps(what, &gw, reader);
     gw.terminate(Some(Duration::from_secs(5)));
 }
@@ -195,17 +189,15 @@ fn an_idle_socket_gateway_does_not_wake_its_reader() {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let via = makegateway("popen").unwrap();
         let spec = format!("socket//installvia={}", via.id());
-        let out = Output::default();
         let (gw, reader) = started_with_reader(|| {
             Gateway::builder(&spec)
                 .unwrap()
                 .via_gateway(via.clone())
-                .on_output(recorder(&out))
                 .start()
                 .unwrap()
         });
         assert_idle_reader_sleeps("socket", &gw, reader);
-        assert_receiver_takes_over("socket", &gw, &out);
+        assert_receiver_takes_over("socket", &gw);
         gw.terminate(Some(Duration::from_secs(5)));
         via.terminate(Some(Duration::from_secs(5)));
     });

@@ -231,7 +231,7 @@ pub(crate) struct Driver {
     /// transport has a descriptor to poll (`PeerControl::readable_fd`).
     wake: Option<Wake>,
     /// Shared with the transport's stderr reader when it forwards the
-    /// worker's stderr itself (`PeerControl::forward_stderr`).
+    /// worker's stderr itself (`PeerControl::forward_output`).
     output: Arc<Mutex<OutputSink>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     reader_id: OnceLock<std::thread::ThreadId>,

@@ -23,7 +23,11 @@
 //! control connection, the pid (`S`), how it ended with the tail of its
 //! stderr (`X`), or why it could not fork (`E`); with output `inherit` it
 //! also relays the worker's stderr as it comes (`O`), which we copy to our
-//! stderr. [`ForkWorker`], the gateway's [`PeerControl`], kills the worker's
+//! stderr; with output `forward` it gives the worker a stdout pipe too and
+//! relays both, which we hand to the gateway's output
+//! ([`PeerControl::forward_output`]): what a worker writes just before it
+//! dies is in those pipes, not lost with its own output thread (it has none
+//! then). [`ForkWorker`], the gateway's [`PeerControl`], kills the worker's
 //! process group itself and learns the exit status and stderr tail from
 //! those reports, so [`Error::WorkerDied`] reads
 //! as for popen.
@@ -61,8 +65,8 @@ use std::time::{Duration, Instant};
 use super::popen::{default_python, PopenOptions};
 use super::process::{self, ProcessControl};
 use super::{
-    code_cache, off_thread, Connect, ConnectFuture, Connected, PeerControl, Request, Through,
-    Transport, STARTUP_TIMEOUT,
+    code_cache, off_thread, Connect, ConnectFuture, Connected, ForwardSink, PeerControl, Request,
+    Through, Transport, STARTUP_TIMEOUT,
 };
 use crate::error::{Error, ExitStatus, Result};
 use crate::sync::{lock, wait_timeout};
@@ -138,7 +142,7 @@ impl Connect for ForkConnect {
 pub fn connect(opts: &PopenOptions) -> Result<Transport> {
     let key = ServerKey::new(opts)?;
     let server = server_for(key)?;
-    server.fork(opts.setup.output == OutputMode::Inherit)
+    server.fork(opts.setup.output)
 }
 
 /// What one fork server serves: the interpreter and every setting that
@@ -481,7 +485,7 @@ impl Server {
 
     /// Asks the server for a worker and returns its byte stream. Does not
     /// wait for the fork (see the module docs).
-    fn fork(self: &Arc<Self>, relay: bool) -> Result<Transport> {
+    fn fork(self: &Arc<Self>, output: OutputMode) -> Result<Transport> {
         use rustix::pipe::{pipe_with, PipeFlags};
 
         // CLOEXEC: no other child we start inherits them (the server gets
@@ -491,13 +495,20 @@ impl Server {
         process::widen_pipe(&in_w);
         process::widen_pipe(&out_r);
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let forward = output == OutputMode::Forward;
         self.reports
-            .register(token)
+            .register(token, forward)
             .map_err(|why| self.ended_error(&why))?;
 
         let mut request = [0u8; REQUEST];
         request[0] = b'F';
-        request[1] = u8::from(relay);
+        // Bit 0: relay its stderr for ours; bit 1: relay stdout and stderr
+        // for the gateway's output (forkserver.py, "Requests").
+        request[1] = match output {
+            OutputMode::Inherit => 1,
+            OutputMode::Forward => 2,
+            OutputMode::Discard => 0,
+        };
         request[8..].copy_from_slice(&token.to_be_bytes());
         let q = Queued {
             token,
@@ -610,6 +621,11 @@ struct Queued {
 struct Reports {
     board: Mutex<Board>,
     changed: Condvar,
+    /// Output `forward`: each worker's stdout (fd 1) and stderr (fd 2)
+    /// sinks, by (token, fd), from `forward_output` until its exit report.
+    /// Apart from the board: a sink runs the gateway's output callback,
+    /// which must not hold up the board's waiters.
+    sinks: Mutex<HashMap<(u64, u8), ForwardSink>>,
 }
 
 #[derive(Default)]
@@ -625,6 +641,9 @@ struct Board {
 /// One gateway's worker, as reported.
 #[derive(Default)]
 struct Worker {
+    /// Output `forward`: the server relays its stdout and stderr for the
+    /// gateway's sinks (dropped while there is no sink), not for our stderr.
+    forward: bool,
     pid: Option<u32>,
     /// The server could not fork it: why.
     refused: Option<String>,
@@ -648,13 +667,57 @@ impl Reports {
         lock(&self.board).ended.is_some()
     }
 
-    fn register(&self, token: u64) -> std::result::Result<(), String> {
+    fn register(&self, token: u64, forward: bool) -> std::result::Result<(), String> {
         let mut b = lock(&self.board);
         if let Some(why) = &b.ended {
             return Err(why.clone());
         }
-        b.workers.insert(token, Worker::default());
+        b.workers.insert(
+            token,
+            Worker {
+                forward,
+                ..Worker::default()
+            },
+        );
         Ok(())
+    }
+
+    /// Hands what the server relays of `token`'s worker's `fd` to `sink`
+    /// from now on; `false` if it relays nothing of it for a gateway (not
+    /// output `forward`, or the worker has ended).
+    fn forward(&self, token: u64, fd: u8, sink: ForwardSink) -> bool {
+        let mut sinks = lock(&self.sinks);
+        // Under the sinks' lock: the report thread takes it before it
+        // delivers an `O` report, and drops the sinks at the `X`.
+        let relayed = lock(&self.board)
+            .workers
+            .get(&token)
+            .is_some_and(|w| w.forward && w.exit.is_none());
+        if relayed && (fd == 1 || fd == 2) {
+            sinks.insert((token, fd), sink);
+        }
+        relayed
+    }
+
+    /// A relayed chunk of `token`'s worker's output on `fd`.
+    fn output(&self, token: u64, fd: u8, bytes: &[u8]) {
+        let mut sinks = lock(&self.sinks);
+        if let Some(sink) = sinks.get_mut(&(token, fd)) {
+            sink(bytes);
+            return;
+        }
+        drop(sinks);
+        let forward = lock(&self.board)
+            .workers
+            .get(&token)
+            .is_some_and(|w| w.forward);
+        // Output `inherit` (only stderr is relayed then): ours. Forward
+        // output before its sink (none: the gateway reads from its HELLO
+        // on) or after the gateway: dropped, as the worker's output thread
+        // would have (the stderr tail keeps the last of it).
+        if !forward && fd == 2 {
+            let _ = std::io::stderr().write_all(bytes);
+        }
     }
 
     /// Waits until `check` answers, at most until `deadline`.
@@ -760,15 +823,16 @@ fn read_reports(mut ctl: impl Read, reports: &Reports) -> String {
                     _ => ExitStatus::Unknown,
                 };
                 let tail = String::from_utf8_lossy(&payload[5..]).into_owned();
+                // Its output came before this report (the server drains its
+                // pipes first): nothing more for its sinks.
+                lock(&reports.sinks).retain(|(t, _), _| *t != token);
                 reports.update(|b| {
                     if let Some(w) = b.workers.get_mut(&token) {
                         w.exit = Some((status, tail));
                     }
                 });
             }
-            b'O' => {
-                let _ = std::io::stderr().write_all(&payload);
-            }
+            b'O' if len >= 1 => reports.output(token, payload[0], &payload[1..]),
             other => break format!("an unknown report {other:#04x} of {len} bytes"),
         }
     };
@@ -884,6 +948,10 @@ impl PeerControl for ForkWorker {
         self.stdout.as_ref().map(AsFd::as_fd)
     }
 
+    fn forward_output(&self, fd: u8, sink: ForwardSink) -> bool {
+        self.reports().forward(self.token, fd, sink)
+    }
+
     fn stderr_tail(&self, timeout: Duration) -> String {
         match self.reports().outcome(self.token, Instant::now() + timeout) {
             Some(Outcome::Exited(_, tail)) => tail,
@@ -909,6 +977,7 @@ impl Drop for ForkWorker {
             self.kill();
             let _ = self.wait(Duration::from_secs(2));
         }
+        lock(&self.reports().sinks).retain(|(t, _), _| *t != self.token);
         self.reports().update(|b| {
             b.workers.remove(&self.token);
         });

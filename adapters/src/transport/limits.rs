@@ -564,8 +564,8 @@ impl PeerControl for Limited {
         self.inner.readable_fd()
     }
 
-    fn forward_stderr(&self, sink: super::StderrSink) -> bool {
-        self.inner.forward_stderr(sink)
+    fn forward_output(&self, fd: u8, sink: super::ForwardSink) -> bool {
+        self.inner.forward_output(fd, sink)
     }
 
     fn limit_exceeded(&self, status: ExitStatus) -> Option<String> {

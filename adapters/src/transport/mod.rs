@@ -292,19 +292,21 @@ pub trait PeerControl: Send + Sync {
         let fd = self.readable_fd()?;
         Some(poll_input(fd, None, Some(timeout)).input)
     }
-    /// Output `forward`: hands every chunk of the worker's stderr to `sink`
-    /// from now on, as this transport reads it (a local process's stderr
-    /// pipe), so that what a worker writes there just before it dies is not
-    /// lost with it. `false` when this transport does not read the worker's
-    /// stderr: the worker then forwards its fd 2 itself, like its fd 1.
-    fn forward_stderr(&self, sink: StderrSink) -> bool {
-        let _ = sink;
+    /// Output `forward`: hands every chunk the worker writes to its `fd`
+    /// (1: stdout, 2: stderr) to `sink` from now on, as this transport reads
+    /// it (a local process's stderr pipe; a forked worker's stdout and
+    /// stderr, relayed by its fork server), so that what a worker writes
+    /// there just before it dies is not lost with it. `false` when this
+    /// transport does not read that fd of the worker: the worker then
+    /// forwards it itself (OUTPUT frames from its output thread).
+    fn forward_output(&self, fd: u8, sink: ForwardSink) -> bool {
+        let _ = (fd, sink);
         false
     }
 }
 
-/// Where [`PeerControl::forward_stderr`] delivers a worker's stderr.
-pub type StderrSink = Box<dyn FnMut(&[u8]) + Send>;
+/// Where [`PeerControl::forward_output`] delivers a worker's output.
+pub type ForwardSink = Box<dyn FnMut(&[u8]) + Send>;
 
 /// What [`poll_input`] saw. Neither: the time ran out, or a signal
 /// interrupted the wait.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use crate::sync::lock;
 use std::time::{Duration, Instant};
 
-use super::{PeerControl, StderrSink};
+use super::{ForwardSink, PeerControl};
 use crate::error::{Error, ExitStatus, Result};
 
 /// How many bytes of stderr are kept for error reports.
@@ -215,8 +215,8 @@ impl<T: PeerControl> PeerControl for Shared<T> {
     fn readable_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.0.readable_fd()
     }
-    fn forward_stderr(&self, sink: StderrSink) -> bool {
-        self.0.forward_stderr(sink)
+    fn forward_output(&self, fd: u8, sink: ForwardSink) -> bool {
+        self.0.forward_output(fd, sink)
     }
 }
 
@@ -314,8 +314,9 @@ impl PeerControl for ProcessControl {
         use std::os::fd::AsFd;
         self.stdout.as_ref().map(AsFd::as_fd)
     }
-    fn forward_stderr(&self, sink: StderrSink) -> bool {
-        self.stderr.forward(sink)
+    fn forward_output(&self, fd: u8, sink: ForwardSink) -> bool {
+        // Its stdout is the protocol's pipe: only stderr is ours to read.
+        fd == 2 && self.stderr.forward(sink)
     }
 }
 
@@ -335,8 +336,8 @@ impl Drop for ProcessControl {
 struct StderrTail {
     buf: Mutex<(VecDeque<u8>, bool)>,
     done: Condvar,
-    /// Output `forward`: the gateway's output (`forward_stderr`).
-    sink: Mutex<Option<StderrSink>>,
+    /// Output `forward`: the gateway's output (`forward_output`).
+    sink: Mutex<Option<ForwardSink>>,
 }
 
 impl StderrTail {
@@ -372,7 +373,7 @@ impl StderrTail {
 
     /// Sends what comes from now on to `sink` too; `false` if nothing
     /// more comes (no stderr pipe, or it has ended).
-    fn forward(&self, sink: StderrSink) -> bool {
+    fn forward(&self, sink: ForwardSink) -> bool {
         let mut slot = lock(&self.sink);
         // Under the sink's lock: the reader takes it before each chunk, so
         // no chunk read after this check is missed.
