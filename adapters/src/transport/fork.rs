@@ -689,11 +689,12 @@ impl Reports {
         let mut sinks = lock(&self.sinks);
         // Under the sinks' lock: the report thread takes it before it
         // delivers an `O` report, and drops the sinks at the `X`.
-        let relayed = lock(&self.board)
-            .workers
-            .get(&token)
-            .is_some_and(|w| w.forward && w.exit.is_none());
-        if relayed && (fd == 1 || fd == 2) {
+        let relayed = (fd == 1 || fd == 2)
+            && lock(&self.board)
+                .workers
+                .get(&token)
+                .is_some_and(|w| w.forward && w.exit.is_none());
+        if relayed {
             sinks.insert((token, fd), sink);
         }
         relayed
