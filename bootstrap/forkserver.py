@@ -39,11 +39,10 @@
 #      last bytes of the worker's stderr
 #
 # A worker is a child of this server: its own session and process group (setsid),
-# the host's pipes above the server's highest descriptor (its input and output: the
-# worker's main reads and writes them as they are), fd 0 /dev/null, fd 2 a fresh
-# pipe read here, fd 1 a dup of it or (bit 1) a pipe of its own read here too, every
-# other descriptor closed (nothing of another gateway or of the server is left in
-# it);
+# the host's pipes as they came (its input and output, not inheritable: the worker's
+# main reads and writes them as they are), fd 0 /dev/null, fd 2 a fresh pipe read
+# here, fd 1 a dup of it or (bit 1) a pipe of its own read here too, every other
+# descriptor closed (nothing of another gateway or of the server is left in it);
 # then the worker's process-mode main runs as in a fresh interpreter, less what the
 # server did once for all of them (the worker's _prepare_fork). The server
 # reaps its children and reports how each ended, with the tail of its stderr. At the
@@ -330,25 +329,25 @@ class Server(object):
             _signal.set_wakeup_fd(-1)
             _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
             os.setsid()  # own session and process group: the host kills the group
-            # fd 0 is /dev/null as ours; the protocol's pipes go above every
-            # descriptor we have (no dup2 overwrites one still to be placed), off
-            # 0 and 1 as a popen worker's main moves them; the output pipes go to
-            # 2 and 1 (fd 1 a dup of stderr's unless it has its own)
-            top = self.top
-            if top is None:
-                top = max([inr, outw] + [w for r, w, _ in ends])
-            os.dup2(inr, top + 1)
-            os.dup2(outw, top + 2)
+            # fd 0 is /dev/null as ours; the output pipes go to 2 and 1 (fd 1 a
+            # dup of stderr's unless it has its own); the protocol's pipes stay
+            # where they are (the worker reads and writes them as they are: no
+            # moving off fds 0/1 as in a popen worker), not inherited by what the
+            # worker executes, as its own dups there are not
             for r, w, wfd in ends:
                 os.dup2(w, wfd)
             if len(ends) == 1:
                 os.dup2(2, 1)
+            os.set_inheritable(inr, False)
+            os.set_inheritable(outw, False)
             # the control socket object must not close a reused descriptor later
             self.ctl.detach()
-            os.closerange(3, top + 1)
-            if self.top is None:
-                os.closerange(top + 3, 65536)
-            self.worker["_main"]((top + 1, top + 2), len(ends) > 1)
+            lo = 3
+            for fd in sorted((inr, outw)):  # every other descriptor goes
+                os.closerange(lo, fd)
+                lo = fd + 1
+            os.closerange(lo, 65536 if self.top is None else self.top + 1)
+            self.worker["_main"]((inr, outw), len(ends) > 1)
         except BaseException as e:
             try:
                 os.write(2, ("execnet-worker: bootstrap failed: fork server child: %r\n"

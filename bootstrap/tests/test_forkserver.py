@@ -272,6 +272,21 @@ class ForkServer(unittest.TestCase):
         self.assertEqual(got[2], b"written\n")
         self.assertEqual(host.output, [])
 
+    def test_what_a_worker_executes_inherits_only_fds_0_to_2(self):
+        # the protocol's pipes stay where they came in a forked worker: not
+        # inheritable, or a process it starts would hold the host's pipes open
+        # after the worker is gone (a popen worker's are dups, not inheritable)
+        s = self.server
+        for flags in (0, 1, 2):
+            token, pid, host = s.fork(flags=flags, options={"output": "forward"})
+            host.hello()
+            fds = run(host, "import os\nchannel.send(sorted(\n"
+                            "    int(f) for f in os.listdir('/proc/self/fd')\n"
+                            "    if os.path.exists('/proc/self/fd/' + f) and os.get_inheritable(int(f))))")
+            self.assertEqual(fds, [0, 1, 2], "flags %d" % flags)
+            host.terminate()
+            s.expect(b"X", token)
+
     def test_stdout_host_without_a_pipe_is_refused(self):
         # "stdout": "host" names a pipe only a forward request gives the worker
         s = self.server
