@@ -213,8 +213,10 @@ impl GatewayBuilder {
 
     /// Forwards remote output (`fd` 1 or 2, bytes) to `f` instead of our
     /// stderr. Implies [`OutputMode::Forward`]. Runs on the gateway's reader
-    /// thread, or (a local worker's stderr, read from its pipe) on the
-    /// thread that reads it.
+    /// thread, or (a local worker's stderr, read from its pipe; a fork
+    /// worker's stdout and stderr, relayed by its fork server) on the
+    /// thread that reads it: `f` should return soon (a fork server's
+    /// reports to all of its gateways wait for it).
     pub fn on_output(mut self, f: impl FnMut(u8, &[u8]) + Send + 'static) -> Self {
         self.output_mode = OutputMode::Forward;
         self.output = Some(Box::new(f));
