@@ -254,6 +254,53 @@ pub fn gw() -> execnet::blocking::Gateway {
     execnet::blocking::makegateway("popen").unwrap_or_else(|e| panic!("makegateway(popen): {e}"))
 }
 
+/// What a gateway's output callback received: `(fd, bytes)` chunks, in
+/// the order they came.
+#[derive(Clone, Default)]
+pub struct RecordedOutput(std::sync::Arc<std::sync::Mutex<Vec<Chunk>>>);
+
+/// One chunk of remote output: the fd (1 or 2) and its bytes.
+pub type Chunk = (u8, Vec<u8>);
+
+impl RecordedOutput {
+    /// The chunks so far.
+    pub fn chunks(&self) -> Vec<Chunk> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Everything that came on `fd` so far, joined.
+    pub fn bytes(&self, fd: u8) -> Vec<u8> {
+        self.chunks()
+            .into_iter()
+            .filter(|(f, _)| *f == fd)
+            .flat_map(|(_, b)| b)
+            .collect()
+    }
+
+    /// [`bytes`](Self::bytes) as text (lossy).
+    pub fn text(&self, fd: u8) -> String {
+        String::from_utf8_lossy(&self.bytes(fd)).into_owned()
+    }
+}
+
+/// Starts a gateway of `spec` (blocking API) whose remote output goes to a
+/// [`RecordedOutput`] (output `forward`), panicking with the error.
+pub fn recording_output(spec: &str) -> (execnet::blocking::Gateway, RecordedOutput) {
+    let out = RecordedOutput::default();
+    let to = out.clone();
+    let gw = execnet::blocking::Gateway::builder(spec)
+        .and_then(|b| {
+            b.on_output(move |fd, bytes| {
+                to.0.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((fd, bytes.to_vec()))
+            })
+            .start()
+        })
+        .unwrap_or_else(|e| panic!("gateway {spec}: {e}"));
+    (gw, out)
+}
+
 /// A port on 127.0.0.1 where nothing listens, for "connection refused"
 /// tests. Taken below the ephemeral range (32768 and up here), which
 /// `bind(0)` never hands out: a port freed by a dropped listener could be

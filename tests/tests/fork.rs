@@ -6,13 +6,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use execnet::blocking::{makegateway, Gateway, Group};
 use execnet::{Error, ExitStatus, Value};
 use execnet_tests::{
-    assert_reaped, bounded, interpreters, process_alive, wait_until, TempDir, LIMIT,
+    assert_reaped, bounded, interpreters, process_alive, recording_output, wait_until, TempDir,
+    LIMIT,
 };
 
 const T: Duration = Duration::from_secs(10);
@@ -204,13 +204,7 @@ fn output_written_just_before_a_fork_worker_dies_is_forwarded() {
         // stderr is in WorkerDied's tail; through the worker's own output
         // thread the last words were lost in about half of such ends.
         for i in 0..5 {
-            let out = Arc::new(Mutex::new(Vec::<(u8, Vec<u8>)>::new()));
-            let o2 = out.clone();
-            let gw = Gateway::builder("popen//fork")
-                .unwrap()
-                .on_output(move |fd, b| o2.lock().unwrap().push((fd, b.to_vec())))
-                .start()
-                .unwrap();
+            let (gw, out) = recording_output("popen//fork");
             let e = gw
                 .remote_exec(&format!(
                     "import os, sys\nprint('printed {i}')\nsys.stderr.write('last words {i}\\n')\n\
@@ -230,37 +224,19 @@ fn output_written_just_before_a_fork_worker_dies_is_forwarded() {
                 }
                 other => panic!("expected WorkerDied, got {other:?}"),
             }
-            let text = |fd: u8| -> String {
-                out.lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(f, _)| *f == fd)
-                    .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
-                    .collect()
-            };
             let want_out = format!("printed {i}\nraw {i}\n");
             let want_err = format!("last words {i}\n");
             assert!(
-                wait_until(T, || text(1) == want_out && text(2) == want_err),
+                wait_until(T, || out.text(1) == want_out && out.text(2) == want_err),
                 "run {i}: stdout {:?}, stderr {:?}",
-                text(1),
-                text(2)
+                out.text(1),
+                out.text(2)
             );
             gw.terminate(Some(T));
         }
         // Much of it, on a worker that goes on: whole and in order, and the
         // session is not disturbed.
-        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let o2 = out.clone();
-        let gw = Gateway::builder("popen//fork")
-            .unwrap()
-            .on_output(move |fd, b| {
-                if fd == 1 {
-                    o2.lock().unwrap().extend_from_slice(b)
-                }
-            })
-            .start()
-            .unwrap();
+        let (gw, out) = recording_output("popen//fork");
         let ch = gw
             .remote_exec(
                 "import os\nfor i in range(3000): os.write(1, b'%07d' % i + b'.' * 92)\nchannel.send(7)",
@@ -275,12 +251,12 @@ fn output_written_just_before_a_fork_worker_dies_is_forwarded() {
             })
             .collect();
         assert!(
-            wait_until(T, || out.lock().unwrap().len() >= want.len()),
+            wait_until(T, || out.bytes(1).len() >= want.len()),
             "{} of {} bytes",
-            out.lock().unwrap().len(),
+            out.bytes(1).len(),
             want.len()
         );
-        assert!(*out.lock().unwrap() == want, "stdout arrived changed");
+        assert!(out.bytes(1) == want, "stdout arrived changed");
         gw.exit().unwrap();
     })
 }

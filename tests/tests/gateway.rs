@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use execnet::blocking::{makegateway, Gateway, Group};
 use execnet::{Error, ExitStatus, OutputMode, Value};
-use execnet_tests::{assert_reaped, bounded, gw, process_alive, TempDir, LIMIT};
+use execnet_tests::{assert_reaped, bounded, gw, process_alive, recording_output, TempDir, LIMIT};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -239,13 +239,7 @@ fn system_exit_closes_the_channel_not_the_worker() {
 #[test]
 fn fd_writes_do_not_corrupt_the_stream() {
     bounded(LIMIT, || {
-        let out = Arc::new(Mutex::new(Vec::<(u8, Vec<u8>)>::new()));
-        let o2 = out.clone();
-        let gw = Gateway::builder("popen")
-            .unwrap()
-            .on_output(move |fd, b| o2.lock().unwrap().push((fd, b.to_vec())))
-            .start()
-            .unwrap();
+        let (gw, out) = recording_output("popen");
         let ch = gw
             .remote_exec(
                 r#"
@@ -262,25 +256,16 @@ fn fd_writes_do_not_corrupt_the_stream() {
             .unwrap();
         assert_eq!(ch.receive::<String>().unwrap(), "after");
         ch.waitclose(Some(T)).unwrap();
-        let joined = |fd: u8| {
-            out.lock()
-                .unwrap()
-                .iter()
-                .filter(|(f, _)| *f == fd)
-                .flat_map(|(_, b)| b.clone())
-                .collect::<Vec<u8>>()
-        };
         assert!(
             execnet_tests::wait_until(T, || {
-                let o = String::from_utf8_lossy(&joined(1)).into_owned();
-                let e = String::from_utf8_lossy(&joined(2)).into_owned();
+                let (o, e) = (out.text(1), out.text(2));
                 o.contains("fd1-raw")
                     && o.contains("printed")
                     && e.contains("fd2-raw")
                     && e.contains("stderr-text")
             }),
             "output: {:?}",
-            out.lock().unwrap()
+            out.chunks()
         );
         // Still a working gateway.
         let ch = gw.remote_exec("channel.send(1)").unwrap();
@@ -298,13 +283,7 @@ fn stderr_written_just_before_a_local_worker_dies_is_forwarded() {
         // limit (its control wraps the process's).
         for spec in ["popen", "popen//max_cpu=600"] {
             for i in 0..5 {
-                let out = Arc::new(Mutex::new(Vec::<(u8, Vec<u8>)>::new()));
-                let o2 = out.clone();
-                let gw = Gateway::builder(spec)
-                    .unwrap()
-                    .on_output(move |fd, b| o2.lock().unwrap().push((fd, b.to_vec())))
-                    .start()
-                    .unwrap();
+                let (gw, out) = recording_output(spec);
                 let ch = gw
                     .remote_exec(&format!(
                         "import os, sys\nsys.stderr.write('last words {i}\\n')\nsys.stderr.flush()\nos._exit(3)\n"
@@ -313,14 +292,9 @@ fn stderr_written_just_before_a_local_worker_dies_is_forwarded() {
                 assert!(ch.receive::<i64>().is_err(), "the worker died");
                 let want = format!("last words {i}");
                 assert!(
-                    execnet_tests::wait_until(T, || {
-                        out.lock()
-                            .unwrap()
-                            .iter()
-                            .any(|(fd, b)| *fd == 2 && String::from_utf8_lossy(b).contains(&want))
-                    }),
+                    execnet_tests::wait_until(T, || out.text(2).contains(&want)),
                     "{spec}, run {i}: {:?}",
-                    out.lock().unwrap()
+                    out.chunks()
                 );
                 gw.terminate(Some(T));
             }
