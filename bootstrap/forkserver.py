@@ -382,7 +382,7 @@ class Server(object):
             if len(c.tail) > TAIL:
                 del c.tail[:-TAIL]
         if c.relay & wfd:
-            self.report(b"O", c.token, (b"\x02" if wfd == 2 else b"\x01") + b)
+            self.report(b"O", c.token, bytes((wfd,)) + b)
 
     def reap(self):
         while self.children:

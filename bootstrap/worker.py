@@ -1116,7 +1116,6 @@ class Gateway(object):
         # stdout "host": so does our fd 1 (a fork server's child: _main's stdout)
         self._stderr_host = opts.get("stderr") == "host"
         self._stdout_host = opts.get("stdout") == "host"
-        self._stdout_piped = False  # fd 1 is a pipe the host reads (_main's stdout)
         if self._model not in ("thread", "main_thread_only"):
             raise ProtocolError("unsupported execmodel %r" % (self._model,))
         if self.output not in ("forward", "inherit", "discard"):
@@ -2061,11 +2060,12 @@ class Gateway(object):
             _trace("ignored during shutdown:", e)
 
     # -- output forwarding
-    def _setup_output(self):
+    def _setup_output(self, stdout_piped=False):
+        """stdout_piped: fd 1 is a pipe the host reads (a fork server's child)."""
         mode = self.output
-        if self._stdout_host and (not self._stdout_piped or mode != "forward"):
+        if self._stdout_host and (not stdout_piped or mode != "forward"):
             raise ProtocolError("HELLO option stdout 'host' without a pipe the host reads")
-        if self._stdout_piped and mode == "inherit":
+        if stdout_piped and mode == "inherit":
             os.dup2(2, 1)  # as a popen worker's: what the host reads is fd 2
         if mode == "forward":
             for fd in (1, 2):
@@ -2421,8 +2421,7 @@ def _main(forked=None, stdout_piped=False):
         gw = _open(infd, outfd, pre)
         if gw is None:
             _fatal("input ended before the host HELLO")
-        gw._stdout_piped = stdout_piped
-        gw._setup_output()  # after HELLO: OUTPUT frames may follow it, never precede it
+        gw._setup_output(stdout_piped)  # after HELLO: OUTPUT frames may follow it, never precede it
     except Exception as e:
         _fatal(e, outfd)
     gw.serve()

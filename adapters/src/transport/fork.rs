@@ -700,6 +700,12 @@ impl Reports {
         relayed
     }
 
+    /// No more output for `token`'s sinks (its worker's exit report is in,
+    /// or its gateway is gone).
+    fn drop_sinks(&self, token: u64) {
+        lock(&self.sinks).retain(|(t, _), _| *t != token);
+    }
+
     /// A relayed chunk of `token`'s worker's output on `fd`.
     fn output(&self, token: u64, fd: u8, bytes: &[u8]) {
         let mut sinks = lock(&self.sinks);
@@ -826,7 +832,7 @@ fn read_reports(mut ctl: impl Read, reports: &Reports) -> String {
                 let tail = String::from_utf8_lossy(&payload[5..]).into_owned();
                 // Its output came before this report (the server drains its
                 // pipes first): nothing more for its sinks.
-                lock(&reports.sinks).retain(|(t, _), _| *t != token);
+                reports.drop_sinks(token);
                 reports.update(|b| {
                     if let Some(w) = b.workers.get_mut(&token) {
                         w.exit = Some((status, tail));
@@ -978,7 +984,7 @@ impl Drop for ForkWorker {
             self.kill();
             let _ = self.wait(Duration::from_secs(2));
         }
-        lock(&self.reports().sinks).retain(|(t, _), _| *t != self.token);
+        self.reports().drop_sinks(self.token);
         self.reports().update(|b| {
             b.workers.remove(&self.token);
         });
